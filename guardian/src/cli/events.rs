@@ -1,0 +1,544 @@
+//! `guardian events`: a live stream of OOM kills, reclaim stalls and pressure notifications,
+//! each named by cgroup id and path.
+
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+    time::{Duration, SystemTime},
+};
+
+use anyhow::Context as _;
+use guardian_common::{oom_field, OomEvent, StallEvent, COMM_LEN};
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use super::{parse_duration, Output};
+use crate::{
+    model::{
+        Bytes, CgroupId, CgroupRef, Event, MemcgOom, OomKill, OomTask, Pressure, ReclaimStall,
+        RssBreakdown, Source, StallSummary,
+    },
+    sources::{
+        cgroup::{
+            parse_kv, parse_pressure, pid_cgroups, read_memory, CgroupError, CgroupIndex,
+            FileWatch, Hierarchy, PsiKind, PsiTrigger, V1OomNotifier,
+        },
+        ebpf::{self, KernelEvent, ProbeOptions, Probes},
+    },
+};
+
+/// Host-wide memory pressure, present on every PSI-enabled kernel.
+const HOST_PRESSURE: &str = "/proc/pressure/memory";
+
+/// Options of `guardian events`.
+#[derive(Debug, clap::Args)]
+pub struct EventsArgs {
+    /// Stop after this long (e.g. 30s); without it, run until Ctrl-C.
+    #[arg(long, value_parser = parse_duration)]
+    duration: Option<Duration>,
+    /// A cgroup directory to watch with the kernel's own notifications: a v1 memory cgroup gets
+    /// an OOM eventfd, a v2/unified cgroup a PSI trigger (and memory.events on v2). Repeatable.
+    #[arg(long = "watch", value_name = "CGROUP_DIR")]
+    watch: Vec<PathBuf>,
+    /// Report reclaim stalls at least this long as events; shorter ones are only counted.
+    #[arg(long, value_parser = parse_duration, default_value = "1ms")]
+    stall_threshold: Duration,
+    /// PSI triggers fire when tasks stall this long within --psi-window.
+    #[arg(long, value_parser = parse_duration, default_value = "150ms")]
+    psi_stall: Duration,
+    /// PSI trigger window; rounded up to 2 s where the kernel requires it.
+    #[arg(long, value_parser = parse_duration, default_value = "1s")]
+    psi_window: Duration,
+}
+
+/// What the notification tasks send to the one task that owns the state.
+#[derive(Debug)]
+enum Notice {
+    Psi { file: PathBuf, trigger: String },
+    V1Oom { dir: PathBuf },
+    MemoryEvents { dir: PathBuf, oom_kills: u64 },
+    Gone { what: String },
+}
+
+pub async fn run(args: EventsArgs, output: Output) -> anyhow::Result<ExitCode> {
+    let hierarchy = Hierarchy::detect()?;
+    let mut index = CgroupIndex::new(hierarchy.clone());
+    let (tx, mut rx) = mpsc::channel::<Notice>(256);
+    let mut watching = Vec::new();
+
+    // Bad --watch arguments are the user's to fix: fail before anything starts.
+    for dir in &args.watch {
+        watching.extend(watch_cgroup(&hierarchy, dir, &args, &tx)?);
+    }
+
+    let mut probes = match Probes::load(ProbeOptions {
+        stall_threshold: args.stall_threshold,
+    }) {
+        Ok(p) => {
+            if p.tracefs().mounted_now {
+                info!(path = %p.tracefs().root.display(), "mounted tracefs");
+            }
+            watching.push("ebpf oom:mark_victim".to_string());
+            watching.push("ebpf vmscan:mm_vmscan_memcg_reclaim_begin/end".to_string());
+            Some(p)
+        }
+        Err(e) => {
+            warn!("eBPF disabled, using cgroup notifications only: {e}");
+            None
+        }
+    };
+
+    match PsiTrigger::arm(Path::new(HOST_PRESSURE), PsiKind::Some, args.psi_stall, args.psi_window) {
+        Ok(trigger) => {
+            watching.push(format!("psi {} on {HOST_PRESSURE}", trigger.trigger()));
+            spawn_psi(trigger, tx.clone());
+        }
+        Err(e) => warn!("host pressure notifications disabled: {e}"),
+    }
+    drop(tx);
+
+    let mut printer = Printer { output };
+    printer.ready(probes.is_some(), &watching);
+
+    let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
+    let mut batch = Vec::new();
+    loop {
+        tokio::select! {
+            _ = sleep_until(deadline) => break,
+            _ = tokio::signal::ctrl_c() => break,
+            result = next_kernel_batch(probes.as_mut(), &mut batch) => {
+                result.context("reading the eBPF ring buffers")?;
+                for record in batch.drain(..) {
+                    let event = match record {
+                        KernelEvent::Oom(e) => Event::OomKill(oom_kill(&e, &mut index)),
+                        KernelEvent::Stall(e) => Event::ReclaimStall(reclaim_stall(&e, &mut index)),
+                    };
+                    printer.event(&event);
+                }
+            }
+            Some(notice) = rx.recv() => {
+                if let Some(event) = notice_event(notice) {
+                    printer.event(&event);
+                }
+            }
+        }
+    }
+
+    if let Some(p) = &probes {
+        let stalls = p
+            .stall_totals()
+            .into_iter()
+            .map(|(id, t)| StallSummary {
+                cgroup: index.resolve(id),
+                count: t.count,
+                total_us: t.total_ns / 1000,
+                max_us: t.max_ns / 1000,
+                pages_reclaimed: t.nr_reclaimed,
+                histogram_us: t
+                    .hist
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, n)| **n > 0)
+                    .map(|(i, n)| (2u64 << i, *n))
+                    .collect(),
+            })
+            .collect();
+        let (dropped_oom, dropped_stall) = p.dropped();
+        printer.event(&Event::Summary {
+            stalls,
+            dropped_oom,
+            dropped_stall,
+        });
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn next_kernel_batch(
+    probes: Option<&mut Probes>,
+    batch: &mut Vec<KernelEvent>,
+) -> std::io::Result<()> {
+    match probes {
+        Some(p) => p.next_batch(batch).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Arms the notifications that fit `dir`'s hierarchy and returns what it armed.
+fn watch_cgroup(
+    hierarchy: &Hierarchy,
+    dir: &Path,
+    args: &EventsArgs,
+    tx: &mpsc::Sender<Notice>,
+) -> anyhow::Result<Vec<String>> {
+    let fix = || {
+        format!(
+            "--watch {}: not a cgroup directory; give one under {}{}",
+            dir.display(),
+            hierarchy.memory.display(),
+            hierarchy
+                .unified
+                .as_ref()
+                .filter(|u| **u != hierarchy.memory)
+                .map(|u| format!(" or {}", u.display()))
+                .unwrap_or_default()
+        )
+    };
+    let dir = dir.canonicalize().with_context(fix)?;
+    let in_memory = dir.starts_with(&hierarchy.memory);
+    let in_unified = hierarchy.unified.as_ref().is_some_and(|u| dir.starts_with(u));
+    let mut armed = Vec::new();
+    if in_memory && !hierarchy.memory_is_v2() {
+        let notifier = V1OomNotifier::arm(&dir)?;
+        armed.push(format!("v1 oom eventfd on {}", dir.display()));
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            loop {
+                let notice = match notifier.next().await {
+                    Ok(_) => Notice::V1Oom {
+                        dir: notifier.dir().to_path_buf(),
+                    },
+                    Err(e) => Notice::Gone { what: e.to_string() },
+                };
+                let stop = matches!(notice, Notice::Gone { .. });
+                if tx.send(notice).await.is_err() || stop {
+                    return;
+                }
+            }
+        });
+    }
+    if in_unified {
+        let trigger = PsiTrigger::arm(
+            &dir.join("memory.pressure"),
+            PsiKind::Some,
+            args.psi_stall,
+            args.psi_window,
+        )?;
+        armed.push(format!(
+            "psi {} on {}",
+            trigger.trigger(),
+            trigger.file().display()
+        ));
+        spawn_psi(trigger, tx.clone());
+        if hierarchy.memory_is_v2() {
+            let watch = FileWatch::new(&dir.join("memory.events"))?;
+            armed.push(format!("inotify on {}", watch.path().display()));
+            spawn_memory_events(watch, dir.clone(), tx.clone());
+        }
+    }
+    if armed.is_empty() {
+        anyhow::bail!(fix());
+    }
+    Ok(armed)
+}
+
+fn spawn_psi(trigger: PsiTrigger, tx: mpsc::Sender<Notice>) {
+    tokio::spawn(async move {
+        loop {
+            let notice = match trigger.fired().await {
+                Ok(()) => Notice::Psi {
+                    file: trigger.file().to_path_buf(),
+                    trigger: trigger.trigger().to_string(),
+                },
+                Err(e) => Notice::Gone { what: e.to_string() },
+            };
+            let stop = matches!(notice, Notice::Gone { .. });
+            if tx.send(notice).await.is_err() || stop {
+                return;
+            }
+        }
+    });
+}
+
+/// v2: memory.events changes on every high/max/oom event; report when oom_kill moves.
+fn spawn_memory_events(watch: FileWatch, dir: PathBuf, tx: mpsc::Sender<Notice>) {
+    tokio::spawn(async move {
+        let read_kills = |dir: &Path| -> Result<u64, CgroupError> {
+            let path = dir.join("memory.events");
+            let text = std::fs::read_to_string(&path).map_err(|e| CgroupError::read(&path, e))?;
+            Ok(parse_kv(&text).get("oom_kill").copied().unwrap_or(0))
+        };
+        let mut last = read_kills(&dir).unwrap_or(0);
+        loop {
+            let notice = match watch.changed().await.and_then(|()| read_kills(&dir)) {
+                Ok(kills) if kills > last => {
+                    last = kills;
+                    Notice::MemoryEvents {
+                        dir: dir.clone(),
+                        oom_kills: kills,
+                    }
+                }
+                Ok(_) => continue,
+                Err(e) => Notice::Gone { what: e.to_string() },
+            };
+            let stop = matches!(notice, Notice::Gone { .. });
+            if tx.send(notice).await.is_err() || stop {
+                return;
+            }
+        }
+    });
+}
+
+fn now_rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+fn notice_event(notice: Notice) -> Option<Event> {
+    match notice {
+        Notice::Psi { file, trigger } => {
+            let stats = std::fs::read_to_string(&file)
+                .ok()
+                .as_deref()
+                .and_then(parse_pressure);
+            Some(Event::Pressure(Pressure {
+                time: now_rfc3339(SystemTime::now()),
+                file,
+                trigger,
+                stats,
+            }))
+        }
+        Notice::V1Oom { dir } => {
+            let oom_kills = std::fs::read_to_string(dir.join("memory.oom_control"))
+                .ok()
+                .and_then(|t| parse_kv(&t).get("oom_kill").copied());
+            Some(Event::MemcgOom(MemcgOom {
+                time: now_rfc3339(SystemTime::now()),
+                cgroup: dir,
+                oom_kills,
+            }))
+        }
+        Notice::MemoryEvents { dir, oom_kills } => Some(Event::MemcgOom(MemcgOom {
+            time: now_rfc3339(SystemTime::now()),
+            cgroup: dir,
+            oom_kills: Some(oom_kills),
+        })),
+        Notice::Gone { what } => {
+            info!("stopped watching: {what}");
+            None
+        }
+    }
+}
+
+fn comm_string(comm: &[u8; COMM_LEN]) -> String {
+    let end = comm.iter().position(|&b| b == 0).unwrap_or(COMM_LEN);
+    String::from_utf8_lossy(&comm[..end]).into_owned()
+}
+
+/// Turns the kernel's record into an [`OomKill`], filling what the tracepoint lacks from /proc
+/// while the victim may still be there, and saying where each fact came from.
+fn oom_kill(e: &OomEvent, index: &mut CgroupIndex) -> OomKill {
+    let has = |bit| e.present & bit != 0;
+    let proc_status = procfs::process::Process::new(e.victim_pid as i32)
+        .and_then(|p| p.status())
+        .ok();
+
+    let (victim_cgroup, cgroup_source) = if has(oom_field::VICTIM_CGROUP) {
+        (index.resolve(CgroupId(e.victim_cgroup_id)), Source::Kernel)
+    } else {
+        let from_proc = pid_cgroups(e.victim_pid)
+            .ok()
+            .and_then(|c| c.unified)
+            .and_then(|rel| index.id_of(&rel).ok());
+        match from_proc {
+            Some(id) => (index.resolve(id), Source::Procfs),
+            None => (index.resolve(CgroupId(e.trigger_cgroup_id)), Source::Trigger),
+        }
+    };
+
+    let (comm, comm_source) = if has(oom_field::COMM) {
+        (Some(comm_string(&e.victim_comm)), Source::Tracepoint)
+    } else if let Some(s) = &proc_status {
+        (Some(s.name.clone()), Source::Procfs)
+    } else {
+        (None, Source::Unavailable)
+    };
+
+    let rss = if has(oom_field::RSS) {
+        Some(RssBreakdown {
+            total_vm: Bytes::from_kib(e.total_vm_kb),
+            anon_rss: Bytes::from_kib(e.anon_rss_kb),
+            file_rss: Bytes::from_kib(e.file_rss_kb),
+            shmem_rss: Bytes::from_kib(e.shmem_rss_kb),
+            pgtables: has(oom_field::PGTABLES).then(|| Bytes::from_kib(e.pgtables_kb)),
+            source: Source::Tracepoint,
+        })
+    } else {
+        proc_status.as_ref().map(|s| RssBreakdown {
+            total_vm: Bytes::from_kib(s.vmsize.unwrap_or(0)),
+            anon_rss: Bytes::from_kib(s.rssanon.unwrap_or(0)),
+            file_rss: Bytes::from_kib(s.rssfile.unwrap_or(0)),
+            shmem_rss: Bytes::from_kib(s.rssshmem.unwrap_or(0)),
+            pgtables: s.vmpte.map(Bytes::from_kib),
+            source: Source::Procfs,
+        })
+    };
+
+    let uid = if has(oom_field::UID) {
+        Some(e.uid)
+    } else {
+        proc_status.as_ref().map(|s| s.ruid)
+    };
+    let oom_score_adj = if has(oom_field::OOM_SCORE_ADJ) {
+        Some(e.oom_score_adj)
+    } else {
+        std::fs::read_to_string(format!("/proc/{}/oom_score_adj", e.victim_pid))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+    };
+
+    let memory = victim_cgroup.memory_path.as_deref().and_then(|mem| {
+        read_memory(index.hierarchy(), mem, victim_cgroup.path.as_deref()).ok()
+    });
+    let trigger_cgroup = index.resolve(CgroupId(e.trigger_cgroup_id));
+
+    OomKill {
+        time: now_rfc3339(ebpf::wall_time(e.ts_ns)),
+        ktime_ns: e.ts_ns,
+        victim: OomTask {
+            pid: e.victim_pid,
+            comm,
+            cgroup: Some(victim_cgroup),
+        },
+        comm_source,
+        cgroup_source,
+        rss,
+        uid,
+        oom_score_adj,
+        trigger: OomTask {
+            pid: e.trigger_pid,
+            comm: Some(comm_string(&e.trigger_comm)),
+            cgroup: Some(trigger_cgroup),
+        },
+        trigger_tgid: e.trigger_tgid,
+        memory,
+    }
+}
+
+fn reclaim_stall(e: &StallEvent, index: &mut CgroupIndex) -> ReclaimStall {
+    ReclaimStall {
+        time: now_rfc3339(ebpf::wall_time(e.ts_ns)),
+        ktime_ns: e.ts_ns,
+        cgroup: index.resolve(CgroupId(e.cgroup_id)),
+        pid: e.pid,
+        tgid: e.tgid,
+        comm: comm_string(&e.comm),
+        duration_us: e.duration_ns / 1000,
+        pages_reclaimed: e.nr_reclaimed,
+    }
+}
+
+/// Prints events as lines for people or JSON lines for machines.
+struct Printer {
+    output: Output,
+}
+
+impl Printer {
+    fn ready(&mut self, ebpf: bool, watching: &[String]) {
+        match self.output {
+            Output::Json => println!(
+                "{}",
+                serde_json::json!({"type": "ready", "ebpf": ebpf, "watching": watching})
+            ),
+            Output::Human => {
+                for w in watching {
+                    println!("watching {w}");
+                }
+            }
+        }
+    }
+
+    fn event(&mut self, event: &Event) {
+        match self.output {
+            Output::Json => match serde_json::to_string(event) {
+                Ok(line) => println!("{line}"),
+                Err(e) => warn!("cannot encode event as JSON: {e}"),
+            },
+            Output::Human => println!("{}", human(event)),
+        }
+    }
+}
+
+fn cgroup_name(c: &CgroupRef) -> String {
+    match &c.path {
+        Some(p) => format!("{} (cgroup {})", p.display(), c.id),
+        None => format!("cgroup {} (gone)", c.id),
+    }
+}
+
+fn task_name(t: &OomTask) -> String {
+    format!("{}[{}]", t.comm.as_deref().unwrap_or("?"), t.pid)
+}
+
+fn human(event: &Event) -> String {
+    match event {
+        Event::OomKill(k) => {
+            let mut line = format!(
+                "{} OOM-KILL {} in {}",
+                k.time,
+                task_name(&k.victim),
+                k.victim.cgroup.as_ref().map(cgroup_name).unwrap_or_default()
+            );
+            if let Some(rss) = &k.rss {
+                line += &format!(
+                    " anon {} file {} shmem {}",
+                    rss.anon_rss, rss.file_rss, rss.shmem_rss
+                );
+            }
+            if let Some(m) = &k.memory {
+                let limit = m.limit.map(|l| l.to_string()).unwrap_or_else(|| "unlimited".into());
+                line += &format!(" usage {}/{limit}", m.usage);
+            }
+            line += &format!(" triggered by {}", task_name(&k.trigger));
+            line
+        }
+        Event::ReclaimStall(s) => format!(
+            "{} RECLAIM-STALL {}[{}] in {} {}us reclaimed {} pages",
+            s.time,
+            s.comm,
+            s.pid,
+            cgroup_name(&s.cgroup),
+            s.duration_us,
+            s.pages_reclaimed
+        ),
+        Event::Pressure(p) => format!(
+            "{} PRESSURE {} ({}) some avg10 {:.2}%",
+            p.time,
+            p.file.display(),
+            p.trigger,
+            p.stats.map(|s| s.some.avg10).unwrap_or(0.0)
+        ),
+        Event::MemcgOom(o) => format!(
+            "{} MEMCG-OOM {} oom_kill {}",
+            o.time,
+            o.cgroup.display(),
+            o.oom_kills.map(|n| n.to_string()).unwrap_or_else(|| "?".into())
+        ),
+        Event::Summary {
+            stalls,
+            dropped_oom,
+            dropped_stall,
+        } => {
+            let mut out = format!(
+                "summary: {} cgroups stalled in reclaim; events dropped: oom {dropped_oom}, stall {dropped_stall}",
+                stalls.len()
+            );
+            for s in stalls {
+                out += &format!(
+                    "\n  {} stalls {} total {}us max {}us reclaimed {} pages",
+                    cgroup_name(&s.cgroup),
+                    s.count,
+                    s.total_us,
+                    s.max_us,
+                    s.pages_reclaimed
+                );
+            }
+            out
+        }
+    }
+}

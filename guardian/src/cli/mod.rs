@@ -1,0 +1,66 @@
+//! The `guardian` command line: one file per subcommand.
+
+mod doctor;
+mod events;
+
+use std::{process::ExitCode, time::Duration};
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Linux memory guardian: OOM kills, reclaim stalls and memory pressure, per cgroup.
+#[derive(Debug, Parser)]
+#[command(name = "guardian", version, about)]
+pub struct Cli {
+    /// How to print results: for people, or one JSON document (per line) for machines.
+    #[arg(long, global = true, value_enum, default_value_t = Output::Human)]
+    pub output: Output,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Output format shared by every command.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Human,
+    Json,
+}
+
+/// guardian's subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check what guardian can use on this host, with a fix for each problem.
+    Doctor,
+    /// Stream OOM kills, reclaim stalls and pressure events as they happen.
+    Events(events::EventsArgs),
+}
+
+/// Runs the parsed command on a tokio runtime and returns the process exit code.
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Doctor => doctor::run(cli.output).await,
+            Command::Events(args) => events::run(args, cli.output).await,
+        }
+    })
+}
+
+/// Logs to stderr, one line each; `GUARDIAN_LOG` (e.g. `debug`) overrides the level.
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("GUARDIAN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time()
+        .init();
+}
+
+/// Parses "30s", "500ms", "2m" for clap.
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 500ms, 30s, 2m)"))
+}

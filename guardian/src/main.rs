@@ -1,0 +1,18 @@
+use std::process::ExitCode;
+
+use clap::Parser;
+use guardian::cli::{self, Cli};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    cli::init_logging();
+    match cli::run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            // One line: the cause chain joined, so the fix at the end stays visible.
+            let chain: Vec<String> = e.chain().map(ToString::to_string).collect();
+            eprintln!("error: {}", chain.join(": "));
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,24 @@
+//! Plain data that flows through guardian: sizes, cgroup ids, memory readings and events. No I/O.
+
+mod event;
+mod memory;
+
+pub use event::{
+    CgroupRef, Event, MemcgOom, OomKill, OomTask, Pressure, ReclaimStall, RssBreakdown, Source,
+    StallSummary,
+};
+pub use memory::{Bytes, MemoryReading, PressureStats, PsiLine};
+
+use serde::Serialize;
+
+/// A cgroup v2 id: the inode number of the group's directory in the unified hierarchy, which is
+/// what `bpf_get_current_cgroup_id()` returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct CgroupId(pub u64);
+
+impl std::fmt::Display for CgroupId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}

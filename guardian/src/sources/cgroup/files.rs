@@ -1,0 +1,202 @@
+//! Reading a memory cgroup's files (v1 and v2) and parsing their formats.
+
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+};
+
+use super::{CgroupError, Hierarchy};
+use crate::model::{Bytes, MemoryReading, PressureStats};
+
+/// v1 reports "no limit" as a huge page-aligned number (PAGE_COUNTER_MAX pages); anything at or
+/// above 2^62 bytes is unlimited.
+const V1_UNLIMITED: u64 = 1 << 62;
+
+/// Parses `key value` lines (memory.stat, memory.events, memory.oom_control, cgroup.events).
+pub fn parse_kv(text: &str) -> HashMap<&str, u64> {
+    text.lines()
+        .filter_map(|line| {
+            let (key, value) = line.split_once(' ')?;
+            Some((key, value.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// Parses a PSI file (`some avg10=… avg60=… avg300=… total=…` and the `full` line).
+pub fn parse_pressure(text: &str) -> Option<PressureStats> {
+    let mut stats = PressureStats::default();
+    let mut seen_some = false;
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        let target = match words.next()? {
+            "some" => {
+                seen_some = true;
+                &mut stats.some
+            }
+            "full" => &mut stats.full,
+            _ => return None,
+        };
+        for word in words {
+            let (key, value) = word.split_once('=')?;
+            match key {
+                "avg10" => target.avg10 = value.parse().ok()?,
+                "avg60" => target.avg60 = value.parse().ok()?,
+                "avg300" => target.avg300 = value.parse().ok()?,
+                "total" => target.total_us = value.parse().ok()?,
+                _ => {}
+            }
+        }
+    }
+    seen_some.then_some(stats)
+}
+
+fn read(path: &Path) -> Result<String, CgroupError> {
+    std::fs::read_to_string(path).map_err(|e| CgroupError::read(path, e))
+}
+
+fn read_u64(path: &Path) -> Result<u64, CgroupError> {
+    let text = read(path)?;
+    text.trim().parse().map_err(|_| CgroupError::Parse {
+        path: path.to_path_buf(),
+        content: text,
+    })
+}
+
+/// A v2 limit file: a number, or "max" for none.
+fn read_v2_limit(path: &Path) -> Result<Option<Bytes>, CgroupError> {
+    let text = read(path)?;
+    match text.trim() {
+        "max" => Ok(None),
+        n => n.parse().map(|n| Some(Bytes(n))).map_err(|_| CgroupError::Parse {
+            path: path.to_path_buf(),
+            content: text.clone(),
+        }),
+    }
+}
+
+/// Optional files (memory.peak needs 5.19) read as `None` when absent.
+fn optional<T>(result: Result<T, CgroupError>) -> Result<Option<T>, CgroupError> {
+    match result {
+        Ok(v) => Ok(Some(v)),
+        Err(CgroupError::Gone { .. }) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Reads one memory cgroup: `memory_rel` is its path in the memory hierarchy and `unified_rel`
+/// its path in the unified tree (for PSI on hybrid hosts); both relative to their roots.
+pub fn read_memory(
+    hierarchy: &Hierarchy,
+    memory_rel: &Path,
+    unified_rel: Option<&Path>,
+) -> Result<MemoryReading, CgroupError> {
+    let dir = hierarchy.memory_dir(memory_rel);
+    if !dir.is_dir() {
+        return Err(CgroupError::Gone { path: dir });
+    }
+    let pressure_file: Option<PathBuf> = if hierarchy.memory_is_v2() {
+        Some(dir.join("memory.pressure"))
+    } else {
+        unified_rel
+            .and_then(|rel| hierarchy.unified_dir(rel))
+            .map(|d| d.join("memory.pressure"))
+    };
+    let pressure = match pressure_file {
+        Some(file) => optional(read(&file))?.as_deref().and_then(parse_pressure),
+        None => None,
+    };
+    let mut reading = if hierarchy.memory_is_v2() {
+        read_v2(&dir)?
+    } else {
+        read_v1(&dir)?
+    };
+    reading.pressure = pressure;
+    Ok(reading)
+}
+
+fn read_v2(dir: &Path) -> Result<MemoryReading, CgroupError> {
+    let usage = Bytes(read_u64(&dir.join("memory.current"))?);
+    let stat_text = read(&dir.join("memory.stat"))?;
+    let stat = parse_kv(&stat_text);
+    let events_text = read(&dir.join("memory.events"))?;
+    let events = parse_kv(&events_text);
+    let inactive_file = stat.get("inactive_file").copied().unwrap_or(0);
+    Ok(MemoryReading {
+        usage,
+        peak: optional(read_u64(&dir.join("memory.peak")))?.map(Bytes),
+        limit: read_v2_limit(&dir.join("memory.max"))?,
+        high: read_v2_limit(&dir.join("memory.high"))?,
+        working_set: Bytes(usage.0.saturating_sub(inactive_file)),
+        anon: Bytes(stat.get("anon").copied().unwrap_or(0)),
+        file: Bytes(stat.get("file").copied().unwrap_or(0)),
+        oom_kills: events.get("oom_kill").copied().unwrap_or(0),
+        pressure: None,
+    })
+}
+
+fn read_v1(dir: &Path) -> Result<MemoryReading, CgroupError> {
+    let usage = Bytes(read_u64(&dir.join("memory.usage_in_bytes"))?);
+    let stat_text = read(&dir.join("memory.stat"))?;
+    let stat = parse_kv(&stat_text);
+    let oom_text = read(&dir.join("memory.oom_control"))?;
+    let oom = parse_kv(&oom_text);
+    let limit = read_u64(&dir.join("memory.limit_in_bytes"))?;
+    // total_* include descendants, like v2's hierarchical memory.stat.
+    let inactive_file = stat.get("total_inactive_file").copied().unwrap_or(0);
+    Ok(MemoryReading {
+        usage,
+        peak: Some(Bytes(read_u64(&dir.join("memory.max_usage_in_bytes"))?)),
+        limit: (limit < V1_UNLIMITED).then_some(Bytes(limit)),
+        high: None,
+        working_set: Bytes(usage.0.saturating_sub(inactive_file)),
+        anon: Bytes(stat.get("total_rss").copied().unwrap_or(0)),
+        file: Bytes(stat.get("total_cache").copied().unwrap_or(0)),
+        oom_kills: oom.get("oom_kill").copied().unwrap_or(0),
+        pressure: None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const V1_STAT: &str = include_str!("fixtures/v1-memory.stat");
+    const V1_OOM_CONTROL: &str = include_str!("fixtures/v1-memory.oom_control");
+    const PROC_PRESSURE: &str = include_str!("fixtures/proc-pressure-memory");
+    const PRESSURE_UNDER_LOAD: &str = include_str!("fixtures/memory.pressure-under-load");
+
+    #[test]
+    fn v1_memory_stat_parses_totals() {
+        let stat = parse_kv(V1_STAT);
+        assert_eq!(stat["cache"], 965009408);
+        assert_eq!(stat["total_inactive_file"], 535367680);
+        assert_eq!(stat["hierarchical_memory_limit"], 9223372036854771712);
+    }
+
+    #[test]
+    fn v1_oom_control_has_the_kill_counter() {
+        let oom = parse_kv(V1_OOM_CONTROL);
+        assert_eq!(oom["oom_kill_disable"], 0);
+        assert_eq!(oom["oom_kill"], 0);
+    }
+
+    #[test]
+    fn idle_host_pressure_is_zero() {
+        let p = parse_pressure(PROC_PRESSURE).unwrap();
+        assert_eq!(p.some.total_us, 0);
+        assert_eq!(p.full.avg10, 0.0);
+    }
+
+    #[test]
+    fn pressure_under_load_has_averages_and_totals() {
+        let p = parse_pressure(PRESSURE_UNDER_LOAD).unwrap();
+        assert!(p.some.avg10 > 0.0, "{p:?}");
+        assert!(p.some.total_us >= p.full.total_us);
+    }
+
+    #[test]
+    fn garbage_is_not_pressure() {
+        assert_eq!(parse_pressure("hello world\n"), None);
+        assert_eq!(parse_pressure(""), None);
+    }
+}

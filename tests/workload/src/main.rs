@@ -1,0 +1,167 @@
+//! memload: memory workloads with known shapes for guardian's tests and benchmarks.
+//!
+//! Usage: `memload <pattern> [--key value ...]`, sizes like `64m`, durations in milliseconds.
+//!   hog        --step 1m [--max 0] [--hold-ms 0]    touch anonymous memory until killed (or max)
+//!   pagecache  --file PATH --size 256m --rounds 3   write a file, then read it again and again
+//!   faults     --size 256m --rounds 20              map, touch and unmap: page-fault heavy
+//!
+//! It prints one line per phase to stderr so a test log shows where it was when it died.
+
+use std::{
+    collections::HashMap,
+    fs::File,
+    io::{Read, Write},
+    process::ExitCode,
+    time::{Duration, Instant},
+};
+
+const PAGE: usize = 4096;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some((pattern, rest)) = args.split_first() else {
+        eprintln!("usage: memload <hog|pagecache|faults> [--key value ...]");
+        return ExitCode::from(2);
+    };
+    let opts = match parse_opts(rest) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("memload: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = match pattern.as_str() {
+        "hog" => hog(&opts),
+        "pagecache" => pagecache(&opts),
+        "faults" => faults(&opts),
+        other => Err(format!("unknown pattern {other:?}")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("memload: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+struct Opts(HashMap<String, String>);
+
+fn parse_opts(args: &[String]) -> Result<Opts, String> {
+    let mut map = HashMap::new();
+    let mut it = args.iter();
+    while let Some(key) = it.next() {
+        let key = key
+            .strip_prefix("--")
+            .ok_or_else(|| format!("expected --key, got {key:?}"))?;
+        let value = it.next().ok_or_else(|| format!("--{key} needs a value"))?;
+        map.insert(key.to_string(), value.clone());
+    }
+    Ok(Opts(map))
+}
+
+impl Opts {
+    fn size(&self, key: &str, default: &str) -> Result<usize, String> {
+        parse_size(self.0.get(key).map(String::as_str).unwrap_or(default))
+    }
+    fn num(&self, key: &str, default: u64) -> Result<u64, String> {
+        match self.0.get(key) {
+            Some(v) => v.parse().map_err(|_| format!("--{key}: not a number: {v:?}")),
+            None => Ok(default),
+        }
+    }
+    fn str(&self, key: &str) -> Result<&str, String> {
+        self.0
+            .get(key)
+            .map(String::as_str)
+            .ok_or_else(|| format!("--{key} is required"))
+    }
+}
+
+fn parse_size(s: &str) -> Result<usize, String> {
+    let s = s.trim().to_ascii_lowercase();
+    let (num, scale) = match s.chars().last() {
+        Some('k') => (&s[..s.len() - 1], 1 << 10),
+        Some('m') => (&s[..s.len() - 1], 1 << 20),
+        Some('g') => (&s[..s.len() - 1], 1 << 30),
+        _ => (&s[..], 1),
+    };
+    num.parse::<usize>()
+        .map(|n| n * scale)
+        .map_err(|_| format!("not a size: {s:?}"))
+}
+
+/// Touches one byte per page so the memory is really charged.
+fn touch(buf: &mut [u8]) {
+    for i in (0..buf.len()).step_by(PAGE) {
+        buf[i] = 1;
+    }
+}
+
+fn hog(opts: &Opts) -> Result<(), String> {
+    let step = opts.size("step", "1m")?;
+    let max = opts.size("max", "0")?;
+    let hold = opts.num("hold-ms", 0)?;
+    let mut chunks: Vec<Vec<u8>> = Vec::new();
+    let mut total = 0usize;
+    eprintln!("memload hog: pid {} step {step}", std::process::id());
+    while max == 0 || total < max {
+        let mut chunk = vec![0u8; step];
+        touch(&mut chunk);
+        chunks.push(chunk);
+        total += step;
+    }
+    eprintln!("memload hog: holding {total} bytes");
+    std::thread::sleep(Duration::from_millis(hold));
+    std::hint::black_box(&chunks);
+    Ok(())
+}
+
+fn pagecache(opts: &Opts) -> Result<(), String> {
+    let path = opts.str("file")?;
+    let size = opts.size("size", "256m")?;
+    let rounds = opts.num("rounds", 3)?;
+    let block = vec![7u8; 1 << 20];
+    let mut file = File::create(path).map_err(|e| format!("{path}: {e}"))?;
+    let mut written = 0;
+    while written < size {
+        file.write_all(&block).map_err(|e| format!("{path}: {e}"))?;
+        written += block.len();
+    }
+    file.sync_all().map_err(|e| format!("{path}: {e}"))?;
+    eprintln!("memload pagecache: wrote {written} bytes");
+    let mut buf = vec![0u8; 1 << 20];
+    for round in 0..rounds {
+        let mut f = File::open(path).map_err(|e| format!("{path}: {e}"))?;
+        let mut read = 0;
+        loop {
+            let n = f.read(&mut buf).map_err(|e| format!("{path}: {e}"))?;
+            if n == 0 {
+                break;
+            }
+            read += n;
+        }
+        eprintln!("memload pagecache: round {round} read {read} bytes");
+    }
+    Ok(())
+}
+
+fn faults(opts: &Opts) -> Result<(), String> {
+    let size = opts.size("size", "256m")?;
+    let rounds = opts.num("rounds", 20)?;
+    let start = Instant::now();
+    for _ in 0..rounds {
+        let mut buf = vec![0u8; size];
+        touch(&mut buf);
+        std::hint::black_box(&buf);
+    }
+    let elapsed = start.elapsed();
+    let pages = (size / PAGE) as u64 * rounds;
+    // Machine-readable last line for the benchmark harness.
+    println!(
+        "faults pages={pages} seconds={:.6} ns_per_fault={:.1}",
+        elapsed.as_secs_f64(),
+        elapsed.as_nanos() as f64 / pages as f64
+    );
+    Ok(())
+}
