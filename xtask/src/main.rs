@@ -1,1 +1,97 @@
-fn main(){}
+//! Project tasks: `cargo xtask setup | run | test | bench`.
+//!
+//! `setup` installs everything the build and the tests need on a fresh Debian machine and skips
+//! what is already there; `run` and `test` call it first, so each is one command for a new user.
+
+mod bench;
+mod setup;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{bail, Context as _};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "guardian's build, setup and test tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install the eBPF toolchain (nightly rust-src, bpf-linker against rustc's LLVM) and the
+    /// Debian packages the tests use. Idempotent.
+    Setup,
+    /// Set up, build guardian (release) and run it as root; arguments go to guardian
+    /// (default: `events`).
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Set up, then build and run every test (unit, and end-to-end on this kernel).
+    Test {
+        /// Extra arguments for `cargo test`, e.g. a test name filter.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Measure probe overhead and event latency on this kernel; prints the numbers.
+    Bench {
+        /// Runs per configuration.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().task {
+        Task::Setup => setup::run(),
+        Task::Run { args } => {
+            setup::run()?;
+            cargo(&["build", "--release", "-p", "guardian"])?;
+            let args = if args.is_empty() { vec!["events".to_string()] } else { args };
+            let bin = workspace_root().join("target/release/guardian");
+            let status = Command::new(&bin).args(&args).status().with_context(|| format!("running {}", bin.display()))?;
+            std::process::exit(status.code().unwrap_or(1));
+        }
+        Task::Test { args } => {
+            setup::run()?;
+            // The end-to-end tests run the workload binary next to guardian's. (The default
+            // members exclude guardian-ebpf, which only builds for the BPF target.)
+            cargo(&["build"])?;
+            let mut test_args = vec!["test"];
+            test_args.extend(args.iter().map(String::as_str));
+            cargo(&test_args)
+        }
+        Task::Bench { runs } => {
+            setup::run()?;
+            cargo(&["build", "--release"])?;
+            bench::run(runs)
+        }
+    }
+}
+
+/// The workspace root (this crate lives in `<root>/xtask`).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask is inside the workspace")
+        .to_path_buf()
+}
+
+/// Runs cargo with `args` in the workspace root.
+fn cargo(args: &[&str]) -> anyhow::Result<()> {
+    run_status(Command::new(env!("CARGO")).args(args).current_dir(workspace_root()))
+}
+
+/// Runs a command, failing with its command line when it does not succeed.
+pub fn run_status(cmd: &mut Command) -> anyhow::Result<()> {
+    let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed with {status}");
+    }
+    Ok(())
+}

@@ -334,9 +334,12 @@ fn comm_string(comm: &[u8; COMM_LEN]) -> String {
 /// while the victim may still be there, and saying where each fact came from.
 fn oom_kill(e: &OomEvent, index: &mut CgroupIndex) -> OomKill {
     let has = |bit| e.present & bit != 0;
-    let proc_status = procfs::process::Process::new(e.victim_pid as i32)
-        .and_then(|p| p.status())
-        .ok();
+    // /proc is read only for what the tracepoint lacks (6.1 has pid only): while the victim is
+    // exiting, its status can block on the address space being torn down.
+    let needs_proc = !(has(oom_field::COMM) && has(oom_field::RSS) && has(oom_field::UID));
+    let proc_status = needs_proc
+        .then(|| procfs::process::Process::new(e.victim_pid as i32).and_then(|p| p.status()).ok())
+        .flatten();
 
     let (victim_cgroup, cgroup_source) = if has(oom_field::VICTIM_CGROUP) {
         (index.resolve(CgroupId(e.victim_cgroup_id)), Source::Kernel)

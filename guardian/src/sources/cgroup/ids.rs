@@ -71,6 +71,8 @@ fn read_proc_cgroups(path: &Path) -> Result<ProcCgroups, CgroupError> {
 pub struct CgroupIndex {
     hierarchy: Hierarchy,
     paths: HashMap<CgroupId, PathBuf>,
+    /// v1 memory paths found through a member process, kept for when the group has emptied.
+    memory_paths: HashMap<CgroupId, PathBuf>,
     last_scan: Option<Instant>,
     rescan_interval: Duration,
 }
@@ -81,6 +83,7 @@ impl CgroupIndex {
         Self {
             hierarchy,
             paths: HashMap::new(),
+            memory_paths: HashMap::new(),
             last_scan: None,
             rescan_interval: Duration::from_millis(100),
         }
@@ -111,8 +114,14 @@ impl CgroupIndex {
         let path = self.path_of(id);
         let memory_path = match (&path, self.hierarchy.memory_is_v2()) {
             (Some(p), true) => Some(p.clone()),
-            (Some(p), false) => self.v1_memory_path(p),
-            (None, _) => None,
+            (Some(p), false) => match self.v1_memory_path(p) {
+                Some(m) => {
+                    self.memory_paths.insert(id, m.clone());
+                    Some(m)
+                }
+                None => self.memory_paths.get(&id).cloned(),
+            },
+            (None, _) => self.memory_paths.get(&id).cloned(),
         };
         CgroupRef {
             id,

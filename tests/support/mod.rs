@@ -1,0 +1,241 @@
+//! Shared pieces of guardian's end-to-end tests: test cgroups below our own cgroup, the
+//! workload binary, and a running `guardian events` whose JSON lines the test can wait for.
+#![allow(dead_code)] // each test binary uses a different part of this module
+
+use std::{
+    io::{BufRead, BufReader},
+    os::unix::{fs::MetadataExt, process::CommandExt},
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::mpsc,
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+/// The tests change cgroups and load eBPF: they need root, and say so instead of passing.
+pub fn require_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "guardian's end-to-end tests need root (they load eBPF and create cgroups); run them with sudo"
+    );
+}
+
+pub fn guardian_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_guardian"))
+}
+
+/// The memload workload, built next to guardian by `cargo build --workspace`.
+pub fn memload_bin() -> PathBuf {
+    let bin = guardian_bin().with_file_name("memload");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it with `cargo build -p guardian-workload` (cargo xtask test does)",
+        bin.display()
+    );
+    bin
+}
+
+/// A memory cgroup of our own for one test, named `guardian-test-<name>-<pid>`, created below
+/// this process's cgroups in the v1 memory tree and the unified tree (hybrid hosts), or in the
+/// one v2 tree. Removed on drop, after killing anything left inside.
+pub struct TestCgroup {
+    /// The memory-controller directory (v1 memory tree, or the v2 directory).
+    pub memory_dir: PathBuf,
+    /// The unified-tree directory (the same as `memory_dir` on pure v2).
+    pub unified_dir: PathBuf,
+    pub v2: bool,
+}
+
+impl TestCgroup {
+    pub fn new(name: &str, limit: &str) -> Self {
+        let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+        let line = |pred: &dyn Fn(&str) -> bool| {
+            own.lines()
+                .find_map(|l| {
+                    let mut p = l.splitn(3, ':');
+                    let (_, c, path) = (p.next()?, p.next()?, p.next()?);
+                    pred(c).then(|| path.trim_start_matches('/').to_string())
+                })
+        };
+        let dir_name = format!("guardian-test-{name}-{}", std::process::id());
+        let unified_own = line(&|c| c.is_empty()).expect("no unified cgroup line in /proc/self/cgroup");
+        let v1_memory = Path::new("/sys/fs/cgroup/memory/memory.limit_in_bytes").exists();
+        let unified_root = if v1_memory || Path::new("/sys/fs/cgroup/unified/cgroup.procs").exists() {
+            PathBuf::from("/sys/fs/cgroup/unified")
+        } else {
+            PathBuf::from("/sys/fs/cgroup")
+        };
+        let unified_dir = unified_root.join(&unified_own).join(&dir_name);
+        std::fs::create_dir_all(&unified_dir).unwrap();
+        let (memory_dir, v2) = if v1_memory {
+            let mem_own = line(&|c| c.split(',').any(|c| c == "memory")).expect("no memory line");
+            let dir = Path::new("/sys/fs/cgroup/memory").join(mem_own).join(&dir_name);
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("memory.limit_in_bytes"), limit).unwrap();
+            (dir, false)
+        } else {
+            std::fs::write(unified_dir.join("memory.max"), limit).unwrap();
+            (unified_dir.clone(), true)
+        };
+        TestCgroup {
+            memory_dir,
+            unified_dir,
+            v2,
+        }
+    }
+
+    /// The v2 cgroup id: the inode of the unified directory.
+    pub fn id(&self) -> u64 {
+        std::fs::metadata(&self.unified_dir).unwrap().ino()
+    }
+
+    /// Starts `cmd` inside this cgroup (it moves itself in before exec).
+    pub fn spawn(&self, cmd: &mut Command) -> Child {
+        let procs: Vec<PathBuf> = if self.v2 {
+            vec![self.unified_dir.join("cgroup.procs")]
+        } else {
+            vec![self.memory_dir.join("cgroup.procs"), self.unified_dir.join("cgroup.procs")]
+        };
+        let procs: Vec<std::ffi::CString> = procs
+            .iter()
+            .map(|p| std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap())
+            .collect();
+        // SAFETY: between fork and exec the closure only calls open/write/close on paths built
+        // beforehand: async-signal-safe, no allocation, so the test harness's threads cannot
+        // leave it waiting on a lock.
+        unsafe {
+            cmd.pre_exec(move || {
+                for p in &procs {
+                    let fd = libc::open(p.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                    if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    libc::close(fd);
+                }
+                Ok(())
+            });
+        }
+        cmd.spawn().expect("spawning the workload")
+    }
+
+    /// Runs `cmd` inside this cgroup to completion.
+    pub fn run(&self, cmd: &mut Command) -> ExitStatus {
+        self.spawn(cmd).wait().unwrap()
+    }
+
+    pub fn memory_file(&self, name: &str) -> String {
+        std::fs::read_to_string(self.memory_dir.join(name)).unwrap()
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        for dir in [&self.memory_dir, &self.unified_dir] {
+            if let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+                for pid in procs.lines().filter_map(|l| l.parse::<i32>().ok()) {
+                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+                }
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        for dir in [&self.memory_dir, &self.unified_dir] {
+            while dir.exists() && std::fs::remove_dir(dir).is_err() && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+/// A running `guardian events --output json`, its lines collected as they come.
+pub struct Events {
+    child: Child,
+    lines: mpsc::Receiver<Value>,
+    pub seen: Vec<Value>,
+    stderr: thread::JoinHandle<String>,
+}
+
+impl Events {
+    /// Starts `guardian events --output json <args>` and waits for its `ready` line.
+    pub fn start(args: &[&str]) -> Self {
+        let mut child = Command::new(guardian_bin())
+            .args(["events", "--output", "json"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting guardian events");
+        let stdout = child.stdout.take().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let value: Value = serde_json::from_str(&line)
+                    .unwrap_or_else(|e| panic!("guardian printed a line that is not JSON ({e}): {line}"));
+                if tx.send(value).is_err() {
+                    return;
+                }
+            }
+        });
+        let stderr = thread::spawn(move || std::io::read_to_string(stderr).unwrap_or_default());
+        let mut events = Events {
+            child,
+            lines: rx,
+            seen: Vec::new(),
+            stderr,
+        };
+        let ready = events.wait_for(Duration::from_secs(20), |v| v["type"] == "ready");
+        assert!(ready.is_some(), "guardian events never became ready");
+        events
+    }
+
+    /// Waits until a line matching `pred` arrives (or one already did); returns it.
+    pub fn wait_for(&mut self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Option<Value> {
+        if let Some(v) = self.seen.iter().find(|v| pred(v)) {
+            return Some(v.clone());
+        }
+        let deadline = Instant::now() + timeout;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(v) => {
+                    self.seen.push(v.clone());
+                    if pred(&v) {
+                        return Some(v);
+                    }
+                }
+                Err(_) => return None,
+            }
+        }
+        None
+    }
+
+    /// Stops guardian with SIGINT, as Ctrl-C would, and returns its exit status and stderr;
+    /// every line it printed is in `seen` afterwards.
+    pub fn stop(mut self) -> (ExitStatus, String, Vec<Value>) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGINT,
+        );
+        let status = self.child.wait().unwrap();
+        while let Ok(v) = self.lines.recv_timeout(Duration::from_secs(2)) {
+            self.seen.push(v);
+        }
+        let stderr = self.stderr.join().unwrap();
+        (status, stderr, self.seen)
+    }
+}
+
+/// Runs guardian with `args` to completion: (exit status, stdout, stderr).
+pub fn run_guardian(args: &[&str]) -> (ExitStatus, String, String) {
+    output(Command::new(guardian_bin()).args(args))
+}
+
+pub fn output(cmd: &mut Command) -> (ExitStatus, String, String) {
+    let out = cmd.output().expect("running a command");
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
