@@ -20,7 +20,15 @@ fn memory_reading_matches_the_kernel_files() {
     require_root();
     let hierarchy = Hierarchy::detect().unwrap();
     let cg = TestCgroup::new("reading", "96M");
-    let mut hog = cg.spawn(Command::new(memload_bin()).args(["hog", "--step", "1m", "--max", "24m", "--hold-ms", "4000"]));
+    let mut hog = cg.spawn(Command::new(memload_bin()).args([
+        "hog",
+        "--step",
+        "1m",
+        "--max",
+        "24m",
+        "--hold-ms",
+        "4000",
+    ]));
     std::thread::sleep(Duration::from_millis(1500));
 
     let mem_rel = relative(&hierarchy.memory, &cg.memory_dir);
@@ -29,7 +37,11 @@ fn memory_reading_matches_the_kernel_files() {
     let (usage_file, peak_file, limit_file) = if cg.v2 {
         ("memory.current", "memory.peak", "memory.max")
     } else {
-        ("memory.usage_in_bytes", "memory.max_usage_in_bytes", "memory.limit_in_bytes")
+        (
+            "memory.usage_in_bytes",
+            "memory.max_usage_in_bytes",
+            "memory.limit_in_bytes",
+        )
     };
     let kernel_usage: u64 = cg.memory_file(usage_file).trim().parse().unwrap();
     let kernel_peak: u64 = cg.memory_file(peak_file).trim().parse().unwrap();
@@ -38,7 +50,10 @@ fn memory_reading_matches_the_kernel_files() {
     hog.wait().unwrap();
 
     // The hog holds still, so the two reads must agree to within a few pages.
-    assert!(reading.usage.0.abs_diff(kernel_usage) <= 16 * 4096, "{reading:?} vs {kernel_usage}");
+    assert!(
+        reading.usage.0.abs_diff(kernel_usage) <= 16 * 4096,
+        "{reading:?} vs {kernel_usage}"
+    );
     assert!(reading.usage.0 >= 24 << 20);
     assert_eq!(reading.limit.unwrap().0, kernel_limit);
     assert_eq!(reading.limit.unwrap().0, 96 << 20);
@@ -46,7 +61,10 @@ fn memory_reading_matches_the_kernel_files() {
     assert!(reading.anon.0 >= 24 << 20);
     assert!(reading.working_set <= reading.usage);
     assert_eq!(reading.oom_kills, 0);
-    assert!(reading.pressure.is_some(), "the unified tree has memory.pressure");
+    assert!(
+        reading.pressure.is_some(),
+        "the unified tree has memory.pressure"
+    );
 }
 
 #[test]
@@ -63,7 +81,10 @@ fn cgroup_index_names_an_id_in_both_trees() {
     sleeper.kill().unwrap();
     sleeper.wait().unwrap();
     assert_eq!(named.path.as_deref(), Some(uni_rel.as_path()));
-    assert_eq!(named.memory_path.as_deref(), Some(relative(&hierarchy.memory, &cg.memory_dir).as_path()));
+    assert_eq!(
+        named.memory_path.as_deref(),
+        Some(relative(&hierarchy.memory, &cg.memory_dir).as_path())
+    );
     // What /proc says of our own process agrees with the index for our own group.
     let own = ProcCgroups::parse(&std::fs::read_to_string("/proc/self/cgroup").unwrap());
     let own_id = index.id_of(own.unified.as_ref().unwrap()).unwrap();

@@ -12,12 +12,15 @@ const CGROUP2_SUPER_MAGIC: i64 = 0x63677270;
 
 /// The filesystem type of a mount point, straight from statfs: the test's own oracle.
 fn fs_magic(path: &str) -> Option<i64> {
-    nix::sys::statfs::statfs(path).ok().map(|s| s.filesystem_type().0 as i64)
+    nix::sys::statfs::statfs(path)
+        .ok()
+        .map(|s| s.filesystem_type().0 as i64)
 }
 
 fn doctor_json(cmd: &mut Command) -> (bool, Value) {
     let (status, stdout, stderr) = output(cmd.args(["doctor", "--output", "json"]));
-    let v: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("doctor JSON: {e}\n{stdout}\n{stderr}"));
+    let v: Value = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("doctor JSON: {e}\n{stdout}\n{stderr}"));
     (status.success(), v)
 }
 
@@ -43,7 +46,10 @@ fn doctor_reports_the_cgroup_mode_statfs_sees_and_loads_bpf() {
         && fs_magic("/sys/fs/cgroup/unified") == Some(CGROUP2_SUPER_MAGIC);
     if hybrid {
         assert!(detail.starts_with("hybrid"), "{detail}");
-        assert!(detail.ends_with("memory controller at /sys/fs/cgroup/memory"), "{detail}");
+        assert!(
+            detail.ends_with("memory controller at /sys/fs/cgroup/memory"),
+            "{detail}"
+        );
         assert_eq!(check(&report, "budgets")["status"], "WARN");
     } else {
         assert_eq!(fs_magic("/sys/fs/cgroup"), Some(CGROUP2_SUPER_MAGIC));
@@ -53,7 +59,10 @@ fn doctor_reports_the_cgroup_mode_statfs_sees_and_loads_bpf() {
     assert_eq!(check(&report, "tracefs")["status"], "OK");
     assert_eq!(check(&report, "psi")["status"], "OK");
     let btf_present = Path::new("/sys/kernel/btf/vmlinux").exists();
-    assert_eq!(check(&report, "btf")["status"], if btf_present { "OK" } else { "WARN" });
+    assert_eq!(
+        check(&report, "btf")["status"],
+        if btf_present { "OK" } else { "WARN" }
+    );
 }
 
 #[test]
@@ -61,9 +70,20 @@ fn doctor_human_output_has_one_row_per_check() {
     require_root();
     let (status, stdout, _) = run_guardian(&["doctor"]);
     assert!(status.success());
-    for name in ["kernel", "privileges", "cgroups", "psi", "btf", "tracefs", "ebpf", "docker"] {
+    for name in [
+        "kernel",
+        "privileges",
+        "cgroups",
+        "psi",
+        "btf",
+        "tracefs",
+        "ebpf",
+        "docker",
+    ] {
         assert!(
-            stdout.lines().any(|l| l.split_whitespace().nth(1) == Some(name)),
+            stdout
+                .lines()
+                .any(|l| l.split_whitespace().nth(1) == Some(name)),
             "no {name} row in:\n{stdout}"
         );
     }
@@ -71,8 +91,13 @@ fn doctor_human_output_has_one_row_per_check() {
 
 fn as_nobody() -> Command {
     let mut cmd = Command::new("setpriv");
-    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"])
-        .arg(guardian_bin());
+    cmd.args([
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "--inh-caps=-all",
+    ])
+    .arg(guardian_bin());
     cmd
 }
 
@@ -84,18 +109,30 @@ fn doctor_as_unprivileged_user_fails_with_a_fix() {
     assert_eq!(report["ok"], false);
     let privileges = check(&report, "privileges");
     assert_eq!(privileges["status"], "FAIL");
-    assert!(privileges["fix"].as_str().unwrap().contains("run guardian as root"));
-    assert!(check(&report, "ebpf")["detail"].as_str().unwrap().contains("eBPF needs root"));
+    assert!(privileges["fix"]
+        .as_str()
+        .unwrap()
+        .contains("run guardian as root"));
+    assert!(check(&report, "ebpf")["detail"]
+        .as_str()
+        .unwrap()
+        .contains("eBPF needs root"));
 }
 
 #[test]
 fn events_as_unprivileged_user_warns_once_and_keeps_running() {
     require_root();
-    let (status, stdout, stderr) = output(as_nobody().args(["events", "--duration", "1s", "--output", "json"]));
-    assert!(status.success(), "events should degrade, not fail: {stderr}");
+    let (status, stdout, stderr) =
+        output(as_nobody().args(["events", "--duration", "1s", "--output", "json"]));
+    assert!(
+        status.success(),
+        "events should degrade, not fail: {stderr}"
+    );
     let warnings: Vec<&str> = stderr.lines().filter(|l| l.contains("eBPF")).collect();
     assert_eq!(warnings.len(), 1, "one line about eBPF, got: {stderr}");
-    assert!(warnings[0].contains("eBPF needs root") && warnings[0].contains("run guardian as root"));
+    assert!(
+        warnings[0].contains("eBPF needs root") && warnings[0].contains("run guardian as root")
+    );
     let ready: Value = serde_json::from_str(stdout.lines().next().unwrap()).unwrap();
     assert_eq!(ready["type"], "ready");
     assert_eq!(ready["ebpf"], false);
@@ -110,11 +147,25 @@ fn events_without_tracefs_says_how_to_mount_it() {
         "mount -t tmpfs -o ro tmpfs /sys/kernel && exec {} events --duration 1s --output json",
         guardian_bin().display()
     );
-    let (status, stdout, stderr) = output(Command::new("unshare").args(["-m", "--propagation", "private", "sh", "-c", &script]));
-    assert!(status.success(), "events should degrade, not fail: {stderr}");
+    let (status, stdout, stderr) = output(Command::new("unshare").args([
+        "-m",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        &script,
+    ]));
+    assert!(
+        status.success(),
+        "events should degrade, not fail: {stderr}"
+    );
     let lines: Vec<&str> = stderr.lines().filter(|l| l.contains("tracefs")).collect();
     assert_eq!(lines.len(), 1, "one line about tracefs, got: {stderr}");
-    assert!(lines[0].contains("mount -t tracefs nodev /sys/kernel/tracing"), "{}", lines[0]);
+    assert!(
+        lines[0].contains("mount -t tracefs nodev /sys/kernel/tracing"),
+        "{}",
+        lines[0]
+    );
     let ready: Value = serde_json::from_str(stdout.lines().next().unwrap()).unwrap();
     assert_eq!(ready["ebpf"], false);
 }
@@ -124,7 +175,10 @@ fn unknown_output_format_is_a_usage_error() {
     let (status, _, stderr) = run_guardian(&["events", "--output", "xml"]);
     assert_eq!(status.code(), Some(2));
     let first = stderr.lines().next().unwrap();
-    assert!(first.contains("invalid value 'xml'") && first.contains("--output"), "{first}");
+    assert!(
+        first.contains("invalid value 'xml'") && first.contains("--output"),
+        "{first}"
+    );
     assert!(stderr.contains("possible values: human, json"), "{stderr}");
 }
 
@@ -134,5 +188,8 @@ fn watching_a_directory_that_is_not_a_cgroup_is_a_one_line_error() {
     let (status, _, stderr) = run_guardian(&["events", "--duration", "1s", "--watch", "/tmp"]);
     assert_eq!(status.code(), Some(1));
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
-    assert!(stderr.contains("--watch /tmp: not a cgroup directory"), "{stderr}");
+    assert!(
+        stderr.contains("--watch /tmp: not a cgroup directory"),
+        "{stderr}"
+    );
 }

@@ -16,28 +16,49 @@ fn path_str(p: &std::path::Path) -> &str {
 fn oom_kill_of_a_hog_names_its_pid_comm_and_cgroup_id() {
     require_root();
     let cg = TestCgroup::new("oom", "64M");
-    let mut events = Events::start(&["--watch", path_str(&cg.memory_dir), "--watch", path_str(&cg.unified_dir)]);
+    let mut events = Events::start(&[
+        "--watch",
+        path_str(&cg.memory_dir),
+        "--watch",
+        path_str(&cg.unified_dir),
+    ]);
 
     let mut hog = cg.spawn(Command::new(memload_bin()).args(["hog", "--step", "1m"]));
     let hog_pid = hog.id();
     let status = hog.wait().unwrap();
     use std::os::unix::process::ExitStatusExt;
-    assert_eq!(status.signal(), Some(9), "the hog should be OOM-killed, got {status:?}");
+    assert_eq!(
+        status.signal(),
+        Some(9),
+        "the hog should be OOM-killed, got {status:?}"
+    );
 
     let kill = events
-        .wait_for(Duration::from_secs(10), |v| v["type"] == "oom_kill" && v["victim"]["pid"] == hog_pid)
+        .wait_for(Duration::from_secs(10), |v| {
+            v["type"] == "oom_kill" && v["victim"]["pid"] == hog_pid
+        })
         .unwrap_or_else(|| panic!("no oom_kill event for pid {hog_pid}; saw {:?}", events.seen));
     assert_eq!(kill["victim"]["comm"], "memload");
-    assert_eq!(kill["victim"]["cgroup"]["id"], cg.id(), "cgroup id must be the inode of the unified dir");
+    assert_eq!(
+        kill["victim"]["cgroup"]["id"],
+        cg.id(),
+        "cgroup id must be the inode of the unified dir"
+    );
     assert_eq!(kill["cgroup_source"], "kernel");
     let anon = kill["rss"]["anon_rss"].as_u64().unwrap();
-    assert!(anon > 32 << 20 && anon <= 64 << 20, "anon rss {anon} should be near the 64M limit");
+    assert!(
+        anon > 32 << 20 && anon <= 64 << 20,
+        "anon rss {anon} should be near the 64M limit"
+    );
     assert_eq!(kill["memory"]["limit"], 64u64 << 20);
     assert!(kill["memory"]["oom_kills"].as_u64().unwrap() >= 1);
     if !cg.v2 {
         // The kernel's own v1 notification arrives too, for the same group.
         let memcg = events.wait_for(Duration::from_secs(5), |v| v["type"] == "memcg_oom");
-        assert_eq!(memcg.expect("no memcg_oom event")["cgroup"], path_str(&cg.memory_dir));
+        assert_eq!(
+            memcg.expect("no memcg_oom event")["cgroup"],
+            path_str(&cg.memory_dir)
+        );
     }
     let (status, stderr, _) = events.stop();
     assert!(status.success(), "guardian events failed: {stderr}");
@@ -50,7 +71,13 @@ fn reclaim_heavy_workload_produces_stall_data_for_its_cgroup() {
     let events = Events::start(&["--stall-threshold", "0s"]);
     let file = tempfile::NamedTempFile::new().unwrap();
     let status = cg.run(Command::new(memload_bin()).args([
-        "pagecache", "--file", path_str(file.path()), "--size", "160m", "--rounds", "2",
+        "pagecache",
+        "--file",
+        path_str(file.path()),
+        "--size",
+        "160m",
+        "--rounds",
+        "2",
     ]));
     assert!(status.success(), "workload failed: {status:?}");
     let (status, stderr, seen) = events.stop();
@@ -61,9 +88,15 @@ fn reclaim_heavy_workload_produces_stall_data_for_its_cgroup() {
         .iter()
         .filter(|v| v["type"] == "reclaim_stall" && v["cgroup"]["id"] == id)
         .collect();
-    assert!(!stalls.is_empty(), "no reclaim_stall events for cgroup {id}");
+    assert!(
+        !stalls.is_empty(),
+        "no reclaim_stall events for cgroup {id}"
+    );
     assert!(stalls.iter().all(|s| s["comm"] == "memload"));
-    let summary = seen.iter().find(|v| v["type"] == "summary").expect("no summary line");
+    let summary = seen
+        .iter()
+        .find(|v| v["type"] == "summary")
+        .expect("no summary line");
     let ours = summary["stalls"]
         .as_array()
         .unwrap()
@@ -71,10 +104,22 @@ fn reclaim_heavy_workload_produces_stall_data_for_its_cgroup() {
         .find(|s| s["cgroup"]["id"] == id)
         .unwrap_or_else(|| panic!("summary has no stall totals for cgroup {id}: {summary}"));
     let count = ours["count"].as_u64().unwrap();
-    assert!(count >= stalls.len() as u64, "every event is counted: {count} < {}", stalls.len());
+    assert!(
+        count >= stalls.len() as u64,
+        "every event is counted: {count} < {}",
+        stalls.len()
+    );
     assert!(ours["pages_reclaimed"].as_u64().unwrap() > 0);
-    let in_histogram: u64 = ours["histogram_us"].as_array().unwrap().iter().map(|b| b[1].as_u64().unwrap()).sum();
-    assert_eq!(in_histogram, count, "the histogram accounts for every stall");
+    let in_histogram: u64 = ours["histogram_us"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b[1].as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        in_histogram, count,
+        "the histogram accounts for every stall"
+    );
 }
 
 #[test]
@@ -83,19 +128,34 @@ fn psi_trigger_on_a_test_cgroup_fires_under_pressure() {
     let cg = TestCgroup::new("psi", "32M");
     let pressure_file = cg.unified_dir.join("memory.pressure");
     let mut events = Events::start(&[
-        "--watch", path_str(&cg.unified_dir), "--psi-stall", "50ms", "--psi-window", "2s",
+        "--watch",
+        path_str(&cg.unified_dir),
+        "--psi-stall",
+        "50ms",
+        "--psi-window",
+        "2s",
     ]);
     let file = tempfile::NamedTempFile::new().unwrap();
     let mut workload = cg.spawn(Command::new(memload_bin()).args([
-        "pagecache", "--file", path_str(file.path()), "--size", "128m", "--rounds", "40",
+        "pagecache",
+        "--file",
+        path_str(file.path()),
+        "--size",
+        "128m",
+        "--rounds",
+        "40",
     ]));
     let fired = events.wait_for(Duration::from_secs(60), |v| {
         v["type"] == "pressure" && v["file"] == path_str(&pressure_file)
     });
     let _ = workload.kill();
     let _ = workload.wait();
-    let fired = fired.unwrap_or_else(|| panic!("the PSI trigger never fired; saw {:?}", events.seen));
-    assert!(fired["trigger"].as_str().unwrap().starts_with("some 50000 "));
+    let fired =
+        fired.unwrap_or_else(|| panic!("the PSI trigger never fired; saw {:?}", events.seen));
+    assert!(fired["trigger"]
+        .as_str()
+        .unwrap()
+        .starts_with("some 50000 "));
     assert!(fired["stats"]["some"]["total_us"].as_u64().unwrap() >= 50_000);
     events.stop();
 }

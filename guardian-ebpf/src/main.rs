@@ -10,7 +10,7 @@ use aya_ebpf::{
     macros::map,
     maps::{PerCpuArray, RingBuf},
 };
-use guardian_common::{FIELD_ABSENT, OomLayout, ProbeConfig};
+use guardian_common::{OomLayout, ProbeConfig, FIELD_ABSENT};
 
 /// Set by userspace at load time (`EbpfLoader::override_global`); these defaults are never used.
 #[unsafe(no_mangle)]

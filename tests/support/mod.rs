@@ -52,17 +52,18 @@ impl TestCgroup {
     pub fn new(name: &str, limit: &str) -> Self {
         let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
         let line = |pred: &dyn Fn(&str) -> bool| {
-            own.lines()
-                .find_map(|l| {
-                    let mut p = l.splitn(3, ':');
-                    let (_, c, path) = (p.next()?, p.next()?, p.next()?);
-                    pred(c).then(|| path.trim_start_matches('/').to_string())
-                })
+            own.lines().find_map(|l| {
+                let mut p = l.splitn(3, ':');
+                let (_, c, path) = (p.next()?, p.next()?, p.next()?);
+                pred(c).then(|| path.trim_start_matches('/').to_string())
+            })
         };
         let dir_name = format!("guardian-test-{name}-{}", std::process::id());
-        let unified_own = line(&|c| c.is_empty()).expect("no unified cgroup line in /proc/self/cgroup");
+        let unified_own =
+            line(&|c| c.is_empty()).expect("no unified cgroup line in /proc/self/cgroup");
         let v1_memory = Path::new("/sys/fs/cgroup/memory/memory.limit_in_bytes").exists();
-        let unified_root = if v1_memory || Path::new("/sys/fs/cgroup/unified/cgroup.procs").exists() {
+        let unified_root = if v1_memory || Path::new("/sys/fs/cgroup/unified/cgroup.procs").exists()
+        {
             PathBuf::from("/sys/fs/cgroup/unified")
         } else {
             PathBuf::from("/sys/fs/cgroup")
@@ -71,7 +72,9 @@ impl TestCgroup {
         std::fs::create_dir_all(&unified_dir).unwrap();
         let (memory_dir, v2) = if v1_memory {
             let mem_own = line(&|c| c.split(',').any(|c| c == "memory")).expect("no memory line");
-            let dir = Path::new("/sys/fs/cgroup/memory").join(mem_own).join(&dir_name);
+            let dir = Path::new("/sys/fs/cgroup/memory")
+                .join(mem_own)
+                .join(&dir_name);
             std::fs::create_dir_all(&dir).unwrap();
             std::fs::write(dir.join("memory.limit_in_bytes"), limit).unwrap();
             (dir, false)
@@ -96,7 +99,10 @@ impl TestCgroup {
         let procs: Vec<PathBuf> = if self.v2 {
             vec![self.unified_dir.join("cgroup.procs")]
         } else {
-            vec![self.memory_dir.join("cgroup.procs"), self.unified_dir.join("cgroup.procs")]
+            vec![
+                self.memory_dir.join("cgroup.procs"),
+                self.unified_dir.join("cgroup.procs"),
+            ]
         };
         let procs: Vec<std::ffi::CString> = procs
             .iter()
@@ -135,7 +141,10 @@ impl Drop for TestCgroup {
         for dir in [&self.memory_dir, &self.unified_dir] {
             if let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) {
                 for pid in procs.lines().filter_map(|l| l.parse::<i32>().ok()) {
-                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
                 }
             }
         }
@@ -171,8 +180,9 @@ impl Events {
         let (tx, rx) = mpsc::channel();
         thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let value: Value = serde_json::from_str(&line)
-                    .unwrap_or_else(|e| panic!("guardian printed a line that is not JSON ({e}): {line}"));
+                let value: Value = serde_json::from_str(&line).unwrap_or_else(|e| {
+                    panic!("guardian printed a line that is not JSON ({e}): {line}")
+                });
                 if tx.send(value).is_err() {
                     return;
                 }

@@ -25,7 +25,8 @@ pub fn run(runs: usize) -> anyhow::Result<()> {
     println!("## Probe overhead ({runs} runs each, probes off/on interleaved)");
     let unlimited = BenchCgroup::new("faults", None)?;
     let faults = overhead(&guardian, runs, || {
-        let out = unlimited.output(Command::new(&memload).args(["faults", "--size", "256m", "--rounds", "10"]))?;
+        let out = unlimited
+            .output(Command::new(&memload).args(["faults", "--size", "256m", "--rounds", "10"]))?;
         parse_field(&out, "ns_per_fault=")
     })?;
     faults.print("page faults, no limit (ns per fault)");
@@ -33,16 +34,34 @@ pub fn run(runs: usize) -> anyhow::Result<()> {
     let limited = BenchCgroup::new("reclaim", Some("48M"))?;
     let reclaim = overhead(&guardian, runs, || {
         let start = Instant::now();
-        limited.output(Command::new(&memload).args(["pagecache", "--file", &scratch, "--size", "160m", "--rounds", "3"]))?;
+        limited.output(Command::new(&memload).args([
+            "pagecache",
+            "--file",
+            &scratch,
+            "--size",
+            "160m",
+            "--rounds",
+            "3",
+        ]))?;
         Ok(start.elapsed().as_secs_f64() * 1000.0)
     })?;
     reclaim.print("page cache under a 48M limit, constant memcg reclaim (ms per run)");
 
-    println!("\n## Event latency: bpf_ktime_get_ns() in the kernel to the JSON line read by a consumer");
+    println!(
+        "\n## Event latency: bpf_ktime_get_ns() in the kernel to the JSON line read by a consumer"
+    );
     let mut stall_lat = Vec::new();
     for _ in 0..runs {
         let mut events = EventStream::start(&guardian, &["--stall-threshold", "0s"])?;
-        limited.output(Command::new(&memload).args(["pagecache", "--file", &scratch, "--size", "160m", "--rounds", "2"]))?;
+        limited.output(Command::new(&memload).args([
+            "pagecache",
+            "--file",
+            &scratch,
+            "--size",
+            "160m",
+            "--rounds",
+            "2",
+        ]))?;
         stall_lat.extend(events.latencies_until_quiet("reclaim_stall")?);
     }
     print_latency("reclaim_stall", &mut stall_lat);
@@ -54,7 +73,10 @@ pub fn run(runs: usize) -> anyhow::Result<()> {
         let _ = oom_cg.output(Command::new(&memload).args(["hog", "--step", "1m"]));
     }
     oom_lat.extend(events.latencies_until_quiet("oom_kill")?);
-    print_latency("oom_kill (includes /proc and cgroup enrichment)", &mut oom_lat);
+    print_latency(
+        "oom_kill (includes /proc and cgroup enrichment)",
+        &mut oom_lat,
+    );
     let _ = std::fs::remove_file(&scratch);
     Ok(())
 }
@@ -96,8 +118,15 @@ impl Overhead {
 }
 
 /// Runs `measure` with the probes detached and attached, alternating so drift hits both.
-fn overhead(guardian: &Path, runs: usize, mut measure: impl FnMut() -> anyhow::Result<f64>) -> anyhow::Result<Overhead> {
-    let mut result = Overhead { off: Vec::new(), on: Vec::new() };
+fn overhead(
+    guardian: &Path,
+    runs: usize,
+    mut measure: impl FnMut() -> anyhow::Result<f64>,
+) -> anyhow::Result<Overhead> {
+    let mut result = Overhead {
+        off: Vec::new(),
+        on: Vec::new(),
+    };
     measure()?; // warm the page cache and the binaries
     for _ in 0..runs {
         result.off.push(measure()?);
@@ -135,7 +164,10 @@ fn print_latency(what: &str, lat_us: &mut [f64]) {
 }
 
 fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: valid pointer to a timespec; CLOCK_MONOTONIC always exists on Linux.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -166,7 +198,10 @@ impl EventStream {
             }
         });
         let stream = Self { child, lines: rx };
-        let (_, first) = stream.lines.recv_timeout(Duration::from_secs(20)).context("guardian events did not start")?;
+        let (_, first) = stream
+            .lines
+            .recv_timeout(Duration::from_secs(20))
+            .context("guardian events did not start")?;
         if !first.contains("\"ebpf\":true") {
             bail!("guardian events started without eBPF: {first}");
         }
@@ -216,7 +251,10 @@ impl BenchCgroup {
         let v1 = Path::new("/sys/fs/cgroup/memory/memory.limit_in_bytes").exists();
         if v1 {
             let mem = Path::new("/sys/fs/cgroup/memory")
-                .join(path_of(&|c| c.split(',').any(|c| c == "memory")).context("no memory cgroup")?)
+                .join(
+                    path_of(&|c| c.split(',').any(|c| c == "memory"))
+                        .context("no memory cgroup")?,
+                )
                 .join(&leaf);
             std::fs::create_dir_all(&mem)?;
             if let Some(limit) = limit {
@@ -224,8 +262,14 @@ impl BenchCgroup {
             }
             dirs.push(mem);
         }
-        let unified_root = if v1 { "/sys/fs/cgroup/unified" } else { "/sys/fs/cgroup" };
-        let uni = Path::new(unified_root).join(path_of(&|c| c.is_empty()).context("no unified cgroup")?).join(&leaf);
+        let unified_root = if v1 {
+            "/sys/fs/cgroup/unified"
+        } else {
+            "/sys/fs/cgroup"
+        };
+        let uni = Path::new(unified_root)
+            .join(path_of(&|c| c.is_empty()).context("no unified cgroup")?)
+            .join(&leaf);
         std::fs::create_dir_all(&uni)?;
         if let (false, Some(limit)) = (v1, limit) {
             std::fs::write(uni.join("memory.max"), limit)?;

@@ -52,9 +52,16 @@ fn main() -> anyhow::Result<()> {
         Task::Run { args } => {
             setup::run()?;
             cargo(&["build", "--release", "-p", "guardian"])?;
-            let args = if args.is_empty() { vec!["events".to_string()] } else { args };
+            let args = if args.is_empty() {
+                vec!["events".to_string()]
+            } else {
+                args
+            };
             let bin = workspace_root().join("target/release/guardian");
-            let status = Command::new(&bin).args(&args).status().with_context(|| format!("running {}", bin.display()))?;
+            let status = Command::new(&bin)
+                .args(&args)
+                .status()
+                .with_context(|| format!("running {}", bin.display()))?;
             std::process::exit(status.code().unwrap_or(1));
         }
         Task::Test { args } => {
@@ -84,7 +91,11 @@ pub fn workspace_root() -> PathBuf {
 
 /// Runs cargo with `args` in the workspace root.
 fn cargo(args: &[&str]) -> anyhow::Result<()> {
-    run_status(Command::new(env!("CARGO")).args(args).current_dir(workspace_root()))
+    run_status(
+        Command::new(env!("CARGO"))
+            .args(args)
+            .current_dir(workspace_root()),
+    )
 }
 
 /// Runs a command, failing with its command line when it does not succeed.

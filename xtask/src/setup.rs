@@ -29,15 +29,33 @@ fn nightly_with_rust_src() -> anyhow::Result<()> {
         .context("rustup is not installed: install Rust with rustup first")?;
     if !toolchains.lines().any(|l| l.starts_with("nightly")) {
         println!("setup: installing the nightly toolchain (the eBPF crate needs -Z build-std)");
-        run_status(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]))?;
+        run_status(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+        ]))?;
     }
-    let components = output(Command::new("rustup").args(["component", "list", "--toolchain", "nightly", "--installed"]))
-        .unwrap_or_default();
+    let components = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--toolchain",
+        "nightly",
+        "--installed",
+    ]))
+    .unwrap_or_default();
     if components.lines().any(|l| l.starts_with("rust-src")) {
         println!("setup: nightly rust-src present");
     } else {
         println!("setup: adding rust-src to nightly");
-        run_status(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+        run_status(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
     }
     Ok(())
 }
@@ -49,14 +67,16 @@ fn bpf_linker() -> anyhow::Result<()> {
         println!("setup: bpf-linker present");
         return Ok(());
     }
-    let version = output(Command::new("rustc").args(["+nightly", "-vV"])).context("rustc +nightly -vV failed")?;
+    let version = output(Command::new("rustc").args(["+nightly", "-vV"]))
+        .context("rustc +nightly -vV failed")?;
     let llvm_major = version
         .lines()
         .find_map(|l| l.strip_prefix("LLVM version: "))
         .and_then(|v| v.split('.').next())
         .context("rustc +nightly -vV does not name its LLVM version")?
         .to_string();
-    let sysroot = output(Command::new("rustc").args(["+nightly", "--print", "sysroot"])).context("rustc +nightly --print sysroot failed")?;
+    let sysroot = output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))
+        .context("rustc +nightly --print sysroot failed")?;
     let libdir = PathBuf::from(sysroot.trim()).join("lib");
     let lib = std::fs::read_dir(&libdir)
         .with_context(|| format!("reading {}", libdir.display()))?

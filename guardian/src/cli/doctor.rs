@@ -38,7 +38,12 @@ impl Check {
             fix: None,
         }
     }
-    fn problem(name: &'static str, status: Status, detail: impl Into<String>, fix: impl Into<String>) -> Self {
+    fn problem(
+        name: &'static str,
+        status: Status,
+        detail: impl Into<String>,
+        fix: impl Into<String>,
+    ) -> Self {
         Self {
             name,
             status,
@@ -84,24 +89,42 @@ pub async fn run(output: Output) -> anyhow::Result<ExitCode> {
             );
         }
     }
-    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn kernel() -> Check {
     match nix::sys::utsname::uname() {
         Ok(u) => Check::ok("kernel", u.release().to_string_lossy()),
-        Err(e) => Check::problem("kernel", Status::Warn, format!("uname failed: {e}"), "check /proc is mounted"),
+        Err(e) => Check::problem(
+            "kernel",
+            Status::Warn,
+            format!("uname failed: {e}"),
+            "check /proc is mounted",
+        ),
     }
 }
 
 fn privileges() -> Check {
     if ebpf::has_bpf_capabilities() {
-        Check::ok("privileges", format!("uid {} with CAP_SYS_ADMIN or CAP_BPF+CAP_PERFMON", nix::unistd::geteuid()))
+        Check::ok(
+            "privileges",
+            format!(
+                "uid {} with CAP_SYS_ADMIN or CAP_BPF+CAP_PERFMON",
+                nix::unistd::geteuid()
+            ),
+        )
     } else {
         Check::problem(
             "privileges",
             Status::Fail,
-            format!("uid {} without CAP_BPF/CAP_PERFMON/CAP_SYS_ADMIN", nix::unistd::geteuid()),
+            format!(
+                "uid {} without CAP_BPF/CAP_PERFMON/CAP_SYS_ADMIN",
+                nix::unistd::geteuid()
+            ),
             "run guardian as root (sudo guardian ...) or under the systemd unit",
         )
     }
@@ -135,15 +158,35 @@ fn cgroups() -> Vec<Check> {
 fn psi() -> Check {
     let file = Path::new("/proc/pressure/memory");
     if !file.exists() {
-        return Check::problem("psi", Status::Warn, "no /proc/pressure/memory", "boot with psi=1 (CONFIG_PSI)");
+        return Check::problem(
+            "psi",
+            Status::Warn,
+            "no /proc/pressure/memory",
+            "boot with psi=1 (CONFIG_PSI)",
+        );
     }
-    match PsiTrigger::arm(file, PsiKind::Some, Duration::from_millis(100), Duration::from_millis(500)) {
-        Ok(t) if t.trigger().ends_with(" 500000") => Check::ok("psi", "triggers with 500 ms windows"),
+    match PsiTrigger::arm(
+        file,
+        PsiKind::Some,
+        Duration::from_millis(100),
+        Duration::from_millis(500),
+    ) {
+        Ok(t) if t.trigger().ends_with(" 500000") => {
+            Check::ok("psi", "triggers with 500 ms windows")
+        }
         Ok(t) => Check::ok(
             "psi",
-            format!("triggers accepted as `{}`: windows must be multiples of 2 s (no CAP_SYS_RESOURCE)", t.trigger()),
+            format!(
+                "triggers accepted as `{}`: windows must be multiples of 2 s (no CAP_SYS_RESOURCE)",
+                t.trigger()
+            ),
         ),
-        Err(e) => Check::problem("psi", Status::Warn, e.to_string(), "run as root on a kernel with PSI triggers (5.2+)"),
+        Err(e) => Check::problem(
+            "psi",
+            Status::Warn,
+            e.to_string(),
+            "run as root on a kernel with PSI triggers (5.2+)",
+        ),
     }
 }
 

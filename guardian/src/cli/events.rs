@@ -88,7 +88,12 @@ pub async fn run(args: EventsArgs, output: Output) -> anyhow::Result<ExitCode> {
         }
     };
 
-    match PsiTrigger::arm(Path::new(HOST_PRESSURE), PsiKind::Some, args.psi_stall, args.psi_window) {
+    match PsiTrigger::arm(
+        Path::new(HOST_PRESSURE),
+        PsiKind::Some,
+        args.psi_stall,
+        args.psi_window,
+    ) {
         Ok(trigger) => {
             watching.push(format!("psi {} on {HOST_PRESSURE}", trigger.trigger()));
             spawn_psi(trigger, tx.clone());
@@ -192,7 +197,10 @@ fn watch_cgroup(
     };
     let dir = dir.canonicalize().with_context(fix)?;
     let in_memory = dir.starts_with(&hierarchy.memory);
-    let in_unified = hierarchy.unified.as_ref().is_some_and(|u| dir.starts_with(u));
+    let in_unified = hierarchy
+        .unified
+        .as_ref()
+        .is_some_and(|u| dir.starts_with(u));
     let mut armed = Vec::new();
     if in_memory && !hierarchy.memory_is_v2() {
         let notifier = V1OomNotifier::arm(&dir)?;
@@ -204,7 +212,9 @@ fn watch_cgroup(
                     Ok(_) => Notice::V1Oom {
                         dir: notifier.dir().to_path_buf(),
                     },
-                    Err(e) => Notice::Gone { what: e.to_string() },
+                    Err(e) => Notice::Gone {
+                        what: e.to_string(),
+                    },
                 };
                 let stop = matches!(notice, Notice::Gone { .. });
                 if tx.send(notice).await.is_err() || stop {
@@ -246,7 +256,9 @@ fn spawn_psi(trigger: PsiTrigger, tx: mpsc::Sender<Notice>) {
                     file: trigger.file().to_path_buf(),
                     trigger: trigger.trigger().to_string(),
                 },
-                Err(e) => Notice::Gone { what: e.to_string() },
+                Err(e) => Notice::Gone {
+                    what: e.to_string(),
+                },
             };
             let stop = matches!(notice, Notice::Gone { .. });
             if tx.send(notice).await.is_err() || stop {
@@ -275,7 +287,9 @@ fn spawn_memory_events(watch: FileWatch, dir: PathBuf, tx: mpsc::Sender<Notice>)
                     }
                 }
                 Ok(_) => continue,
-                Err(e) => Notice::Gone { what: e.to_string() },
+                Err(e) => Notice::Gone {
+                    what: e.to_string(),
+                },
             };
             let stop = matches!(notice, Notice::Gone { .. });
             if tx.send(notice).await.is_err() || stop {
@@ -338,7 +352,11 @@ fn oom_kill(e: &OomEvent, index: &mut CgroupIndex) -> OomKill {
     // exiting, its status can block on the address space being torn down.
     let needs_proc = !(has(oom_field::COMM) && has(oom_field::RSS) && has(oom_field::UID));
     let proc_status = needs_proc
-        .then(|| procfs::process::Process::new(e.victim_pid as i32).and_then(|p| p.status()).ok())
+        .then(|| {
+            procfs::process::Process::new(e.victim_pid as i32)
+                .and_then(|p| p.status())
+                .ok()
+        })
         .flatten();
 
     let (victim_cgroup, cgroup_source) = if has(oom_field::VICTIM_CGROUP) {
@@ -350,7 +368,10 @@ fn oom_kill(e: &OomEvent, index: &mut CgroupIndex) -> OomKill {
             .and_then(|rel| index.id_of(&rel).ok());
         match from_proc {
             Some(id) => (index.resolve(id), Source::Procfs),
-            None => (index.resolve(CgroupId(e.trigger_cgroup_id)), Source::Trigger),
+            None => (
+                index.resolve(CgroupId(e.trigger_cgroup_id)),
+                Source::Trigger,
+            ),
         }
     };
 
@@ -395,9 +416,10 @@ fn oom_kill(e: &OomEvent, index: &mut CgroupIndex) -> OomKill {
             .and_then(|s| s.trim().parse().ok())
     };
 
-    let memory = victim_cgroup.memory_path.as_deref().and_then(|mem| {
-        read_memory(index.hierarchy(), mem, victim_cgroup.path.as_deref()).ok()
-    });
+    let memory = victim_cgroup
+        .memory_path
+        .as_deref()
+        .and_then(|mem| read_memory(index.hierarchy(), mem, victim_cgroup.path.as_deref()).ok());
     let trigger_cgroup = index.resolve(CgroupId(e.trigger_cgroup_id));
 
     OomKill {
@@ -485,7 +507,11 @@ fn human(event: &Event) -> String {
                 "{} OOM-KILL {} in {}",
                 k.time,
                 task_name(&k.victim),
-                k.victim.cgroup.as_ref().map(cgroup_name).unwrap_or_default()
+                k.victim
+                    .cgroup
+                    .as_ref()
+                    .map(cgroup_name)
+                    .unwrap_or_default()
             );
             if let Some(rss) = &k.rss {
                 line += &format!(
@@ -494,7 +520,10 @@ fn human(event: &Event) -> String {
                 );
             }
             if let Some(m) = &k.memory {
-                let limit = m.limit.map(|l| l.to_string()).unwrap_or_else(|| "unlimited".into());
+                let limit = m
+                    .limit
+                    .map(|l| l.to_string())
+                    .unwrap_or_else(|| "unlimited".into());
                 line += &format!(" usage {}/{limit}", m.usage);
             }
             line += &format!(" triggered by {}", task_name(&k.trigger));
@@ -520,7 +549,9 @@ fn human(event: &Event) -> String {
             "{} MEMCG-OOM {} oom_kill {}",
             o.time,
             o.cgroup.display(),
-            o.oom_kills.map(|n| n.to_string()).unwrap_or_else(|| "?".into())
+            o.oom_kills
+                .map(|n| n.to_string())
+                .unwrap_or_else(|| "?".into())
         ),
         Event::Summary {
             stalls,

@@ -42,9 +42,9 @@ impl std::str::FromStr for Bytes {
             .find(|c: char| !(c.is_ascii_digit() || c == '.'))
             .unwrap_or(t.len());
         let (num, unit) = t.split_at(split);
-        let value: f64 = num
-            .parse()
-            .map_err(|_| format!("invalid size {s:?}: expected a number with k/m/g/t suffix, e.g. 512m"))?;
+        let value: f64 = num.parse().map_err(|_| {
+            format!("invalid size {s:?}: expected a number with k/m/g/t suffix, e.g. 512m")
+        })?;
         let unit = unit.trim().to_ascii_lowercase();
         let unit = unit.trim_end_matches('b').trim_end_matches('i');
         let scale: u64 = match unit {
@@ -53,7 +53,11 @@ impl std::str::FromStr for Bytes {
             "m" => 1 << 20,
             "g" => 1 << 30,
             "t" => 1 << 40,
-            _ => return Err(format!("invalid size {s:?}: unknown unit, use k, m, g or t")),
+            _ => {
+                return Err(format!(
+                    "invalid size {s:?}: unknown unit, use k, m, g or t"
+                ))
+            }
         };
         Ok(Bytes((value * scale as f64).round() as u64))
     }

@@ -52,7 +52,10 @@ pub async fn api_version() -> Result<(PathBuf, String), DockerError> {
         .await
         .map_err(unreachable)?;
     let mut answer = String::new();
-    stream.read_to_string(&mut answer).await.map_err(unreachable)?;
+    stream
+        .read_to_string(&mut answer)
+        .await
+        .map_err(unreachable)?;
     let body = answer.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
     let version = serde_json::from_str::<serde_json::Value>(body)
         .ok()

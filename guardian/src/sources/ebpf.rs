@@ -22,7 +22,11 @@ static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/
 /// The tracepoints guardian attaches to: (program, category, name).
 const ATTACHMENTS: [(&str, &str, &str); 3] = [
     ("oom_mark_victim", "oom", "mark_victim"),
-    ("memcg_reclaim_begin", "vmscan", "mm_vmscan_memcg_reclaim_begin"),
+    (
+        "memcg_reclaim_begin",
+        "vmscan",
+        "mm_vmscan_memcg_reclaim_begin",
+    ),
     ("memcg_reclaim_end", "vmscan", "mm_vmscan_memcg_reclaim_end"),
 ];
 
@@ -124,10 +128,14 @@ impl Probes {
             ebpf.take_map(name)
                 .ok_or_else(|| BpfError::Load(format!("map {name} missing from the object")))
         };
-        let oom_map = RingBuf::try_from(take(&mut ebpf, "OOM_EVENTS")?).map_err(|e| BpfError::Load(e.to_string()))?;
-        let stall_map = RingBuf::try_from(take(&mut ebpf, "STALL_EVENTS")?).map_err(|e| BpfError::Load(e.to_string()))?;
-        let stats = PerCpuHashMap::try_from(take(&mut ebpf, "STALL_STATS")?).map_err(|e| BpfError::Load(e.to_string()))?;
-        let dropped = PerCpuArray::try_from(take(&mut ebpf, "DROPPED")?).map_err(|e| BpfError::Load(e.to_string()))?;
+        let oom_map = RingBuf::try_from(take(&mut ebpf, "OOM_EVENTS")?)
+            .map_err(|e| BpfError::Load(e.to_string()))?;
+        let stall_map = RingBuf::try_from(take(&mut ebpf, "STALL_EVENTS")?)
+            .map_err(|e| BpfError::Load(e.to_string()))?;
+        let stats = PerCpuHashMap::try_from(take(&mut ebpf, "STALL_STATS")?)
+            .map_err(|e| BpfError::Load(e.to_string()))?;
+        let dropped = PerCpuArray::try_from(take(&mut ebpf, "DROPPED")?)
+            .map_err(|e| BpfError::Load(e.to_string()))?;
         let async_fd = |rb| {
             super::owned_async_fd(rb, tokio::io::Interest::READABLE)
                 .map_err(|e| BpfError::Load(e.to_string()))

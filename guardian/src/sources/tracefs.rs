@@ -67,7 +67,12 @@ impl Tracefs {
 
     /// Reads `events/<category>/<name>/format`.
     pub fn format(&self, category: &str, name: &str) -> Result<TraceFormat, TracefsError> {
-        let path = self.root.join("events").join(category).join(name).join("format");
+        let path = self
+            .root
+            .join("events")
+            .join(category)
+            .join(name)
+            .join("format");
         let text = std::fs::read_to_string(&path).map_err(|source| {
             if source.kind() == std::io::ErrorKind::NotFound {
                 TracefsError::MissingTracepoint {
@@ -232,7 +237,9 @@ mod tests {
     #[test]
     fn fixed_size_comm_arrays_are_read_in_place() {
         let text = "\tfield:int pid;\toffset:8;\tsize:4;\tsigned:1;\n\tfield:char comm[16];\toffset:12;\tsize:16;\tsigned:0;\n";
-        let l = TraceFormat::parse(Path::new("format"), text).oom_layout().unwrap();
+        let l = TraceFormat::parse(Path::new("format"), text)
+            .oom_layout()
+            .unwrap();
         assert_eq!((l.comm, l.comm_is_data_loc), (12, 0));
     }
 }

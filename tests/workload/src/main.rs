@@ -66,7 +66,9 @@ impl Opts {
     }
     fn num(&self, key: &str, default: u64) -> Result<u64, String> {
         match self.0.get(key) {
-            Some(v) => v.parse().map_err(|_| format!("--{key}: not a number: {v:?}")),
+            Some(v) => v
+                .parse()
+                .map_err(|_| format!("--{key}: not a number: {v:?}")),
             None => Ok(default),
         }
     }

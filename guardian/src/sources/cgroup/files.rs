@@ -67,10 +67,13 @@ fn read_v2_limit(path: &Path) -> Result<Option<Bytes>, CgroupError> {
     let text = read(path)?;
     match text.trim() {
         "max" => Ok(None),
-        n => n.parse().map(|n| Some(Bytes(n))).map_err(|_| CgroupError::Parse {
-            path: path.to_path_buf(),
-            content: text.clone(),
-        }),
+        n => n
+            .parse()
+            .map(|n| Some(Bytes(n)))
+            .map_err(|_| CgroupError::Parse {
+                path: path.to_path_buf(),
+                content: text.clone(),
+            }),
     }
 }
 

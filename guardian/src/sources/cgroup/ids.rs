@@ -25,7 +25,8 @@ impl ProcCgroups {
         let mut out = ProcCgroups::default();
         for line in text.lines() {
             let mut parts = line.splitn(3, ':');
-            let (Some(id), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next())
+            let (Some(id), Some(controllers), Some(path)) =
+                (parts.next(), parts.next(), parts.next())
             else {
                 continue;
             };

@@ -115,7 +115,8 @@ impl Hierarchy {
                 continue;
             };
             let mut right = right.split_whitespace();
-            let (Some(fstype), _source, Some(super_opts)) = (right.next(), right.next(), right.next())
+            let (Some(fstype), _source, Some(super_opts)) =
+                (right.next(), right.next(), right.next())
             else {
                 continue;
             };
@@ -199,7 +200,10 @@ mod tests {
         let h = Hierarchy::from_mountinfo(HYBRID, |_| false).unwrap();
         assert_eq!(h.mode, Mode::Hybrid);
         assert_eq!(h.memory, Path::new("/sys/fs/cgroup/memory"));
-        assert_eq!(h.unified.as_deref(), Some(Path::new("/sys/fs/cgroup/unified")));
+        assert_eq!(
+            h.unified.as_deref(),
+            Some(Path::new("/sys/fs/cgroup/unified"))
+        );
         assert!(!h.memory_is_v2());
     }
 
@@ -219,7 +223,11 @@ mod tests {
 
     #[test]
     fn v1_only_host() {
-        let v1_only: String = HYBRID.lines().filter(|l| !l.contains("cgroup2")).collect::<Vec<_>>().join("\n");
+        let v1_only: String = HYBRID
+            .lines()
+            .filter(|l| !l.contains("cgroup2"))
+            .collect::<Vec<_>>()
+            .join("\n");
         let h = Hierarchy::from_mountinfo(&v1_only, |_| true).unwrap();
         assert_eq!(h.mode, Mode::V1);
         assert_eq!(h.unified, None);

@@ -32,7 +32,8 @@ impl V1OomNotifier {
     /// Registers for OOM notifications of the v1 memory cgroup at `dir` (absolute).
     pub fn arm(dir: &Path) -> Result<Self, CgroupError> {
         let control_path = dir.join("memory.oom_control");
-        let oom_control = File::open(&control_path).map_err(|e| CgroupError::read(&control_path, e))?;
+        let oom_control =
+            File::open(&control_path).map_err(|e| CgroupError::read(&control_path, e))?;
         let efd = EventFd::from_flags(EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC)
             .map_err(|e| io_err(dir, e))?;
         let event_control = dir.join("cgroup.event_control");
@@ -41,9 +42,11 @@ impl V1OomNotifier {
             path: event_control.clone(),
             source,
         })?;
-        let efd = crate::sources::owned_async_fd(efd, Interest::READABLE).map_err(|source| CgroupError::Read {
-            path: dir.to_path_buf(),
-            source,
+        let efd = crate::sources::owned_async_fd(efd, Interest::READABLE).map_err(|source| {
+            CgroupError::Read {
+                path: dir.to_path_buf(),
+                source,
+            }
         })?;
         Ok(Self {
             dir: dir.to_path_buf(),
@@ -108,12 +111,11 @@ impl FileWatch {
         inotify
             .add_watch(path, AddWatchFlags::IN_MODIFY)
             .map_err(|e| io_err(path, e))?;
-        let inotify = crate::sources::owned_async_fd(InotifyFd(inotify), Interest::READABLE).map_err(|source| {
-            CgroupError::Read {
+        let inotify = crate::sources::owned_async_fd(InotifyFd(inotify), Interest::READABLE)
+            .map_err(|source| CgroupError::Read {
                 path: path.to_path_buf(),
                 source,
-            }
-        })?;
+            })?;
         Ok(Self {
             path: path.to_path_buf(),
             inotify,
@@ -138,7 +140,10 @@ impl FileWatch {
                 })?;
             match guard.get_inner().0.read_events() {
                 Ok(events) => {
-                    if events.iter().any(|e| e.mask.contains(AddWatchFlags::IN_IGNORED)) {
+                    if events
+                        .iter()
+                        .any(|e| e.mask.contains(AddWatchFlags::IN_IGNORED))
+                    {
                         return Err(CgroupError::Gone {
                             path: self.path.clone(),
                         });

@@ -37,7 +37,12 @@ impl PsiTrigger {
     /// `/proc/pressure/memory`). If the kernel treats us as unprivileged and refuses the window,
     /// the window is rounded up to a multiple of 2 s and tried once more; [`Self::trigger`] says
     /// what was accepted.
-    pub fn arm(file: &Path, kind: PsiKind, stall: Duration, window: Duration) -> Result<Self, CgroupError> {
+    pub fn arm(
+        file: &Path,
+        kind: PsiKind,
+        stall: Duration,
+        window: Duration,
+    ) -> Result<Self, CgroupError> {
         match Self::arm_exact(file, kind, stall, window) {
             Err(CgroupError::PsiRefused { source, .. })
                 if source.raw_os_error() == Some(libc::EINVAL)
@@ -51,7 +56,12 @@ impl PsiTrigger {
         }
     }
 
-    fn arm_exact(file: &Path, kind: PsiKind, stall: Duration, window: Duration) -> Result<Self, CgroupError> {
+    fn arm_exact(
+        file: &Path,
+        kind: PsiKind,
+        stall: Duration,
+        window: Duration,
+    ) -> Result<Self, CgroupError> {
         let trigger = format!(
             "{} {} {}",
             match kind {
@@ -71,14 +81,17 @@ impl PsiTrigger {
         // it does not eat a digit.
         let mut buf = trigger.clone().into_bytes();
         buf.push(0);
-        f.write_all(&buf).map_err(|source| CgroupError::PsiRefused {
-            path: file.to_path_buf(),
-            trigger: trigger.clone(),
-            source,
-        })?;
-        let fd = crate::sources::owned_async_fd(f, Interest::PRIORITY).map_err(|source| CgroupError::Read {
-            path: file.to_path_buf(),
-            source,
+        f.write_all(&buf)
+            .map_err(|source| CgroupError::PsiRefused {
+                path: file.to_path_buf(),
+                trigger: trigger.clone(),
+                source,
+            })?;
+        let fd = crate::sources::owned_async_fd(f, Interest::PRIORITY).map_err(|source| {
+            CgroupError::Read {
+                path: file.to_path_buf(),
+                source,
+            }
         })?;
         Ok(Self {
             file: file.to_path_buf(),
@@ -99,14 +112,14 @@ impl PsiTrigger {
 
     /// Waits until the trigger fires. `Gone` when the cgroup was removed.
     pub async fn fired(&self) -> Result<(), CgroupError> {
-        let mut guard = self
-            .fd
-            .ready(Interest::PRIORITY)
-            .await
-            .map_err(|source| CgroupError::Read {
-                path: self.file.clone(),
-                source,
-            })?;
+        let mut guard =
+            self.fd
+                .ready(Interest::PRIORITY)
+                .await
+                .map_err(|source| CgroupError::Read {
+                    path: self.file.clone(),
+                    source,
+                })?;
         let ready = guard.ready();
         guard.clear_ready();
         if ready.is_error() || !self.file.exists() {
@@ -126,4 +139,3 @@ impl std::fmt::Debug for PsiTrigger {
             .finish()
     }
 }
-
