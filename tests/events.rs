@@ -45,6 +45,10 @@ fn oom_kill_of_a_hog_names_its_pid_comm_and_cgroup_id() {
         "cgroup id must be the inode of the unified dir"
     );
     assert_eq!(kill["cgroup_source"], "kernel");
+    // The kernel's own log line names the same victim.
+    let kernel_log = support::output(&mut Command::new("dmesg")).1;
+    let line = format!("Killed process {hog_pid} (memload)");
+    assert!(kernel_log.contains(&line), "the kernel log has no {line:?}");
     let anon = kill["rss"]["anon_rss"].as_u64().unwrap();
     assert!(
         anon > 32 << 20 && anon <= 64 << 20,

@@ -197,7 +197,8 @@ mod tests {
     use super::*;
 
     const MARK_VICTIM_6_18: &str = include_str!("fixtures/mark_victim-6.18.format");
-    const MARK_VICTIM_6_1: &str = include_str!("fixtures/mark_victim-6.1.format");
+    /// Debian's 6.1.176 (bookworm) carries the 6.9 extension as a backport.
+    const MARK_VICTIM_6_1_176: &str = include_str!("fixtures/mark_victim-6.1.176.format");
     const RECLAIM_END_6_18: &str = include_str!("fixtures/memcg_reclaim_end-6.18.format");
 
     #[test]
@@ -214,8 +215,34 @@ mod tests {
     }
 
     #[test]
-    fn mark_victim_on_6_1_has_pid_only() {
-        let f = TraceFormat::parse(Path::new("format"), MARK_VICTIM_6_1);
+    fn mark_victim_on_debian_6_1_176_has_the_backported_fields() {
+        let f = TraceFormat::parse(Path::new("format"), MARK_VICTIM_6_1_176);
+        let l = f.oom_layout().unwrap();
+        assert_eq!((l.pid, l.comm, l.comm_is_data_loc), (8, 12, 1));
+        assert_eq!((l.anon_rss, l.oom_score_adj), (24, 64));
+    }
+
+    #[test]
+    fn mark_victim_before_6_9_has_pid_only() {
+        // Kernels before the 6.9 extension (and 6.1 before Debian's backport) print the common
+        // fields and `pid` only: the 6.18 capture without the fields 6.9 added.
+        let added = [
+            "comm",
+            "total_vm",
+            "anon_rss",
+            "file_rss",
+            "shmem_rss",
+            "uid",
+            "pgtables",
+            "oom_score_adj",
+        ];
+        let old: String = MARK_VICTIM_6_18
+            .lines()
+            .filter(|l| !added.iter().any(|f| l.contains(&format!(" {f};"))))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let f = TraceFormat::parse(Path::new("format"), &old);
+        assert_eq!(f.fields.len(), 5, "{old}");
         assert_eq!(f.oom_layout().unwrap(), OomLayout::pid_only(8));
     }
 

@@ -165,14 +165,16 @@ mod tests {
 
     const V1_STAT: &str = include_str!("fixtures/v1-memory.stat");
     const V1_OOM_CONTROL: &str = include_str!("fixtures/v1-memory.oom_control");
+    const V2_STAT: &str = include_str!("fixtures/v2-memory.stat");
+    const V2_EVENTS: &str = include_str!("fixtures/v2-memory.events");
     const PROC_PRESSURE: &str = include_str!("fixtures/proc-pressure-memory");
     const PRESSURE_UNDER_LOAD: &str = include_str!("fixtures/memory.pressure-under-load");
 
     #[test]
     fn v1_memory_stat_parses_totals() {
         let stat = parse_kv(V1_STAT);
-        assert_eq!(stat["cache"], 965009408);
-        assert_eq!(stat["total_inactive_file"], 535367680);
+        assert_eq!(stat["cache"], 964755456);
+        assert_eq!(stat["total_inactive_file"], 535392256);
         assert_eq!(stat["hierarchical_memory_limit"], 9223372036854771712);
     }
 
@@ -181,6 +183,16 @@ mod tests {
         let oom = parse_kv(V1_OOM_CONTROL);
         assert_eq!(oom["oom_kill_disable"], 0);
         assert_eq!(oom["oom_kill"], 0);
+    }
+
+    #[test]
+    fn v2_memory_stat_and_events_parse() {
+        let stat = parse_kv(V2_STAT);
+        assert_eq!(stat["anon"], 65536);
+        assert_eq!(stat["inactive_file"], 0);
+        let events = parse_kv(V2_EVENTS);
+        assert_eq!(events.len(), 6);
+        assert_eq!(events["oom_kill"], 0);
     }
 
     #[test]
