@@ -81,10 +81,11 @@ fn cgroup_index_names_an_id_in_both_trees() {
     sleeper.kill().unwrap();
     sleeper.wait().unwrap();
     assert_eq!(named.path.as_deref(), Some(uni_rel.as_path()));
-    assert_eq!(
-        named.memory_path.as_deref(),
-        Some(relative(&hierarchy.memory, &cg.memory_dir).as_path())
-    );
+    let memory_rel = relative(&hierarchy.memory, &cg.memory_dir);
+    assert_eq!(named.memory_path.as_deref(), Some(memory_rel.as_path()));
+    // Empty now: a fresh index still pairs the two trees.
+    let mut fresh = CgroupIndex::new(hierarchy.clone());
+    assert_eq!(fresh.resolve(id).memory_path, Some(memory_rel));
     // What /proc says of our own process agrees with the index for our own group.
     let own = ProcCgroups::parse(&std::fs::read_to_string("/proc/self/cgroup").unwrap());
     let own_id = index.id_of(own.unified.as_ref().unwrap()).unwrap();

@@ -54,8 +54,8 @@ fn oom_kill_of_a_hog_names_its_pid_comm_and_cgroup_id() {
         anon > 32 << 20 && anon <= 64 << 20,
         "anon rss {anon} should be near the 64M limit"
     );
-    assert_eq!(kill["memory"]["limit"], 64u64 << 20);
-    assert!(kill["memory"]["oom_kills"].as_u64().unwrap() >= 1);
+    assert_eq!(kill["memory"]["limit"], 64u64 << 20, "{kill}");
+    assert!(kill["memory"]["oom_kills"].as_u64() >= Some(1), "{kill}");
     if !cg.v2 {
         // The kernel's own v1 notification arrives too, for the same group.
         let memcg = events.wait_for(Duration::from_secs(5), |v| v["type"] == "memcg_oom");

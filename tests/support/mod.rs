@@ -227,7 +227,17 @@ impl Events {
             nix::unistd::Pid::from_raw(self.child.id() as i32),
             nix::sys::signal::Signal::SIGINT,
         );
-        let status = self.child.wait().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("guardian events did not exit within 10 s of SIGINT");
+            }
+            thread::sleep(Duration::from_millis(20));
+        };
         while let Ok(v) = self.lines.recv_timeout(Duration::from_secs(2)) {
             self.seen.push(v);
         }

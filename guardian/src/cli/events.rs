@@ -9,7 +9,10 @@ use std::{
 
 use anyhow::Context as _;
 use guardian_common::{oom_field, OomEvent, StallEvent, COMM_LEN};
-use tokio::sync::mpsc;
+use tokio::{
+    signal::unix::{signal, SignalKind},
+    sync::mpsc,
+};
 use tracing::{info, warn};
 
 use super::{parse_duration, Output};
@@ -106,11 +109,17 @@ pub async fn run(args: EventsArgs, output: Output) -> anyhow::Result<ExitCode> {
     printer.ready(probes.is_some(), &watching);
 
     let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
+    // Listeners made once, before the loop: a signal that lands while an event is being
+    // printed must not be lost.
+    let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut terminate =
+        signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut batch = Vec::new();
     loop {
         tokio::select! {
             _ = sleep_until(deadline) => break,
-            _ = tokio::signal::ctrl_c() => break,
+            _ = interrupt.recv() => break,
+            _ = terminate.recv() => break,
             result = next_kernel_batch(probes.as_mut(), &mut batch) => {
                 result.context("reading the eBPF ring buffers")?;
                 for record in batch.drain(..) {

@@ -131,18 +131,44 @@ impl CgroupIndex {
         }
     }
 
+    /// The v1 memory cgroup that pairs with a unified-tree group: the one a member process is
+    /// in; else the same relative path (how Docker and systemd lay out hybrid hosts); else the
+    /// one memory directory whose path ends with the unified path (hosts where the two trees
+    /// place the same groups under different ancestors, as a nested test runner does).
     fn v1_memory_path(&self, unified_rel: &Path) -> Option<PathBuf> {
         let dir = self.hierarchy.unified_dir(unified_rel)?;
-        let procs = std::fs::read_to_string(dir.join("cgroup.procs")).ok()?;
-        let from_member = procs
-            .lines()
-            .filter_map(|l| l.trim().parse::<u32>().ok())
-            .find_map(|pid| pid_cgroups(pid).ok()?.memory_v1);
-        from_member.or_else(|| {
-            join_relative(&self.hierarchy.memory, unified_rel)
-                .is_dir()
-                .then(|| unified_rel.to_path_buf())
-        })
+        let from_member = std::fs::read_to_string(dir.join("cgroup.procs"))
+            .ok()
+            .and_then(|procs| {
+                procs
+                    .lines()
+                    .filter_map(|l| l.trim().parse::<u32>().ok())
+                    .find_map(|pid| pid_cgroups(pid).ok()?.memory_v1)
+            });
+        if from_member.is_some() {
+            return from_member;
+        }
+        if join_relative(&self.hierarchy.memory, unified_rel).is_dir() {
+            return Some(unified_rel.to_path_buf());
+        }
+        let suffix = unified_rel.strip_prefix("/").unwrap_or(unified_rel);
+        if suffix.as_os_str().is_empty() {
+            return None;
+        }
+        let root = &self.hierarchy.memory;
+        let mut matches = Vec::new();
+        let mut stack = vec![root.clone()];
+        while let Some(d) = stack.pop() {
+            if d.ends_with(suffix) {
+                matches.push(Path::new("/").join(d.strip_prefix(root).ok()?));
+            }
+            for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    stack.push(entry.path());
+                }
+            }
+        }
+        (matches.len() == 1).then(|| matches.remove(0))
     }
 
     /// The v2 id of a unified-tree directory given relative to the root.
