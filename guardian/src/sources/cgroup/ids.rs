@@ -137,6 +137,7 @@ impl CgroupIndex {
     /// place the same groups under different ancestors, as a nested test runner does).
     fn v1_memory_path(&self, unified_rel: &Path) -> Option<PathBuf> {
         let dir = self.hierarchy.unified_dir(unified_rel)?;
+        let suffix = unified_rel.strip_prefix("/").unwrap_or(unified_rel);
         let from_member = std::fs::read_to_string(dir.join("cgroup.procs"))
             .ok()
             .and_then(|procs| {
@@ -145,15 +146,17 @@ impl CgroupIndex {
                     .filter_map(|l| l.trim().parse::<u32>().ok())
                     .find_map(|pid| pid_cgroups(pid).ok()?.memory_v1)
             });
-        if from_member.is_some() {
-            return from_member;
+        // An exiting task has already left its v1 groups (it shows the root there) while the
+        // unified tree still lists it: below the root, only a non-root answer is trusted.
+        match from_member {
+            Some(m) if m != Path::new("/") || suffix.as_os_str().is_empty() => return Some(m),
+            _ => {}
+        }
+        if suffix.as_os_str().is_empty() {
+            return None;
         }
         if join_relative(&self.hierarchy.memory, unified_rel).is_dir() {
             return Some(unified_rel.to_path_buf());
-        }
-        let suffix = unified_rel.strip_prefix("/").unwrap_or(unified_rel);
-        if suffix.as_os_str().is_empty() {
-            return None;
         }
         let root = &self.hierarchy.memory;
         let mut matches = Vec::new();
