@@ -162,13 +162,19 @@ pub struct Events {
     child: Child,
     lines: mpsc::Receiver<Value>,
     pub seen: Vec<Value>,
-    stderr: thread::JoinHandle<String>,
+    stderr_lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    stderr: thread::JoinHandle<()>,
 }
 
 impl Events {
     /// Starts `guardian events --output json <args>` and waits for its `ready` line.
     pub fn start(args: &[&str]) -> Self {
-        let mut child = Command::new(guardian_bin())
+        Self::start_with(Command::new(guardian_bin()), args)
+    }
+
+    /// Like [`Events::start`], with a prepared guardian command (environment, wrapper).
+    pub fn start_with(mut cmd: Command, args: &[&str]) -> Self {
+        let mut child = cmd
             .args(["events", "--output", "json"])
             .args(args)
             .stdout(Stdio::piped())
@@ -188,11 +194,18 @@ impl Events {
                 }
             }
         });
-        let stderr = thread::spawn(move || std::io::read_to_string(stderr).unwrap_or_default());
+        let stderr_lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = stderr_lines.clone();
+        let stderr = thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
         let mut events = Events {
             child,
             lines: rx,
             seen: Vec::new(),
+            stderr_lines,
             stderr,
         };
         let ready = events.wait_for(Duration::from_secs(20), |v| v["type"] == "ready");
@@ -220,6 +233,24 @@ impl Events {
         None
     }
 
+    /// Waits until guardian logs a line containing `text` to stderr.
+    pub fn wait_for_log(&self, timeout: Duration, text: &str) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self
+                .stderr_lines
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|l| l.contains(text))
+            {
+                return true;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
     /// Stops guardian with SIGINT, as Ctrl-C would, and returns its exit status and stderr;
     /// every line it printed is in `seen` afterwards.
     pub fn stop(mut self) -> (ExitStatus, String, Vec<Value>) {
@@ -241,7 +272,8 @@ impl Events {
         while let Ok(v) = self.lines.recv_timeout(Duration::from_secs(2)) {
             self.seen.push(v);
         }
-        let stderr = self.stderr.join().unwrap();
+        self.stderr.join().unwrap();
+        let stderr = self.stderr_lines.lock().unwrap().join("\n");
         (status, stderr, self.seen)
     }
 }
@@ -258,4 +290,63 @@ pub fn output(cmd: &mut Command) -> (ExitStatus, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// memload linked statically for the busybox test image; `cargo xtask test` builds it and
+/// names it in `GUARDIAN_TEST_MEMLOAD_STATIC`.
+pub fn static_memload() -> PathBuf {
+    let path = std::env::var("GUARDIAN_TEST_MEMLOAD_STATIC").unwrap_or_else(|_| {
+        panic!("GUARDIAN_TEST_MEMLOAD_STATIC is not set: run the tests with `cargo xtask test`")
+    });
+    PathBuf::from(path)
+}
+
+/// The tests' Docker engine: `DOCKER_HOST` as `cargo xtask test` sets it.
+pub fn require_docker() -> String {
+    require_root();
+    std::env::var("DOCKER_HOST").unwrap_or_else(|_| {
+        panic!("these tests need the test Docker engine: run them with `cargo xtask test`, or `cargo xtask testbed start` and export the DOCKER_HOST it prints")
+    })
+}
+
+/// Runs `docker <args>` against the test engine; panics with its stderr on failure.
+pub fn docker(args: &[&str]) -> String {
+    let (status, stdout, stderr) = output(Command::new("docker").args(args));
+    assert!(status.success(), "docker {args:?} failed: {stderr}");
+    stdout.trim().to_string()
+}
+
+/// `docker compose` where the plugin exists, else Debian's `docker-compose`.
+pub fn compose() -> Command {
+    let plugin = Command::new("docker")
+        .args(["compose", "version"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if plugin {
+        let mut cmd = Command::new("docker");
+        cmd.arg("compose");
+        cmd
+    } else {
+        Command::new("docker-compose")
+    }
+}
+
+/// The v2 cgroup id and unified path of a running container, from its main process.
+pub fn container_cgroup(id: &str) -> (u64, PathBuf) {
+    let pid = docker(&["inspect", "-f", "{{.State.Pid}}", id]);
+    let own = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let rel = own
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .unwrap()
+        .to_string();
+    let root = if Path::new("/sys/fs/cgroup/unified/cgroup.procs").exists() {
+        "/sys/fs/cgroup/unified"
+    } else {
+        "/sys/fs/cgroup"
+    };
+    let dir = PathBuf::from(format!("{root}{rel}"));
+    (std::fs::metadata(&dir).unwrap().ino(), dir)
 }

@@ -5,6 +5,7 @@
 
 mod bench;
 mod setup;
+mod testbed;
 
 use std::{
     path::{Path, PathBuf},
@@ -38,6 +39,11 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Start or stop the private Docker engine the tests use (with its test images).
+    Testbed {
+        #[command(subcommand)]
+        action: testbed::Action,
+    },
     /// Measure probe overhead and event latency on this kernel; prints the numbers.
     Bench {
         /// Runs per configuration.
@@ -69,10 +75,20 @@ fn main() -> anyhow::Result<()> {
             // The end-to-end tests run the workload binary next to guardian's. (The default
             // members exclude guardian-ebpf, which only builds for the BPF target.)
             cargo(&["build"])?;
+            let bed = testbed::Testbed::up()?;
             let mut test_args = vec!["test"];
             test_args.extend(args.iter().map(String::as_str));
-            cargo(&test_args)
+            let result = run_status(
+                Command::new(env!("CARGO"))
+                    .args(&test_args)
+                    .current_dir(workspace_root())
+                    .env("DOCKER_HOST", bed.docker_host())
+                    .env("GUARDIAN_TEST_MEMLOAD_STATIC", bed.static_memload()),
+            );
+            bed.down()?;
+            result
         }
+        Task::Testbed { action } => testbed::run(action),
         Task::Bench { runs } => {
             setup::run()?;
             cargo(&["build", "--release"])?;

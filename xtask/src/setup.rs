@@ -6,8 +6,9 @@ use anyhow::{bail, Context as _};
 
 use crate::run_status;
 
-/// Debian packages the end-to-end tests use.
-const DEBIAN_PACKAGES: &[&str] = &[];
+/// Debian packages the end-to-end tests use: a Docker engine with compose (the private test
+/// engine) and a static busybox for the test images.
+const DEBIAN_PACKAGES: &[&str] = &["docker.io", "docker-compose", "busybox-static"];
 
 pub fn run() -> anyhow::Result<()> {
     nightly_with_rust_src()?;

@@ -239,12 +239,21 @@ fn tracefs_and_bpf() -> Vec<Check> {
 }
 
 async fn docker_engine() -> Check {
-    match docker::api_version().await {
-        Ok((socket, version)) => Check::ok("docker", format!("Engine API {version} at {}", socket.display())),
+    let connected = match Hierarchy::detect() {
+        Ok(h) => docker::DockerClient::connect(h)
+            .await
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    match connected {
+        Ok(client) => Check::ok(
+            "docker",
+            format!("Engine API {} at {}", client.api_version(), client.socket().display()),
+        ),
         Err(e) => Check::problem(
             "docker",
             Status::Warn,
-            e.to_string(),
+            e,
             "start dockerd or set DOCKER_HOST=unix:///path/to/docker.sock; without it events carry no container names",
         ),
     }

@@ -18,20 +18,24 @@ use tracing::{info, warn};
 use super::{parse_duration, Output};
 use crate::{
     model::{
-        Bytes, CgroupId, CgroupRef, Event, MemcgOom, OomKill, OomTask, Pressure, ReclaimStall,
-        RssBreakdown, Source, StallSummary,
+        Bytes, CgroupId, CgroupRef, ContainerChange, ContainerRef, ContainerTable, Event, MemcgOom,
+        OomKill, OomTask, Pressure, ReclaimStall, RssBreakdown, Source, StallSummary,
     },
     sources::{
         cgroup::{
             parse_kv, parse_pressure, pid_cgroups, read_memory, CgroupError, CgroupIndex,
             FileWatch, Hierarchy, PsiKind, PsiTrigger, V1OomNotifier,
         },
+        docker::{self, DockerUpdate},
         ebpf::{self, KernelEvent, ProbeOptions, Probes},
     },
 };
 
 /// Host-wide memory pressure, present on every PSI-enabled kernel.
 const HOST_PRESSURE: &str = "/proc/pressure/memory";
+
+/// Exited containers remembered for late events (bounded memory).
+const KEEP_EXITED: usize = 1024;
 
 /// Options of `guardian events`.
 #[derive(Debug, clap::Args)]
@@ -105,8 +109,16 @@ pub async fn run(args: EventsArgs, output: Output) -> anyhow::Result<ExitCode> {
     }
     drop(tx);
 
+    let mut identity = Identity::new(index.hierarchy().clone());
+    let (docker_tx, mut docker_rx) = mpsc::channel::<DockerUpdate>(256);
+    tokio::spawn(docker::watch(index.hierarchy().clone(), docker_tx));
+    // Name the containers that already run before the first event can need them.
+    if let Ok(Some(update)) = tokio::time::timeout(Duration::from_secs(3), docker_rx.recv()).await {
+        identity.apply(update, &mut index);
+    }
+
     let mut printer = Printer { output };
-    printer.ready(probes.is_some(), &watching);
+    printer.ready(probes.is_some(), identity.api_version.as_deref(), &watching);
 
     let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
     // Listeners made once, before the loop: a signal that lands while an event is being
@@ -124,15 +136,28 @@ pub async fn run(args: EventsArgs, output: Output) -> anyhow::Result<ExitCode> {
                 result.context("reading the eBPF ring buffers")?;
                 for record in batch.drain(..) {
                     let event = match record {
-                        KernelEvent::Oom(e) => Event::OomKill(oom_kill(&e, &mut index)),
-                        KernelEvent::Stall(e) => Event::ReclaimStall(reclaim_stall(&e, &mut index)),
+                        KernelEvent::Oom(e) => {
+                            let mut kill = oom_kill(&e, &mut index);
+                            kill.container = kill.victim.cgroup.as_ref().and_then(|c| identity.container(c));
+                            Event::OomKill(kill)
+                        }
+                        KernelEvent::Stall(e) => {
+                            let mut stall = reclaim_stall(&e, &mut index);
+                            stall.container = identity.container(&stall.cgroup);
+                            Event::ReclaimStall(stall)
+                        }
                     };
                     printer.event(&event);
                 }
             }
             Some(notice) = rx.recv() => {
-                if let Some(event) = notice_event(notice) {
+                if let Some(event) = notice_event(notice, &identity) {
                     printer.event(&event);
+                }
+            }
+            Some(update) = docker_rx.recv() => {
+                if let Some(change) = identity.apply(update, &mut index) {
+                    printer.event(&Event::Container(change));
                 }
             }
         }
@@ -142,19 +167,23 @@ pub async fn run(args: EventsArgs, output: Output) -> anyhow::Result<ExitCode> {
         let stalls = p
             .stall_totals()
             .into_iter()
-            .map(|(id, t)| StallSummary {
-                cgroup: index.resolve(id),
-                count: t.count,
-                total_us: t.total_ns / 1000,
-                max_us: t.max_ns / 1000,
-                pages_reclaimed: t.nr_reclaimed,
-                histogram_us: t
-                    .hist
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, n)| **n > 0)
-                    .map(|(i, n)| (2u64 << i, *n))
-                    .collect(),
+            .map(|(id, t)| {
+                let cgroup = index.resolve(id);
+                StallSummary {
+                    container: identity.container(&cgroup),
+                    cgroup,
+                    count: t.count,
+                    total_us: t.total_ns / 1000,
+                    max_us: t.max_ns / 1000,
+                    pages_reclaimed: t.nr_reclaimed,
+                    histogram_us: t
+                        .hist
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, n)| **n > 0)
+                        .map(|(i, n)| (2u64 << i, *n))
+                        .collect(),
+                }
             })
             .collect();
         let (dropped_oom, dropped_stall) = p.dropped();
@@ -312,18 +341,123 @@ fn now_rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
 
-fn notice_event(notice: Notice) -> Option<Event> {
+/// Container identity from Docker, owned by the event loop.
+struct Identity {
+    hierarchy: Hierarchy,
+    table: ContainerTable,
+    /// The engine's API version while connected.
+    api_version: Option<String>,
+    /// Whether the loss of Docker was already reported (it is said once, not per retry).
+    loss_reported: bool,
+}
+
+impl Identity {
+    fn new(hierarchy: Hierarchy) -> Self {
+        Self {
+            hierarchy,
+            table: ContainerTable::new(KEEP_EXITED),
+            api_version: None,
+            loss_reported: false,
+        }
+    }
+
+    /// The container a cgroup belongs to.
+    fn container(&self, cgroup: &CgroupRef) -> Option<ContainerRef> {
+        self.table.by_cgroup(cgroup).map(|c| c.to_ref())
+    }
+
+    /// The container whose memory or unified directory is `dir`.
+    fn container_at(&self, dir: &Path) -> Option<ContainerRef> {
+        self.table
+            .iter()
+            .find(|c| {
+                c.cgroup.as_ref().is_some_and(|cg| {
+                    cg.path
+                        .as_deref()
+                        .and_then(|p| self.hierarchy.unified_dir(p))
+                        .as_deref()
+                        == Some(dir)
+                        || cg
+                            .memory_path
+                            .as_deref()
+                            .map(|p| self.hierarchy.memory_dir(p))
+                            .as_deref()
+                            == Some(dir)
+                })
+            })
+            .map(|c| c.to_ref())
+    }
+
+    /// Applies an update; returns the change to print, if any.
+    fn apply(&mut self, update: DockerUpdate, index: &mut CgroupIndex) -> Option<ContainerChange> {
+        match update {
+            DockerUpdate::Connected {
+                api_version,
+                containers,
+            } => {
+                if self.loss_reported {
+                    info!(api_version = %api_version, "Docker is reachable again");
+                } else {
+                    info!(api_version = %api_version, containers = containers.len(), "Docker connected");
+                }
+                self.loss_reported = false;
+                self.api_version = Some(api_version);
+                for c in containers {
+                    self.table.upsert(c);
+                }
+                None
+            }
+            DockerUpdate::Lost(reason) => {
+                if !self.loss_reported {
+                    warn!("Docker unavailable, events carry no container names until it is back: {reason}");
+                    self.loss_reported = true;
+                }
+                self.api_version = None;
+                None
+            }
+            DockerUpdate::Event(e) => {
+                let container = match e.container {
+                    Some(c) => {
+                        self.table.upsert(c);
+                        self.table.get(&e.id)?.clone()
+                    }
+                    // destroy: the engine has forgotten it; we keep it for late events.
+                    None => self.table.get(&e.id)?.clone(),
+                };
+                // Cache the pairing of the container's two trees while it still has members.
+                if let Some(cg) = &container.cgroup {
+                    index.resolve(cg.id);
+                }
+                let docker_time =
+                    std::time::UNIX_EPOCH + Duration::from_nanos(e.time_nano.max(0) as u64);
+                Some(ContainerChange {
+                    time: now_rfc3339(SystemTime::now()),
+                    docker_time: now_rfc3339(docker_time),
+                    action: e.action,
+                    container: container.to_ref(),
+                    cgroup: container.cgroup.clone(),
+                    exit_code: container.exit_code,
+                    oom_killed: container.oom_killed,
+                })
+            }
+        }
+    }
+}
+
+fn notice_event(notice: Notice, identity: &Identity) -> Option<Event> {
     match notice {
         Notice::Psi { file, trigger } => {
             let stats = std::fs::read_to_string(&file)
                 .ok()
                 .as_deref()
                 .and_then(parse_pressure);
+            let container = file.parent().and_then(|dir| identity.container_at(dir));
             Some(Event::Pressure(Pressure {
                 time: now_rfc3339(SystemTime::now()),
                 file,
                 trigger,
                 stats,
+                container,
             }))
         }
         Notice::V1Oom { dir } => {
@@ -332,12 +466,14 @@ fn notice_event(notice: Notice) -> Option<Event> {
                 .and_then(|t| parse_kv(&t).get("oom_kill").copied());
             Some(Event::MemcgOom(MemcgOom {
                 time: now_rfc3339(SystemTime::now()),
+                container: identity.container_at(&dir),
                 cgroup: dir,
                 oom_kills,
             }))
         }
         Notice::MemoryEvents { dir, oom_kills } => Some(Event::MemcgOom(MemcgOom {
             time: now_rfc3339(SystemTime::now()),
+            container: identity.container_at(&dir),
             cgroup: dir,
             oom_kills: Some(oom_kills),
         })),
@@ -439,6 +575,7 @@ fn oom_kill(e: &OomEvent, index: &mut CgroupIndex) -> OomKill {
             comm,
             cgroup: Some(victim_cgroup),
         },
+        container: None,
         comm_source,
         cgroup_source,
         rss,
@@ -459,6 +596,7 @@ fn reclaim_stall(e: &StallEvent, index: &mut CgroupIndex) -> ReclaimStall {
         time: now_rfc3339(ebpf::wall_time(e.ts_ns)),
         ktime_ns: e.ts_ns,
         cgroup: index.resolve(CgroupId(e.cgroup_id)),
+        container: None,
         pid: e.pid,
         tgid: e.tgid,
         comm: comm_string(&e.comm),
@@ -473,15 +611,18 @@ struct Printer {
 }
 
 impl Printer {
-    fn ready(&mut self, ebpf: bool, watching: &[String]) {
+    fn ready(&mut self, ebpf: bool, docker_api: Option<&str>, watching: &[String]) {
         match self.output {
             Output::Json => println!(
                 "{}",
-                serde_json::json!({"type": "ready", "ebpf": ebpf, "watching": watching})
+                serde_json::json!({"type": "ready", "ebpf": ebpf, "docker_api": docker_api, "watching": watching})
             ),
             Output::Human => {
                 for w in watching {
                     println!("watching {w}");
+                }
+                if let Some(api) = docker_api {
+                    println!("watching docker containers (API {api})");
                 }
             }
         }
@@ -505,6 +646,16 @@ fn cgroup_name(c: &CgroupRef) -> String {
     }
 }
 
+fn in_container(c: &Option<ContainerRef>) -> String {
+    match c {
+        Some(c) => match (&c.project, &c.service) {
+            (Some(p), Some(s)) => format!(" [{p}/{s} {}]", c.name),
+            _ => format!(" [{}]", c.name),
+        },
+        None => String::new(),
+    }
+}
+
 fn task_name(t: &OomTask) -> String {
     format!("{}[{}]", t.comm.as_deref().unwrap_or("?"), t.pid)
 }
@@ -513,9 +664,10 @@ fn human(event: &Event) -> String {
     match event {
         Event::OomKill(k) => {
             let mut line = format!(
-                "{} OOM-KILL {} in {}",
+                "{} OOM-KILL {}{} in {}",
                 k.time,
                 task_name(&k.victim),
+                in_container(&k.container),
                 k.victim
                     .cgroup
                     .as_ref()
@@ -539,10 +691,11 @@ fn human(event: &Event) -> String {
             line
         }
         Event::ReclaimStall(s) => format!(
-            "{} RECLAIM-STALL {}[{}] in {} {}us reclaimed {} pages",
+            "{} RECLAIM-STALL {}[{}]{} in {} {}us reclaimed {} pages",
             s.time,
             s.comm,
             s.pid,
+            in_container(&s.container),
             cgroup_name(&s.cgroup),
             s.duration_us,
             s.pages_reclaimed
@@ -555,12 +708,20 @@ fn human(event: &Event) -> String {
             p.stats.map(|s| s.some.avg10).unwrap_or(0.0)
         ),
         Event::MemcgOom(o) => format!(
-            "{} MEMCG-OOM {} oom_kill {}",
+            "{} MEMCG-OOM {}{} oom_kill {}",
             o.time,
             o.cgroup.display(),
+            in_container(&o.container),
             o.oom_kills
                 .map(|n| n.to_string())
                 .unwrap_or_else(|| "?".into())
+        ),
+        Event::Container(c) => format!(
+            "{} CONTAINER {}{} {}",
+            c.time,
+            c.action.to_uppercase(),
+            in_container(&Some(c.container.clone())),
+            c.cgroup.as_ref().map(cgroup_name).unwrap_or_default()
         ),
         Event::Summary {
             stalls,
@@ -573,8 +734,9 @@ fn human(event: &Event) -> String {
             );
             for s in stalls {
                 out += &format!(
-                    "\n  {} stalls {} total {}us max {}us reclaimed {} pages",
+                    "\n  {}{} stalls {} total {}us max {}us reclaimed {} pages",
                     cgroup_name(&s.cgroup),
+                    in_container(&s.container),
                     s.count,
                     s.total_us,
                     s.max_us,

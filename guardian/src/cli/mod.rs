@@ -2,6 +2,7 @@
 
 mod doctor;
 mod events;
+mod ps;
 
 use std::{process::ExitCode, time::Duration};
 
@@ -30,8 +31,10 @@ pub enum Output {
 pub enum Command {
     /// Check what guardian can use on this host, with a fix for each problem.
     Doctor,
-    /// Stream OOM kills, reclaim stalls and pressure events as they happen.
+    /// Stream OOM kills, reclaim stalls, pressure and container events as they happen.
     Events(events::EventsArgs),
+    /// List containers with their memory as the kernel counts it, largest first.
+    Ps(ps::PsArgs),
 }
 
 /// Runs the parsed command on a tokio runtime and returns the process exit code.
@@ -44,6 +47,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         match cli.command {
             Command::Doctor => doctor::run(cli.output).await,
             Command::Events(args) => events::run(args, cli.output).await,
+            Command::Ps(args) => ps::run(args, cli.output).await,
         }
     })
 }
@@ -56,6 +60,7 @@ pub fn init_logging() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .without_time()
         .init();
 }

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use super::{Bytes, CgroupId, MemoryReading, PressureStats};
+use super::{Bytes, CgroupId, ContainerRef, MemoryReading, PressureStats};
 
 /// Where a fact came from, so a reader can judge it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -59,6 +59,8 @@ pub struct OomKill {
     /// CLOCK_MONOTONIC nanoseconds from the kernel.
     pub ktime_ns: u64,
     pub victim: OomTask,
+    /// The container the victim ran in, when Docker knows it.
+    pub container: Option<ContainerRef>,
     pub comm_source: Source,
     pub cgroup_source: Source,
     pub rss: Option<RssBreakdown>,
@@ -77,6 +79,7 @@ pub struct ReclaimStall {
     pub time: String,
     pub ktime_ns: u64,
     pub cgroup: CgroupRef,
+    pub container: Option<ContainerRef>,
     pub pid: u32,
     pub tgid: u32,
     pub comm: String,
@@ -93,6 +96,7 @@ pub struct Pressure {
     /// The trigger as the kernel accepted it, e.g. `some 150000 2000000`.
     pub trigger: String,
     pub stats: Option<PressureStats>,
+    pub container: Option<ContainerRef>,
 }
 
 /// The kernel's own memcg OOM notice (v1 `cgroup.event_control` eventfd, v2 `memory.events`).
@@ -103,12 +107,29 @@ pub struct MemcgOom {
     pub cgroup: PathBuf,
     /// OOM kills counted in that group so far, when the kernel reports it.
     pub oom_kills: Option<u64>,
+    pub container: Option<ContainerRef>,
+}
+
+/// A container started, stopped, was OOM-killed (Docker's `oom`), paused or went away.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ContainerChange {
+    /// When guardian learnt of it and mapped the container's cgroup.
+    pub time: String,
+    /// When the engine says it happened.
+    pub docker_time: String,
+    /// Docker's action: create, start, die, oom, destroy, pause, unpause.
+    pub action: String,
+    pub container: ContainerRef,
+    pub cgroup: Option<CgroupRef>,
+    pub exit_code: Option<i64>,
+    pub oom_killed: bool,
 }
 
 /// Reclaim-stall totals of one cgroup since guardian attached.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct StallSummary {
     pub cgroup: CgroupRef,
+    pub container: Option<ContainerRef>,
     pub count: u64,
     pub total_us: u64,
     pub max_us: u64,
@@ -125,6 +146,7 @@ pub enum Event {
     ReclaimStall(ReclaimStall),
     Pressure(Pressure),
     MemcgOom(MemcgOom),
+    Container(ContainerChange),
     /// Printed once at the end: per-cgroup stall totals and events lost to full ring buffers.
     Summary {
         stalls: Vec<StallSummary>,

@@ -1,11 +1,13 @@
 //! Plain data that flows through guardian: sizes, cgroup ids, memory readings and events. No I/O.
 
+mod container;
 mod event;
 mod memory;
 
+pub use container::{ComposeService, Container, ContainerRef, ContainerTable};
 pub use event::{
-    CgroupRef, Event, MemcgOom, OomKill, OomTask, Pressure, ReclaimStall, RssBreakdown, Source,
-    StallSummary,
+    CgroupRef, ContainerChange, Event, MemcgOom, OomKill, OomTask, Pressure, ReclaimStall,
+    RssBreakdown, Source, StallSummary,
 };
 pub use memory::{Bytes, MemoryReading, PressureStats, PsiLine};
 

@@ -1,25 +1,33 @@
-//! The Docker Engine: where its API socket is and whether it answers.
+//! The Docker Engine (bollard): which containers exist, what they are called, and which cgroup
+//! each one runs in; then the engine's event stream, reconnecting when the engine goes away.
 
-use std::path::PathBuf;
+use std::{collections::HashMap, os::unix::fs::MetadataExt, path::PathBuf, time::Duration};
 
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::UnixStream,
+use bollard::{
+    query_parameters::{EventsOptions, ListContainersOptions},
+    Docker, API_DEFAULT_VERSION,
 };
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+
+use super::cgroup::{pid_cgroups, Hierarchy};
+use crate::model::{Bytes, CgroupId, CgroupRef, ComposeService, Container};
 
 /// Errors reaching the Docker Engine API.
 #[derive(Debug, thiserror::Error)]
 pub enum DockerError {
     #[error("DOCKER_HOST={0} is not a unix:// socket; guardian talks to the local engine only")]
     NotUnix(String),
-    #[error("cannot reach the Docker Engine at {socket}: {source}")]
-    Unreachable {
-        socket: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("the Docker Engine at {socket} answered something unexpected: {answer:?}")]
-    BadAnswer { socket: PathBuf, answer: String },
+    #[error("cannot reach the Docker Engine at {socket}: {reason}; start dockerd or set DOCKER_HOST=unix:///path/to/docker.sock")]
+    Unreachable { socket: PathBuf, reason: String },
+    #[error("the Docker Engine at {socket} failed: {reason}")]
+    Api { socket: PathBuf, reason: String },
 }
+
+/// The container actions guardian follows.
+const ACTIONS: [&str; 7] = [
+    "create", "start", "die", "oom", "destroy", "pause", "unpause",
+];
 
 /// The engine's API socket: `DOCKER_HOST` if set, else the rootful default, else the rootless
 /// socket of the current user.
@@ -39,30 +47,228 @@ pub fn socket_path() -> Result<PathBuf, DockerError> {
     Ok(if rootless.exists() { rootless } else { rootful })
 }
 
-/// Asks the engine for its API version (`GET /version`).
-pub async fn api_version() -> Result<(PathBuf, String), DockerError> {
-    let socket = socket_path()?;
-    let unreachable = |source| DockerError::Unreachable {
-        socket: socket.clone(),
-        source,
-    };
-    let mut stream = UnixStream::connect(&socket).await.map_err(unreachable)?;
-    stream
-        .write_all(b"GET /version HTTP/1.0\r\nHost: docker\r\n\r\n")
-        .await
-        .map_err(unreachable)?;
-    let mut answer = String::new();
-    stream
-        .read_to_string(&mut answer)
-        .await
-        .map_err(unreachable)?;
-    let body = answer.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-    let version = serde_json::from_str::<serde_json::Value>(body)
-        .ok()
-        .and_then(|v| v.get("ApiVersion")?.as_str().map(str::to_string))
-        .ok_or_else(|| DockerError::BadAnswer {
+/// A connection to the engine, at the API version both sides speak.
+#[derive(Clone)]
+pub struct DockerClient {
+    docker: Docker,
+    socket: PathBuf,
+    hierarchy: Hierarchy,
+}
+
+/// One container event from the engine, with the container as inspected right after it.
+#[derive(Clone, Debug)]
+pub struct ContainerEvent {
+    pub action: String,
+    /// The engine's event time, nanoseconds since the epoch.
+    pub time_nano: i64,
+    pub id: String,
+    /// `None` when the container was already gone (after `destroy`).
+    pub container: Option<Container>,
+}
+
+/// What the identity task tells the task that owns the container table.
+#[derive(Clone, Debug)]
+pub enum DockerUpdate {
+    /// Connected (again): the API version, and every container that exists now.
+    Connected {
+        api_version: String,
+        containers: Vec<Container>,
+    },
+    Event(ContainerEvent),
+    /// The engine is unreachable; retrying with back-off.
+    Lost(String),
+}
+
+impl DockerClient {
+    /// Connects and negotiates the API version (Debian's engine speaks 1.41).
+    pub async fn connect(hierarchy: Hierarchy) -> Result<Self, DockerError> {
+        let socket = socket_path()?;
+        let unreachable = |reason: String| DockerError::Unreachable {
             socket: socket.clone(),
-            answer: answer.lines().next().unwrap_or("").to_string(),
-        })?;
-    Ok((socket, version))
+            reason,
+        };
+        let path = socket
+            .to_str()
+            .ok_or_else(|| unreachable("socket path is not UTF-8".into()))?;
+        let docker = Docker::connect_with_unix(path, 30, API_DEFAULT_VERSION)
+            .map_err(|e| unreachable(e.to_string()))?
+            .negotiate_version()
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        Ok(Self {
+            docker,
+            socket,
+            hierarchy,
+        })
+    }
+
+    /// The socket this client talks to.
+    pub fn socket(&self) -> &std::path::Path {
+        &self.socket
+    }
+
+    /// The negotiated API version, e.g. `1.41`.
+    pub fn api_version(&self) -> String {
+        self.docker.client_version().to_string()
+    }
+
+    fn api_error(&self, e: bollard::errors::Error) -> DockerError {
+        DockerError::Api {
+            socket: self.socket.clone(),
+            reason: e.to_string(),
+        }
+    }
+
+    /// Every container (running only unless `all`), inspected and mapped to its cgroup.
+    pub async fn containers(&self, all: bool) -> Result<Vec<Container>, DockerError> {
+        let summaries = self
+            .docker
+            .list_containers(Some(ListContainersOptions {
+                all,
+                ..Default::default()
+            }))
+            .await
+            .map_err(|e| self.api_error(e))?;
+        let mut out = Vec::new();
+        for id in summaries.into_iter().filter_map(|s| s.id) {
+            // A container removed between list and inspect is simply skipped.
+            if let Some(c) = self.inspect(&id).await? {
+                out.push(c);
+            }
+        }
+        Ok(out)
+    }
+
+    /// One container; `None` when it no longer exists.
+    pub async fn inspect(&self, id: &str) -> Result<Option<Container>, DockerError> {
+        let info = match self.docker.inspect_container(id, None).await {
+            Ok(info) => info,
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => return Ok(None),
+            Err(e) => return Err(self.api_error(e)),
+        };
+        let labels = info
+            .config
+            .as_ref()
+            .and_then(|c| c.labels.clone())
+            .unwrap_or_default();
+        let state = info.state.unwrap_or_default();
+        let host = info.host_config.unwrap_or_default();
+        let positive = |v: Option<i64>| v.filter(|v| *v > 0).map(|v| Bytes(v as u64));
+        let pid = state.pid.filter(|p| *p > 0).map(|p| p as u32);
+        Ok(Some(Container {
+            id: info.id.unwrap_or_else(|| id.to_string()),
+            name: info
+                .name
+                .unwrap_or_default()
+                .trim_start_matches('/')
+                .to_string(),
+            image: info
+                .config
+                .and_then(|c| c.image)
+                .or(info.image)
+                .unwrap_or_default(),
+            compose: ComposeService::from_labels(&labels),
+            memory_limit: positive(host.memory),
+            memory_reservation: positive(host.memory_reservation),
+            pid,
+            state: state.status.map(|s| s.to_string()).unwrap_or_default(),
+            started_at: state.started_at.filter(|t| !t.starts_with("0001")),
+            finished_at: state.finished_at.filter(|t| !t.starts_with("0001")),
+            exit_code: state.exit_code,
+            oom_killed: state.oom_killed.unwrap_or(false),
+            cgroup: pid.and_then(|pid| self.cgroup_of(pid)),
+        }))
+    }
+
+    /// The cgroup of a container's main process, named in every hierarchy. Asking the kernel
+    /// (`/proc/<pid>/cgroup`) covers every layout: cgroupfs and systemd drivers, rootless,
+    /// nested, and `--cgroup-parent`.
+    fn cgroup_of(&self, pid: u32) -> Option<CgroupRef> {
+        let groups = pid_cgroups(pid).ok()?;
+        let unified = groups.unified.clone()?;
+        let dir = self.hierarchy.unified_dir(&unified)?;
+        let id = CgroupId(std::fs::metadata(dir).ok()?.ino());
+        let memory_path = groups.memory(&self.hierarchy).map(|p| p.to_path_buf());
+        Some(CgroupRef {
+            id,
+            path: Some(unified),
+            memory_path,
+        })
+    }
+
+    /// Streams container events until the engine goes away.
+    async fn follow(&self, tx: &mpsc::Sender<DockerUpdate>) -> Result<(), DockerError> {
+        let filters = HashMap::from([
+            ("type".to_string(), vec!["container".to_string()]),
+            (
+                "event".to_string(),
+                ACTIONS.iter().map(|a| a.to_string()).collect(),
+            ),
+        ]);
+        let mut stream = self.docker.events(Some(EventsOptions {
+            filters: Some(filters),
+            ..Default::default()
+        }));
+        while let Some(message) = stream.next().await {
+            let message = message.map_err(|e| self.api_error(e))?;
+            let (Some(action), Some(id)) = (message.action, message.actor.and_then(|a| a.id))
+            else {
+                continue;
+            };
+            let container = if action == "destroy" {
+                None
+            } else {
+                self.inspect(&id).await?
+            };
+            let event = ContainerEvent {
+                action,
+                time_nano: message.time_nano.unwrap_or_default(),
+                id,
+                container,
+            };
+            if tx.send(DockerUpdate::Event(event)).await.is_err() {
+                return Ok(());
+            }
+        }
+        Err(DockerError::Unreachable {
+            socket: self.socket.clone(),
+            reason: "the event stream ended".into(),
+        })
+    }
+}
+
+/// Keeps container identity flowing to `tx` for as long as the receiver lives: connect,
+/// inventory, follow events; on failure report it and retry with back-off (1 s doubling to 30 s).
+pub async fn watch(hierarchy: Hierarchy, tx: mpsc::Sender<DockerUpdate>) {
+    const FIRST_RETRY: Duration = Duration::from_secs(1);
+    let mut backoff = FIRST_RETRY;
+    loop {
+        let mut connected = false;
+        let result: Result<(), DockerError> = async {
+            let client = DockerClient::connect(hierarchy.clone()).await?;
+            let containers = client.containers(true).await?;
+            connected = true;
+            let update = DockerUpdate::Connected {
+                api_version: client.api_version(),
+                containers,
+            };
+            if tx.send(update).await.is_err() {
+                return Ok(());
+            }
+            client.follow(&tx).await
+        }
+        .await;
+        let Err(e) = result else { return };
+        if tx.send(DockerUpdate::Lost(e.to_string())).await.is_err() {
+            return;
+        }
+        // A session that got as far as the inventory starts the back-off afresh.
+        if connected {
+            backoff = FIRST_RETRY;
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(30));
+    }
 }

@@ -115,13 +115,23 @@ impl CgroupIndex {
         let path = self.path_of(id);
         let memory_path = match (&path, self.hierarchy.memory_is_v2()) {
             (Some(p), true) => Some(p.clone()),
-            (Some(p), false) => match self.v1_memory_path(p) {
-                Some(m) => {
-                    self.memory_paths.insert(id, m.clone());
-                    Some(m)
+            (Some(p), false) => {
+                // Pairing can walk the memory tree: do it once per group.
+                let cached = self
+                    .memory_paths
+                    .get(&id)
+                    .filter(|m| self.hierarchy.memory_dir(m).is_dir());
+                match cached {
+                    Some(m) => Some(m.clone()),
+                    None => {
+                        let found = self.v1_memory_path(p);
+                        if let Some(m) = &found {
+                            self.memory_paths.insert(id, m.clone());
+                        }
+                        found
+                    }
                 }
-                None => self.memory_paths.get(&id).cloned(),
-            },
+            }
             (None, _) => self.memory_paths.get(&id).cloned(),
         };
         CgroupRef {

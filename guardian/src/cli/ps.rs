@@ -1,0 +1,116 @@
+//! `guardian ps`: every container with its memory as the kernel counts it, largest first.
+
+use std::process::ExitCode;
+
+use serde::Serialize;
+
+use super::Output;
+use crate::{
+    model::{Bytes, Container, MemoryReading},
+    sources::{
+        cgroup::{read_memory, Hierarchy},
+        docker::DockerClient,
+    },
+};
+
+/// Options of `guardian ps`.
+#[derive(Debug, clap::Args)]
+pub struct PsArgs {
+    /// Include containers that have exited (and say whether the OOM killer ended them).
+    #[arg(long)]
+    all: bool,
+}
+
+/// One row of the table.
+#[derive(Debug, Serialize)]
+struct Row {
+    name: String,
+    id: String,
+    image: String,
+    project: Option<String>,
+    service: Option<String>,
+    state: String,
+    usage: Option<Bytes>,
+    working_set: Option<Bytes>,
+    peak: Option<Bytes>,
+    limit: Option<Bytes>,
+    /// Budgets arrive with enforcement; empty until then.
+    budget: Option<Bytes>,
+    psi_some_avg10: Option<f64>,
+    oom_kills: Option<u64>,
+    oom_killed: bool,
+    cgroup_id: Option<u64>,
+}
+
+pub async fn run(args: PsArgs, output: Output) -> anyhow::Result<ExitCode> {
+    let hierarchy = Hierarchy::detect()?;
+    let client = DockerClient::connect(hierarchy.clone()).await?;
+    let containers = client.containers(args.all).await?;
+    let mut rows: Vec<Row> = containers.iter().map(|c| row(&hierarchy, c)).collect();
+    rows.sort_by(|a, b| b.usage.cmp(&a.usage).then_with(|| a.name.cmp(&b.name)));
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
+        Output::Human => print_table(&rows),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn row(hierarchy: &Hierarchy, c: &Container) -> Row {
+    // A container that exits between the listing and this read has no reading: blank row.
+    let reading: Option<MemoryReading> = c.cgroup.as_ref().and_then(|cg| {
+        let memory = cg.memory_path.as_deref()?;
+        read_memory(hierarchy, memory, cg.path.as_deref()).ok()
+    });
+    let state = if c.oom_killed && c.state != "running" {
+        "oom-killed".to_string()
+    } else {
+        c.state.clone()
+    };
+    Row {
+        name: c.display_name(),
+        id: c.id.chars().take(12).collect(),
+        image: c.image.clone(),
+        project: c.compose.as_ref().map(|s| s.project.clone()),
+        service: c.compose.as_ref().map(|s| s.service.clone()),
+        state,
+        usage: reading.as_ref().map(|r| r.usage),
+        working_set: reading.as_ref().map(|r| r.working_set),
+        peak: reading.as_ref().and_then(|r| r.peak),
+        limit: reading.as_ref().and_then(|r| r.limit).or(c.memory_limit),
+        budget: None,
+        psi_some_avg10: reading
+            .as_ref()
+            .and_then(|r| r.pressure)
+            .map(|p| p.some.avg10),
+        oom_kills: reading.as_ref().map(|r| r.oom_kills),
+        oom_killed: c.oom_killed,
+        cgroup_id: c.cgroup.as_ref().map(|cg| cg.id.0),
+    }
+}
+
+fn print_table(rows: &[Row]) {
+    let show = |b: Option<Bytes>| b.map(|b| b.to_string()).unwrap_or_else(|| "-".into());
+    let width = rows.iter().map(|r| r.name.len()).max().unwrap_or(4).max(4);
+    println!(
+        "{:<width$}  {:<10}  {:>9}  {:>9}  {:>9}  {:>9}  {:>7}  {:>6}  {:>4}",
+        "NAME", "STATE", "USAGE", "WORKSET", "PEAK", "LIMIT", "BUDGET", "PSI10", "OOM"
+    );
+    for r in rows {
+        println!(
+            "{:<width$}  {:<10}  {:>9}  {:>9}  {:>9}  {:>9}  {:>7}  {:>6}  {:>4}",
+            r.name,
+            r.state,
+            show(r.usage),
+            show(r.working_set),
+            show(r.peak),
+            show(r.limit),
+            show(r.budget),
+            r.psi_some_avg10
+                .map(|p| format!("{p:.2}"))
+                .unwrap_or_else(|| "-".into()),
+            r.oom_kills
+                .map(|n| n.to_string())
+                .unwrap_or_else(|| "-".into()),
+        );
+    }
+}
