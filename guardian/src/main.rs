@@ -1,7 +1,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use guardian::cli::{self, Cli};
+use guardian::cli::{self, Cli, UsageError};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -12,7 +12,11 @@ fn main() -> ExitCode {
             // One line: the cause chain joined, so the fix at the end stays visible.
             let chain: Vec<String> = e.chain().map(ToString::to_string).collect();
             eprintln!("error: {}", chain.join(": "));
-            ExitCode::FAILURE
+            if e.downcast_ref::<UsageError>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

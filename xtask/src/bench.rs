@@ -103,6 +103,11 @@ fn parse_field(out: &str, key: &str) -> anyhow::Result<f64> {
 struct Overhead {
     off: Vec<f64>,
     on: Vec<f64>,
+    /// Time the kernel spent in guardian's programs during the "on" runs, and their count.
+    probe_ns: u64,
+    probe_runs: u64,
+    /// Wall time of the "on" runs, for the probes' share of it.
+    on_wall: Duration,
 }
 
 impl Overhead {
@@ -113,6 +118,18 @@ impl Overhead {
             min(&self.off),
             min(&self.on),
             (on / off - 1.0) * 100.0
+        );
+        let avg = if self.probe_runs > 0 {
+            self.probe_ns as f64 / self.probe_runs as f64
+        } else {
+            0.0
+        };
+        println!(
+            "  kernel time in guardian's programs (BPF run-time stats): {} runs, {avg:.0} ns each, {:.3} ms = {:.4}% of {:.1} s of workload",
+            self.probe_runs,
+            self.probe_ns as f64 / 1e6,
+            self.probe_ns as f64 / self.on_wall.as_nanos() as f64 * 100.0,
+            self.on_wall.as_secs_f64()
         );
     }
 }
@@ -126,15 +143,40 @@ fn overhead(
     let mut result = Overhead {
         off: Vec::new(),
         on: Vec::new(),
+        probe_ns: 0,
+        probe_runs: 0,
+        on_wall: Duration::ZERO,
     };
+    // Run-time stats stay on while this fd is open (BPF_ENABLE_STATS).
+    let _stats =
+        aya::sys::enable_stats(aya::sys::Stats::RunTime).context("enabling BPF run-time stats")?;
     measure()?; // warm the page cache and the binaries
     for _ in 0..runs {
         result.off.push(measure()?);
         let events = EventStream::start(guardian, &[])?;
+        let before = probe_stats();
+        let start = Instant::now();
         result.on.push(measure()?);
+        result.on_wall += start.elapsed();
+        let after = probe_stats();
+        result.probe_ns += after.0 - before.0;
+        result.probe_runs += after.1 - before.1;
         drop(events);
     }
     Ok(result)
+}
+
+/// (run time ns, run count) summed over guardian's loaded programs.
+fn probe_stats() -> (u64, u64) {
+    aya::programs::loaded_programs()
+        .flatten()
+        .filter(|p| {
+            p.name_as_str()
+                .is_some_and(|n| n.starts_with("oom_mark_victim") || n.starts_with("memcg_reclaim"))
+        })
+        .fold((0, 0), |(ns, n), p| {
+            (ns + p.run_time().as_nanos() as u64, n + p.run_count())
+        })
 }
 
 fn median(v: &[f64]) -> f64 {

@@ -1,8 +1,11 @@
 //! The `guardian` command line: one file per subcommand.
 
+mod daemon;
 mod doctor;
 mod events;
+mod profile;
 mod ps;
+mod status;
 
 use std::{process::ExitCode, time::Duration};
 
@@ -35,7 +38,18 @@ pub enum Command {
     Events(events::EventsArgs),
     /// List containers with their memory as the kernel counts it, largest first.
     Ps(ps::PsArgs),
+    /// Record every container's memory into the store and serve Prometheus metrics.
+    Daemon(daemon::DaemonArgs),
+    /// Show what the daemon is recording.
+    Status(status::StatusArgs),
+    /// Turn recorded peaks into limits: a compose override and a profile file.
+    Profile(profile::ProfileArgs),
 }
+
+/// Bad input the user can fix (malformed compose file, unknown service, empty store): exit 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
 
 /// Runs the parsed command on a tokio runtime and returns the process exit code.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -48,6 +62,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Doctor => doctor::run(cli.output).await,
             Command::Events(args) => events::run(args, cli.output).await,
             Command::Ps(args) => ps::run(args, cli.output).await,
+            Command::Daemon(args) => daemon::run(args, cli.output).await,
+            Command::Status(args) => status::run(args, cli.output).await,
+            Command::Profile(args) => profile::run(args, cli.output).await,
         }
     })
 }

@@ -3,6 +3,8 @@
 mod container;
 mod event;
 mod memory;
+mod recorder;
+mod usage;
 
 pub use container::{ComposeService, Container, ContainerRef, ContainerTable};
 pub use event::{
@@ -10,6 +12,8 @@ pub use event::{
     RssBreakdown, Source, StallSummary,
 };
 pub use memory::{Bytes, MemoryReading, PressureStats, PsiLine};
+pub use recorder::{rfc3339_ms, Flush, LiveRun, Recorder};
+pub use usage::{RunRecord, Sample};
 
 use serde::Serialize;
 

@@ -1,6 +1,7 @@
 //! Where facts come from: the kernel through eBPF and tracefs, the cgroup filesystems, Docker.
 
 pub mod cgroup;
+pub mod compose;
 pub mod docker;
 pub mod ebpf;
 pub mod tracefs;

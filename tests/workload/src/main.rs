@@ -5,6 +5,8 @@
 //!   pagecache  --file PATH --size 256m --rounds 3 [--sync-every 0]
 //!                                                   write a file, then read it again and again
 //!   faults     --size 256m --rounds 20              map, touch and unmap: page-fault heavy
+//!   spike      --base 16m --spike 64m --spike-ms 50 --hold-ms 2000
+//!                                                   hold base, add a short spike, free it, hold
 //!
 //! It prints one line per phase to stderr so a test log shows where it was when it died.
 
@@ -35,6 +37,7 @@ fn main() -> ExitCode {
         "hog" => hog(&opts),
         "pagecache" => pagecache(&opts),
         "faults" => faults(&opts),
+        "spike" => spike(&opts),
         other => Err(format!("unknown pattern {other:?}")),
     };
     match result {
@@ -152,6 +155,25 @@ fn pagecache(opts: &Opts) -> Result<(), String> {
         }
         eprintln!("memload pagecache: round {round} read {read} bytes");
     }
+    Ok(())
+}
+
+fn spike(opts: &Opts) -> Result<(), String> {
+    let base = opts.size("base", "16m")?;
+    let extra = opts.size("spike", "64m")?;
+    let spike_ms = opts.num("spike-ms", 50)?;
+    let hold = opts.num("hold-ms", 2000)?;
+    let mut resident = vec![0u8; base];
+    touch(&mut resident);
+    std::thread::sleep(Duration::from_millis(300));
+    let start = Instant::now();
+    let mut burst = vec![0u8; extra];
+    touch(&mut burst);
+    std::thread::sleep(Duration::from_millis(spike_ms).saturating_sub(start.elapsed()));
+    drop(burst);
+    eprintln!("memload spike: {extra} bytes for {:?}", start.elapsed());
+    std::thread::sleep(Duration::from_millis(hold));
+    std::hint::black_box(&resident);
     Ok(())
 }
 

@@ -1,0 +1,307 @@
+//! `guardian daemon`: records what every container and compose service uses, into the store,
+//! and serves Prometheus metrics. One task owns the state and applies events in order.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    path::PathBuf,
+    process::ExitCode,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use anyhow::Context as _;
+use tokio::{
+    signal::unix::{signal, SignalKind},
+    sync::{mpsc, watch},
+    time::MissedTickBehavior,
+};
+use tracing::{error, info, warn};
+
+use super::{parse_duration, Output};
+use crate::{
+    config::{Config, Dur},
+    metrics::{self, StallSeries},
+    model::{CgroupId, CgroupRef, Container, ContainerTable, Recorder},
+    sources::{
+        cgroup::{read_memory, CgroupIndex, Hierarchy},
+        docker::{self, DockerUpdate},
+        ebpf::{KernelEvent, ProbeOptions, Probes},
+    },
+    store::Store,
+};
+
+/// Options of `guardian daemon`; each overrides the config file.
+#[derive(Debug, clap::Args)]
+pub struct DaemonArgs {
+    /// TOML configuration (default /etc/guardian/guardian.toml, if it exists).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Where the store and pid file live (default /var/lib/guardian).
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// How often each container's cgroup is read (default 1s).
+    #[arg(long, value_parser = parse_duration)]
+    sample_interval: Option<Duration>,
+    /// How often records are committed to the store (default 5s).
+    #[arg(long, value_parser = parse_duration)]
+    flush_interval: Option<Duration>,
+    /// Prometheus endpoint address (default 127.0.0.1:9464).
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
+    /// Do not serve Prometheus metrics.
+    #[arg(long)]
+    no_metrics: bool,
+}
+
+/// The pid file of a daemon using `state_dir`.
+pub fn pid_file(state_dir: &std::path::Path) -> PathBuf {
+    state_dir.join("guardian.pid")
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+pub async fn run(args: DaemonArgs, _output: Output) -> anyhow::Result<ExitCode> {
+    let mut config = Config::load(args.config.as_deref())?;
+    if let Some(dir) = args.state_dir {
+        config.state_dir = dir;
+    }
+    if let Some(d) = args.sample_interval {
+        config.sample_interval = Dur(d);
+    }
+    if let Some(d) = args.flush_interval {
+        config.flush_interval = Dur(d);
+    }
+    if let Some(addr) = args.metrics_listen {
+        config.metrics.listen = addr;
+    }
+    if args.no_metrics {
+        config.metrics.enabled = false;
+    }
+
+    let mut store = Store::open(&config.state_dir)?;
+    let pid_path = pid_file(&config.state_dir);
+    std::fs::write(&pid_path, format!("{}\n", std::process::id()))
+        .with_context(|| format!("writing {}", pid_path.display()))?;
+
+    let hierarchy = Hierarchy::detect()?;
+    let mut index = CgroupIndex::new(hierarchy.clone());
+    let mut table = ContainerTable::new(1024);
+    let mut recorder = Recorder::new(
+        config.timeline_interval.0.as_millis() as i64,
+        config.startup_window.0.as_millis() as i64,
+    );
+
+    let mut probes = match Probes::load(ProbeOptions {
+        stall_threshold: Duration::from_secs(3600),
+    }) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            warn!("eBPF disabled, recording from cgroup files only: {e}");
+            None
+        }
+    };
+    let mut oom_kills_total = 0u64;
+
+    let (snapshot_tx, snapshot_rx) = watch::channel(Arc::new(String::new()));
+    if config.metrics.enabled {
+        match metrics::serve(config.metrics.listen, snapshot_rx).await {
+            Ok(()) => info!(addr = %config.metrics.listen, "serving Prometheus metrics"),
+            Err(e) => metrics::warn_unavailable(config.metrics.listen, &e),
+        }
+    }
+
+    let (docker_tx, mut docker_rx) = mpsc::channel::<DockerUpdate>(256);
+    tokio::spawn(docker::watch(hierarchy.clone(), docker_tx));
+    let mut docker_lost = false;
+
+    let mut sample_tick = tokio::time::interval(config.sample_interval.0);
+    sample_tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    let mut flush_tick = tokio::time::interval(config.flush_interval.0);
+    flush_tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    let mut prune_tick = tokio::time::interval(Duration::from_secs(3600));
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut batch = Vec::new();
+    info!(
+        state_dir = %config.state_dir.display(),
+        sample_interval = ?config.sample_interval.0,
+        flush_interval = ?config.flush_interval.0,
+        "guardian daemon started"
+    );
+
+    loop {
+        tokio::select! {
+            _ = interrupt.recv() => break,
+            _ = terminate.recv() => break,
+            _ = sample_tick.tick() => {
+                sample(&hierarchy, &mut recorder);
+                let stalls = stall_series(probes.as_ref(), &mut index, &table);
+                let text = metrics::render(recorder.live(), &stalls, oom_kills_total);
+                snapshot_tx.send_replace(Arc::new(text));
+            }
+            _ = flush_tick.tick() => flush(&mut store, &mut recorder),
+            _ = prune_tick.tick() => {
+                let before = now_ms() - config.timeline_retention.0.as_millis() as i64;
+                if let Err(e) = store.prune_samples(before) {
+                    error!("pruning old timeline points: {e}");
+                }
+            }
+            result = next_kernel_batch(probes.as_mut(), &mut batch) => {
+                result.context("reading the eBPF ring buffers")?;
+                for record in batch.drain(..) {
+                    if let KernelEvent::Oom(e) = record {
+                        oom_kills_total += 1;
+                        let cgroup = index.resolve(CgroupId(e.victim_cgroup_id.max(e.trigger_cgroup_id)));
+                        let who = table.by_cgroup(&cgroup).map(|c| c.display_name());
+                        warn!(pid = e.victim_pid, container = who.as_deref().unwrap_or("-"), "OOM kill");
+                    }
+                }
+            }
+            Some(update) = docker_rx.recv() => {
+                apply(update, &mut table, &mut recorder, &hierarchy, &mut docker_lost);
+            }
+        }
+    }
+
+    // Shutting down: one last reading and flush, so nothing recorded is lost.
+    sample(&hierarchy, &mut recorder);
+    flush(&mut store, &mut recorder);
+    let _ = std::fs::remove_file(&pid_path);
+    info!("guardian daemon stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn next_kernel_batch(
+    probes: Option<&mut Probes>,
+    batch: &mut Vec<KernelEvent>,
+) -> std::io::Result<()> {
+    match probes {
+        Some(p) => p.next_batch(batch).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Reads every recorded container's cgroup once.
+fn sample(hierarchy: &Hierarchy, recorder: &mut Recorder) {
+    let now = now_ms();
+    let targets: Vec<(String, CgroupRef)> = recorder
+        .live()
+        .filter_map(|l| Some((l.record.container_id.clone(), l.cgroup.clone()?)))
+        .collect();
+    for (id, cg) in targets {
+        let Some(memory) = cg.memory_path.as_deref() else {
+            continue;
+        };
+        // A container that just exited has no cgroup left: its last reading stands.
+        if let Ok(reading) = read_memory(hierarchy, memory, cg.path.as_deref()) {
+            recorder.observe(&id, &reading, now);
+        }
+    }
+}
+
+/// Commits what changed; on failure keeps it for the next flush.
+fn flush(store: &mut Store, recorder: &mut Recorder) {
+    let pending = recorder.take_flush();
+    if pending.runs.is_empty() && pending.samples.is_empty() {
+        return;
+    }
+    if let Err(e) = store.flush(&pending.runs, &pending.samples) {
+        error!("flushing to the store failed, will retry: {e}");
+        recorder.restore(pending);
+    }
+}
+
+fn apply(
+    update: DockerUpdate,
+    table: &mut ContainerTable,
+    recorder: &mut Recorder,
+    hierarchy: &Hierarchy,
+    docker_lost: &mut bool,
+) {
+    let now = now_ms();
+    match update {
+        DockerUpdate::Connected {
+            api_version,
+            containers,
+        } => {
+            info!(api_version = %api_version, containers = containers.len(), "Docker connected");
+            *docker_lost = false;
+            for c in containers {
+                track(&c, recorder, hierarchy, now);
+                table.upsert(c);
+            }
+        }
+        DockerUpdate::Lost(reason) => {
+            if !*docker_lost {
+                warn!("Docker unavailable, recording only the containers already known: {reason}");
+                *docker_lost = true;
+            }
+        }
+        DockerUpdate::Event(e) => {
+            let Some(c) = e.container else { return };
+            match e.action.as_str() {
+                "start" | "unpause" | "pause" => track(&c, recorder, hierarchy, now),
+                "die" => recorder.finish(&c, now),
+                _ => {}
+            }
+            table.upsert(c);
+        }
+    }
+}
+
+/// Starts recording a running container and takes a first reading at once: a short-lived
+/// container may be gone before the next sampling round.
+fn track(c: &Container, recorder: &mut Recorder, hierarchy: &Hierarchy, now: i64) {
+    if c.state != "running" && c.state != "paused" {
+        return;
+    }
+    recorder.start(c, now);
+    if let Some(cg) = &c.cgroup {
+        if let Some(memory) = cg.memory_path.as_deref() {
+            if let Ok(reading) = read_memory(hierarchy, memory, cg.path.as_deref()) {
+                recorder.observe(&c.id, &reading, now);
+            }
+        }
+    }
+}
+
+/// Reclaim-stall histograms per container from the eBPF map.
+fn stall_series(
+    probes: Option<&Probes>,
+    index: &mut CgroupIndex,
+    table: &ContainerTable,
+) -> Vec<StallSeries> {
+    let Some(p) = probes else { return Vec::new() };
+    let mut by_container: HashMap<String, StallSeries> = HashMap::new();
+    for (id, t) in p.stall_totals() {
+        let cgroup = index.resolve(id);
+        let Some(c) = table.by_cgroup(&cgroup) else {
+            continue;
+        };
+        let labels = format!(
+            "container=\"{}\",project=\"{}\",service=\"{}\"",
+            c.name,
+            c.compose.as_ref().map_or("", |s| s.project.as_str()),
+            c.compose.as_ref().map_or("", |s| s.service.as_str())
+        );
+        let series = by_container
+            .entry(c.id.clone())
+            .or_insert_with(|| StallSeries {
+                labels,
+                buckets_us: (0..t.hist.len()).map(|i| (2u64 << i, 0)).collect(),
+                count: 0,
+                sum_seconds: 0.0,
+            });
+        for (bucket, n) in series.buckets_us.iter_mut().zip(t.hist) {
+            bucket.1 += n;
+        }
+        series.count += t.count;
+        series.sum_seconds += t.total_ns as f64 / 1e9;
+    }
+    by_container.into_values().collect()
+}

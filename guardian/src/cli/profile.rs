@@ -1,0 +1,337 @@
+//! `guardian profile`: limits from recorded peaks, as a compose override and a profile file;
+//! `--check` compares a compose file's limits with them (a CI gate); `merge` combines runners.
+
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+    time::{Duration, SystemTime},
+};
+
+use serde::Serialize;
+
+use super::{parse_duration, Output, UsageError};
+use crate::{
+    model::Bytes,
+    policy::profile::{merge, recommend, summarize, Recommendation},
+    report::profile::{compose_override, compose_size, write_atomic, ProfileFile, PROFILE_SCHEMA},
+    sources::compose::{default_project_name, ComposeTool},
+    store::{RunFilter, Store},
+};
+
+/// Options of `guardian profile`.
+#[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct ProfileArgs {
+    #[command(subcommand)]
+    action: Option<ProfileAction>,
+    /// The daemon's state directory.
+    #[arg(long, default_value = "/var/lib/guardian")]
+    state_dir: PathBuf,
+    /// Only this compose project.
+    #[arg(long)]
+    project: Option<String>,
+    /// Only these services (repeatable).
+    #[arg(long)]
+    service: Vec<String>,
+    /// Only runs that started within this long (e.g. 7d).
+    #[arg(long, value_parser = parse_duration)]
+    since: Option<Duration>,
+    /// Only the latest N runs of each service.
+    #[arg(long)]
+    runs: Option<usize>,
+    /// Margin over the observed peak: "20%" or "0.2".
+    #[arg(long, default_value = "20%", value_parser = parse_margin)]
+    margin: f64,
+    /// Where to write the compose override.
+    #[arg(long, default_value = "docker-compose.guardian.yml")]
+    compose_out: PathBuf,
+    /// Where to write the profile (default profiles/<project>.toml).
+    #[arg(long)]
+    profile_out: Option<PathBuf>,
+    /// Compare the compose file's limits with the recommendation instead of writing files;
+    /// exit 1 when a limit is below an observed peak.
+    #[arg(long)]
+    check: bool,
+    /// Compose files for --check (default docker-compose.yml).
+    #[arg(short = 'f', long = "file")]
+    files: Vec<PathBuf>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum ProfileAction {
+    /// Combine profiles from several runners (highest peaks win) into one.
+    Merge {
+        /// Profile files to merge.
+        #[arg(required = true, num_args = 2..)]
+        files: Vec<PathBuf>,
+        /// Where to write the merged profile.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Margin over the merged peaks.
+        #[arg(long, default_value = "20%", value_parser = parse_margin)]
+        margin: f64,
+    },
+}
+
+fn parse_margin(s: &str) -> Result<f64, String> {
+    let value = match s.strip_suffix('%') {
+        Some(p) => p.trim().parse::<f64>().map(|p| p / 100.0),
+        None => s.trim().parse::<f64>(),
+    }
+    .map_err(|_| format!("{s:?} is not a margin; write 20% or 0.2"))?;
+    if (0.0..=10.0).contains(&value) {
+        Ok(value)
+    } else {
+        Err(format!("{s:?} is out of range (0% to 1000%)"))
+    }
+}
+
+fn now_rfc3339() -> String {
+    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
+}
+
+pub async fn run(args: ProfileArgs, output: Output) -> anyhow::Result<ExitCode> {
+    if let Some(ProfileAction::Merge {
+        files,
+        output: out,
+        margin,
+    }) = &args.action
+    {
+        return merge_files(files, out, *margin, output);
+    }
+    let recs = recommendations(&args)?;
+    if args.check {
+        return check(&args, &recs, output);
+    }
+    let project = args
+        .project
+        .clone()
+        .or_else(|| recs.iter().find_map(|r| r.usage.project.clone()));
+    let profile_out = args.profile_out.clone().unwrap_or_else(|| {
+        PathBuf::from(format!(
+            "profiles/{}.toml",
+            project.as_deref().unwrap_or("default")
+        ))
+    });
+    let file = ProfileFile {
+        schema: PROFILE_SCHEMA,
+        generated_at: now_rfc3339(),
+        margin: args.margin,
+        services: recs.clone(),
+    };
+    write_atomic(&args.compose_out, &compose_override(&recs, args.margin))?;
+    write_atomic(&profile_out, &file.to_toml())?;
+    match output {
+        Output::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "recommendations": recs,
+                "compose_override": args.compose_out,
+                "profile": profile_out,
+            }))?
+        ),
+        Output::Human => {
+            print_recommendations(&recs);
+            println!(
+                "wrote {} and {}",
+                args.compose_out.display(),
+                profile_out.display()
+            );
+            println!(
+                "use: docker compose -f docker-compose.yml -f {} up",
+                args.compose_out.display()
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Reads the store and recommends a limit per service.
+fn recommendations(args: &ProfileArgs) -> anyhow::Result<Vec<Recommendation>> {
+    let store = Store::open_existing(&args.state_dir).map_err(|e| UsageError(e.to_string()))?;
+    let since_ms = args.since.map(|d| {
+        SystemTime::now()
+            .checked_sub(d)
+            .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+            .map_or(0, |t| t.as_millis() as i64)
+    });
+    let runs = store.runs(&RunFilter {
+        project: args.project.clone(),
+        since_ms,
+        last_runs: args.runs,
+    })?;
+    let mut usage = summarize(&runs);
+    if usage.is_empty() {
+        return Err(UsageError(format!(
+            "no runs recorded in {}{}: let `guardian daemon` watch a run first",
+            Store::file(&args.state_dir).display(),
+            args.project
+                .as_ref()
+                .map(|p| format!(" for project {p}"))
+                .unwrap_or_default()
+        ))
+        .into());
+    }
+    if !args.service.is_empty() {
+        for s in &args.service {
+            if !usage.iter().any(|u| &u.service == s) {
+                let known: Vec<&str> = usage.iter().map(|u| u.service.as_str()).collect();
+                return Err(UsageError(format!(
+                    "unknown service {s:?}; recorded: {}",
+                    known.join(", ")
+                ))
+                .into());
+            }
+        }
+        usage.retain(|u| args.service.contains(&u.service));
+    }
+    Ok(usage.iter().map(|u| recommend(u, args.margin)).collect())
+}
+
+fn print_recommendations(recs: &[Recommendation]) {
+    println!(
+        "{:<28} {:>5} {:>10} {:>10} {:>12}  WHY",
+        "SERVICE", "RUNS", "PEAK", "LIMIT", "RECOMMENDED"
+    );
+    for r in recs {
+        let u = &r.usage;
+        let name = match &u.project {
+            Some(p) => format!("{p}/{}", u.service),
+            None => u.service.clone(),
+        };
+        println!(
+            "{name:<28} {:>5} {:>10} {:>10} {:>12}  {}",
+            u.runs,
+            u.peak.to_string(),
+            u.limit.map(|l| l.to_string()).unwrap_or_else(|| "-".into()),
+            compose_size(r.recommended_limit),
+            r.reason
+        );
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct CheckRow {
+    service: String,
+    limit: Option<Bytes>,
+    peak: Option<Bytes>,
+    recommended: Option<Bytes>,
+    verdict: &'static str,
+    /// How much the limit exceeds the recommendation.
+    excess: Option<Bytes>,
+}
+
+fn check(args: &ProfileArgs, recs: &[Recommendation], output: Output) -> anyhow::Result<ExitCode> {
+    let files = if args.files.is_empty() {
+        vec![PathBuf::from("docker-compose.yml")]
+    } else {
+        args.files.clone()
+    };
+    let tool = ComposeTool::detect().map_err(|e| UsageError(e.to_string()))?;
+    let model = tool.config(&files).map_err(|e| UsageError(e.to_string()))?;
+    let project = args
+        .project
+        .clone()
+        .or(model.name.clone())
+        .unwrap_or_else(|| default_project_name(&files[0]));
+    let mut rows = Vec::new();
+    for (service, svc) in &model.services {
+        let rec = recs.iter().find(|r| {
+            &r.usage.service == service && r.usage.project.as_deref() == Some(project.as_str())
+        });
+        let (verdict, excess) = match (rec, svc.memory_limit) {
+            (None, _) => ("no data", None),
+            (Some(r), Some(limit))
+                if limit < r.usage.peak || (r.usage.oom_killed && r.usage.limit == Some(limit)) =>
+            {
+                ("TOO LOW", None)
+            }
+            (Some(r), Some(limit)) if limit > r.recommended_limit => {
+                ("oversized", Some(Bytes(limit.0 - r.recommended_limit.0)))
+            }
+            (Some(_), Some(_)) => ("ok", None),
+            (Some(_), None) => ("no limit", None),
+        };
+        rows.push(CheckRow {
+            service: service.clone(),
+            limit: svc.memory_limit,
+            peak: rec.map(|r| r.usage.peak),
+            recommended: rec.map(|r| r.recommended_limit),
+            verdict,
+            excess,
+        });
+    }
+    let too_low = rows.iter().filter(|r| r.verdict == "TOO LOW").count();
+    let total_limits: u64 = rows.iter().filter_map(|r| r.limit).map(|b| b.0).sum();
+    let saved: u64 = rows.iter().filter_map(|r| r.excess).map(|b| b.0).sum();
+    match output {
+        Output::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "project": project,
+                "services": rows,
+                "too_low": too_low,
+                "total_limits": total_limits,
+                "saved": saved,
+            }))?
+        ),
+        Output::Human => {
+            let show = |b: Option<Bytes>| b.map(|b| b.to_string()).unwrap_or_else(|| "-".into());
+            println!(
+                "{:<20} {:>10} {:>10} {:>12}  VERDICT",
+                "SERVICE", "LIMIT", "PEAK", "RECOMMENDED"
+            );
+            for r in &rows {
+                println!(
+                    "{:<20} {:>10} {:>10} {:>12}  {}",
+                    r.service,
+                    show(r.limit),
+                    show(r.peak),
+                    show(r.recommended),
+                    r.verdict
+                );
+            }
+            println!(
+                "project {project}: limits total {}, {} could be freed; {too_low} limit(s) below an observed peak",
+                Bytes(total_limits),
+                Bytes(saved)
+            );
+        }
+    }
+    Ok(if too_low > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn merge_files(
+    files: &[PathBuf],
+    out: &Path,
+    margin: f64,
+    output: Output,
+) -> anyhow::Result<ExitCode> {
+    let profiles = files
+        .iter()
+        .map(|f| {
+            ProfileFile::read(f)
+                .map(|p| p.services)
+                .map_err(|e| UsageError(e.to_string()))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let merged = ProfileFile {
+        schema: PROFILE_SCHEMA,
+        generated_at: now_rfc3339(),
+        margin,
+        services: merge(&profiles, margin),
+    };
+    write_atomic(out, &merged.to_toml())?;
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&merged)?),
+        Output::Human => {
+            print_recommendations(&merged.services);
+            println!("wrote {} from {} profiles", out.display(), files.len());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

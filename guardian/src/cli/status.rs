@@ -1,0 +1,94 @@
+//! `guardian status`: what the daemon is recording, read from its store.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use serde::Serialize;
+
+use super::Output;
+use crate::{
+    model::{Bytes, RunRecord},
+    store::{RunFilter, Store},
+};
+
+/// Options of `guardian status`.
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    /// The daemon's state directory.
+    #[arg(long, default_value = "/var/lib/guardian")]
+    state_dir: PathBuf,
+}
+
+#[derive(Debug, Serialize)]
+struct Status {
+    /// The daemon's pid while it runs.
+    daemon_pid: Option<u32>,
+    store: PathBuf,
+    schema_version: i64,
+    /// Runs still open at the last flush, largest peak first.
+    running: Vec<RunRecord>,
+    /// Runs recorded in all.
+    runs_recorded: usize,
+}
+
+fn daemon_pid(state_dir: &std::path::Path) -> Option<u32> {
+    let pid: u32 = std::fs::read_to_string(super::daemon::pid_file(state_dir))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    std::path::Path::new(&format!("/proc/{pid}"))
+        .exists()
+        .then_some(pid)
+}
+
+pub async fn run(args: StatusArgs, output: Output) -> anyhow::Result<ExitCode> {
+    let store = Store::open_existing(&args.state_dir)?;
+    let runs = store.runs(&RunFilter::default())?;
+    let mut running: Vec<RunRecord> = runs
+        .iter()
+        .filter(|r| r.ended_at_ms.is_none())
+        .cloned()
+        .collect();
+    running.sort_by(|a, b| b.peak.cmp(&a.peak));
+    let status = Status {
+        daemon_pid: daemon_pid(&args.state_dir),
+        store: Store::file(&args.state_dir),
+        schema_version: store.schema_version()?,
+        running,
+        runs_recorded: runs.len(),
+    };
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&status)?),
+        Output::Human => {
+            match status.daemon_pid {
+                Some(pid) => println!("daemon: running (pid {pid})"),
+                None => println!("daemon: not running (showing the store as last flushed)"),
+            }
+            println!(
+                "store: {} (schema {}), {} runs recorded",
+                status.store.display(),
+                status.schema_version,
+                status.runs_recorded
+            );
+            let show = |b: Option<Bytes>| b.map(|b| b.to_string()).unwrap_or_else(|| "-".into());
+            println!(
+                "{:<32} {:>10} {:>10} {:>10} {:>4}",
+                "CONTAINER", "PEAK", "STARTUP", "LIMIT", "OOM"
+            );
+            for r in &status.running {
+                let name = match (&r.project, &r.service) {
+                    (Some(p), Some(s)) => format!("{p}/{s}"),
+                    _ => r.name.clone(),
+                };
+                println!(
+                    "{name:<32} {:>10} {:>10} {:>10} {:>4}",
+                    r.peak.to_string(),
+                    r.startup_peak.to_string(),
+                    show(r.memory_limit),
+                    r.oom_kills
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,158 @@
+//! The daemon's configuration: TOML with defaults for every field, so no file is needed.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::{Deserialize, Deserializer};
+
+/// Where the daemon looks when `--config` is not given; a missing file means the defaults.
+pub const DEFAULT_PATH: &str = "/etc/guardian/guardian.toml";
+
+/// Errors reading the configuration, in one line each.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config {path}, line {line}: {message}")]
+    Invalid {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
+}
+
+/// A duration written as "5s", "500ms", "7d".
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Dur(pub Duration);
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s)
+            .map(Dur)
+            .map_err(|e| serde::de::Error::custom(format!("{s:?}: {e} (examples: 500ms, 5s, 7d)")))
+    }
+}
+
+/// The Prometheus endpoint.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    pub enabled: bool,
+    pub listen: SocketAddr,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
+        }
+    }
+}
+
+/// Everything the daemon can be told; the same names as its flags.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where the store and the pid file live.
+    pub state_dir: PathBuf,
+    /// How often each container's cgroup is read.
+    pub sample_interval: Dur,
+    /// How often recorded data is committed to the store (what a crash can lose at most).
+    pub flush_interval: Dur,
+    /// Spacing of the stored timeline points.
+    pub timeline_interval: Dur,
+    /// How long timeline points are kept (run summaries are kept for good).
+    pub timeline_retention: Dur,
+    /// The start-up peak is the highest usage within this long after start.
+    pub startup_window: Dur,
+    pub metrics: MetricsConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            state_dir: PathBuf::from("/var/lib/guardian"),
+            sample_interval: Dur(Duration::from_secs(1)),
+            flush_interval: Dur(Duration::from_secs(5)),
+            timeline_interval: Dur(Duration::from_secs(10)),
+            timeline_retention: Dur(Duration::from_secs(7 * 24 * 3600)),
+            startup_window: Dur(Duration::from_secs(30)),
+            metrics: MetricsConfig::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads `path`, or [`DEFAULT_PATH`] if it exists, else the defaults.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let (path, required) = match path {
+            Some(p) => (p.to_path_buf(), true),
+            None => (PathBuf::from(DEFAULT_PATH), false),
+        };
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(Self::default())
+            }
+            Err(source) => return Err(ConfigError::Read { path, source }),
+        };
+        Self::parse(&path, &text)
+    }
+
+    /// Parses TOML text; errors name the line.
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            line: e
+                .span()
+                .map_or(0, |s| text[..s.start].matches('\n').count() + 1),
+            message: e.message().replace('\n', " "),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_file_is_the_defaults() {
+        assert_eq!(
+            Config::parse(Path::new("g.toml"), "").unwrap(),
+            Config::default()
+        );
+    }
+
+    #[test]
+    fn fields_parse_with_units() {
+        let c = Config::parse(
+            Path::new("g.toml"),
+            "state_dir = \"/tmp/g\"\nflush_interval = \"500ms\"\n[metrics]\nenabled = false\nlisten = \"0.0.0.0:9999\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.flush_interval, Dur(Duration::from_millis(500)));
+        assert!(!c.metrics.enabled);
+        assert_eq!(c.metrics.listen.port(), 9999);
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_durations_are_one_line_errors_with_the_line() {
+        let e = Config::parse(Path::new("g.toml"), "\n\nflush_intervall = \"5s\"\n").unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.starts_with("config g.toml, line 3: unknown field `flush_intervall`"),
+            "{text}"
+        );
+        assert_eq!(text.lines().count(), 1);
+        let e = Config::parse(Path::new("g.toml"), "sample_interval = \"soon\"\n").unwrap_err();
+        assert!(e.to_string().contains("examples: 500ms"), "{e}");
+    }
+}

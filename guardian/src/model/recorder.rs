@@ -1,0 +1,271 @@
+//! The daemon's record of every running container: peaks, working set, start-up peak and a
+//! downsampled timeline, kept in memory between flushes to the store. No I/O.
+
+use std::collections::HashMap;
+
+use super::{Bytes, CgroupRef, Container, MemoryReading, RunRecord, Sample};
+
+/// A container being recorded.
+#[derive(Clone, Debug)]
+pub struct LiveRun {
+    pub record: RunRecord,
+    pub cgroup: Option<CgroupRef>,
+    /// The latest reading, for status and metrics.
+    pub last: Option<MemoryReading>,
+    last_timeline_ms: Option<i64>,
+    dirty: bool,
+}
+
+/// What to write at the next flush.
+#[derive(Debug, Default)]
+pub struct Flush {
+    pub runs: Vec<RunRecord>,
+    pub samples: Vec<(String, i64, Sample)>,
+}
+
+/// Running containers' records plus what has finished since the last flush.
+#[derive(Debug)]
+pub struct Recorder {
+    live: HashMap<String, LiveRun>,
+    pending: Flush,
+    timeline_interval_ms: i64,
+    startup_window_ms: i64,
+}
+
+/// Unix milliseconds of an RFC 3339 time, as Docker writes `State.StartedAt`.
+pub fn rfc3339_ms(s: &str) -> Option<i64> {
+    let t = humantime::parse_rfc3339(s).ok()?;
+    Some(t.duration_since(std::time::UNIX_EPOCH).ok()?.as_millis() as i64)
+}
+
+impl Recorder {
+    pub fn new(timeline_interval_ms: i64, startup_window_ms: i64) -> Self {
+        Self {
+            live: HashMap::new(),
+            pending: Flush::default(),
+            timeline_interval_ms,
+            startup_window_ms,
+        }
+    }
+
+    /// Starts (or refreshes the identity of) the run of a running container. A run is one
+    /// container start: a restart begins a new one.
+    pub fn start(&mut self, c: &Container, now_ms: i64) {
+        let started_at_ms = c
+            .started_at
+            .as_deref()
+            .and_then(rfc3339_ms)
+            .unwrap_or(now_ms);
+        let live = self.live.entry(c.id.clone()).or_insert_with(|| LiveRun {
+            record: RunRecord {
+                container_id: c.id.clone(),
+                started_at_ms,
+                ..Default::default()
+            },
+            cgroup: None,
+            last: None,
+            last_timeline_ms: None,
+            dirty: true,
+        });
+        if live.record.started_at_ms != started_at_ms {
+            // Restarted while we were not looking: the old run ended.
+            let mut old = std::mem::replace(
+                &mut live.record,
+                RunRecord {
+                    container_id: c.id.clone(),
+                    started_at_ms,
+                    ..Default::default()
+                },
+            );
+            old.ended_at_ms.get_or_insert(now_ms);
+            self.pending.runs.push(old);
+            live.last_timeline_ms = None;
+        }
+        let r = &mut live.record;
+        r.name = c.name.clone();
+        r.image = c.image.clone();
+        r.project = c.compose.as_ref().map(|s| s.project.clone());
+        r.service = c.compose.as_ref().map(|s| s.service.clone());
+        r.memory_limit = c.memory_limit;
+        r.memory_reservation = c.memory_reservation;
+        if c.cgroup.is_some() {
+            live.cgroup = c.cgroup.clone();
+        }
+        live.dirty = true;
+    }
+
+    /// Folds one reading of a container's cgroup into its run.
+    pub fn observe(&mut self, id: &str, reading: &MemoryReading, now_ms: i64) {
+        let Some(live) = self.live.get_mut(id) else {
+            return;
+        };
+        let r = &mut live.record;
+        // The kernel's high-water mark catches spikes between samples.
+        let high = reading.peak.unwrap_or(reading.usage).max(reading.usage);
+        r.peak = r.peak.max(high);
+        if now_ms - r.started_at_ms <= self.startup_window_ms {
+            r.startup_peak = r.startup_peak.max(high);
+        }
+        r.working_set_max = r.working_set_max.max(reading.working_set);
+        r.working_set_sum += reading.working_set.0;
+        r.working_set_samples += 1;
+        r.anon_max = r.anon_max.max(reading.anon);
+        r.oom_kills = r.oom_kills.max(reading.oom_kills);
+        if reading.limit.is_some() {
+            r.memory_limit = reading.limit;
+        }
+        let due = live
+            .last_timeline_ms
+            .is_none_or(|t| now_ms - t >= self.timeline_interval_ms);
+        if due {
+            live.last_timeline_ms = Some(now_ms);
+            self.pending.samples.push((
+                r.container_id.clone(),
+                r.started_at_ms,
+                Sample {
+                    at_ms: now_ms,
+                    usage: reading.usage,
+                    working_set: reading.working_set,
+                    anon: reading.anon,
+                },
+            ));
+        }
+        live.last = Some(reading.clone());
+        live.dirty = true;
+    }
+
+    /// Ends a container's run with what Docker says of its exit.
+    pub fn finish(&mut self, c: &Container, now_ms: i64) {
+        let Some(mut live) = self.live.remove(&c.id) else {
+            return;
+        };
+        let r = &mut live.record;
+        r.ended_at_ms = Some(
+            c.finished_at
+                .as_deref()
+                .and_then(rfc3339_ms)
+                .unwrap_or(now_ms),
+        );
+        r.exit_code = c.exit_code;
+        r.oom_killed = c.oom_killed;
+        if c.oom_killed {
+            r.oom_kills = r.oom_kills.max(1);
+        }
+        self.pending.runs.push(live.record);
+    }
+
+    /// Takes everything that changed since the last flush.
+    pub fn take_flush(&mut self) -> Flush {
+        let mut flush = std::mem::take(&mut self.pending);
+        for live in self.live.values_mut().filter(|l| l.dirty) {
+            live.dirty = false;
+            flush.runs.push(live.record.clone());
+        }
+        flush
+    }
+
+    /// Puts back a flush the store could not take, so the next one writes it.
+    pub fn restore(&mut self, flush: Flush) {
+        self.pending.runs.extend(flush.runs);
+        self.pending.samples.extend(flush.samples);
+    }
+
+    /// The containers being recorded.
+    pub fn live(&self) -> impl Iterator<Item = &LiveRun> {
+        self.live.values()
+    }
+
+    /// The peak recorded so far for container `id`.
+    pub fn peak(&self, id: &str) -> Option<Bytes> {
+        self.live.get(id).map(|l| l.record.peak)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn container(id: &str, started: &str) -> Container {
+        Container {
+            id: id.into(),
+            name: format!("n-{id}"),
+            image: "img".into(),
+            compose: None,
+            memory_limit: Some(Bytes(100)),
+            memory_reservation: None,
+            pid: Some(1),
+            state: "running".into(),
+            started_at: Some(started.into()),
+            finished_at: None,
+            exit_code: None,
+            oom_killed: false,
+            cgroup: None,
+        }
+    }
+
+    fn reading(usage: u64, peak: u64) -> MemoryReading {
+        MemoryReading {
+            usage: Bytes(usage),
+            peak: Some(Bytes(peak)),
+            working_set: Bytes(usage / 2),
+            anon: Bytes(usage),
+            ..Default::default()
+        }
+    }
+
+    const T0: &str = "2026-11-22T10:00:00Z";
+
+    #[test]
+    fn the_kernel_high_water_mark_is_the_peak_and_startup_peak_stops_at_the_window() {
+        let t0 = rfc3339_ms(T0).unwrap();
+        let mut rec = Recorder::new(10_000, 30_000);
+        rec.start(&container("a", T0), t0);
+        rec.observe("a", &reading(10, 80), t0 + 1_000);
+        rec.observe("a", &reading(10, 90), t0 + 60_000);
+        let flush = rec.take_flush();
+        let r = &flush.runs[0];
+        assert_eq!(r.peak, Bytes(90));
+        assert_eq!(r.startup_peak, Bytes(80));
+        assert_eq!(r.typical_working_set(), Bytes(5));
+        // Two timeline points 59 s apart; both due.
+        assert_eq!(flush.samples.len(), 2);
+        assert!(rec.take_flush().runs.is_empty(), "nothing changed since");
+    }
+
+    #[test]
+    fn finishing_moves_the_run_out_with_its_exit() {
+        let t0 = rfc3339_ms(T0).unwrap();
+        let mut rec = Recorder::new(10_000, 30_000);
+        let mut c = container("a", T0);
+        rec.start(&c, t0);
+        c.oom_killed = true;
+        c.exit_code = Some(137);
+        rec.finish(&c, t0 + 5_000);
+        let flush = rec.take_flush();
+        assert_eq!(flush.runs.len(), 1);
+        assert_eq!(flush.runs[0].ended_at_ms, Some(t0 + 5_000));
+        assert!(flush.runs[0].oom_killed && flush.runs[0].oom_kills == 1);
+        assert_eq!(rec.live().count(), 0);
+    }
+
+    #[test]
+    fn a_failed_flush_is_written_by_the_next_one() {
+        let t0 = rfc3339_ms(T0).unwrap();
+        let mut rec = Recorder::new(10_000, 30_000);
+        rec.start(&container("a", T0), t0);
+        let flush = rec.take_flush();
+        rec.restore(flush);
+        assert_eq!(rec.take_flush().runs.len(), 1);
+    }
+
+    #[test]
+    fn a_restart_starts_a_new_run() {
+        let t0 = rfc3339_ms(T0).unwrap();
+        let mut rec = Recorder::new(10_000, 30_000);
+        rec.start(&container("a", T0), t0);
+        rec.start(&container("a", "2026-11-22T10:05:00Z"), t0 + 300_000);
+        let flush = rec.take_flush();
+        assert_eq!(flush.runs.len(), 2);
+        assert!(flush.runs.iter().any(|r| r.ended_at_ms.is_some()));
+    }
+}

@@ -1,0 +1,56 @@
+//! What guardian records about a container's memory over one run (one start to exit).
+
+use serde::{Deserialize, Serialize};
+
+use super::Bytes;
+
+/// One container lifetime and its memory, as the daemon keeps it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub container_id: String,
+    pub name: String,
+    pub image: String,
+    pub project: Option<String>,
+    pub service: Option<String>,
+    /// Unix milliseconds.
+    pub started_at_ms: i64,
+    /// Unix milliseconds; `None` while it runs.
+    pub ended_at_ms: Option<i64>,
+    pub memory_limit: Option<Bytes>,
+    pub memory_reservation: Option<Bytes>,
+    /// The kernel's high-water mark (v1 max_usage_in_bytes, v2 memory.peak).
+    pub peak: Bytes,
+    /// The highest usage within the start-up window.
+    pub startup_peak: Bytes,
+    pub working_set_max: Bytes,
+    /// Sum and count of working-set samples, for the typical working set.
+    pub working_set_sum: u64,
+    pub working_set_samples: u64,
+    pub anon_max: Bytes,
+    /// OOM kills the kernel counted in the container's cgroup.
+    pub oom_kills: u64,
+    /// Docker's `State.OOMKilled` at exit: the container itself died of it.
+    pub oom_killed: bool,
+    pub exit_code: Option<i64>,
+}
+
+impl RunRecord {
+    /// The mean working set over the run's samples.
+    pub fn typical_working_set(&self) -> Bytes {
+        Bytes(
+            self.working_set_sum
+                .checked_div(self.working_set_samples)
+                .unwrap_or(0),
+        )
+    }
+}
+
+/// One point of a container's downsampled timeline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sample {
+    /// Unix milliseconds.
+    pub at_ms: i64,
+    pub usage: Bytes,
+    pub working_set: Bytes,
+    pub anon: Bytes,
+}

@@ -1,0 +1,3 @@
+//! Decisions as pure functions of recorded facts: no files, no kernel.
+
+pub mod profile;

@@ -1,0 +1,220 @@
+//! From observed peaks to memory limits: peak × (1 + margin), rounded up to a tidy size, and
+//! OOM-aware — a service killed at its limit never showed its real peak, so its limit is the
+//! floor (as the Kubernetes VPA recommender bumps OOM-killed containers).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{Bytes, RunRecord};
+
+const MIB: u64 = 1 << 20;
+
+/// What the runs of one compose service (or one plain container name) used.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ServiceUsage {
+    pub project: Option<String>,
+    /// Compose service, or the container name outside compose.
+    pub service: String,
+    pub runs: u64,
+    pub peak: Bytes,
+    pub startup_peak: Bytes,
+    pub typical_working_set: Bytes,
+    /// The limit of the latest run.
+    pub limit: Option<Bytes>,
+    /// Some run was OOM-killed at its own limit: `peak` is censored by that limit.
+    pub oom_killed: bool,
+}
+
+/// A recommended limit with the reason a person can check.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Recommendation {
+    #[serde(flatten)]
+    pub usage: ServiceUsage,
+    /// The limit to set: `services.<svc>.deploy.resources.limits.memory`.
+    pub recommended_limit: Bytes,
+    /// The reservation: the typical working set, rounded up.
+    pub recommended_reservation: Bytes,
+    pub reason: String,
+}
+
+/// Groups runs by (project, service), or container name outside compose.
+pub fn summarize(runs: &[RunRecord]) -> Vec<ServiceUsage> {
+    let mut groups: BTreeMap<(Option<String>, String), Vec<&RunRecord>> = BTreeMap::new();
+    for r in runs {
+        let service = r.service.clone().unwrap_or_else(|| r.name.clone());
+        groups
+            .entry((r.project.clone(), service))
+            .or_default()
+            .push(r);
+    }
+    groups
+        .into_iter()
+        .map(|((project, service), runs)| {
+            let latest = runs
+                .iter()
+                .max_by_key(|r| r.started_at_ms)
+                .expect("groups are non-empty");
+            let ws_sum: u64 = runs.iter().map(|r| r.working_set_sum).sum();
+            let ws_n: u64 = runs.iter().map(|r| r.working_set_samples).sum();
+            ServiceUsage {
+                project,
+                service,
+                runs: runs.len() as u64,
+                peak: runs.iter().map(|r| r.peak).max().unwrap_or_default(),
+                startup_peak: runs
+                    .iter()
+                    .map(|r| r.startup_peak)
+                    .max()
+                    .unwrap_or_default(),
+                typical_working_set: Bytes(ws_sum.checked_div(ws_n).unwrap_or(0)),
+                limit: latest.memory_limit,
+                oom_killed: runs.iter().any(|r| r.oom_killed || r.oom_kills > 0),
+            }
+        })
+        .collect()
+}
+
+/// Rounds up to a size a person would write: 8 MiB steps up to 256 MiB, 32 MiB up to 1 GiB,
+/// 128 MiB up to 4 GiB, then 512 MiB.
+pub fn tidy_round_up(b: Bytes) -> Bytes {
+    let step = match b.0 {
+        n if n <= 256 * MIB => 8 * MIB,
+        n if n <= 1024 * MIB => 32 * MIB,
+        n if n <= 4096 * MIB => 128 * MIB,
+        _ => 512 * MIB,
+    };
+    Bytes(b.0.div_ceil(step).max(1) * step)
+}
+
+/// The limit for one service: max(peak × (1 + margin), limit × (1 + margin) if it was
+/// OOM-killed), tidied.
+pub fn recommend(usage: &ServiceUsage, margin: f64) -> Recommendation {
+    let scaled = |b: Bytes| Bytes((b.0 as f64 * (1.0 + margin)).ceil() as u64);
+    let from_peak = scaled(usage.peak);
+    let (base, reason) = match (usage.oom_killed, usage.limit) {
+        (true, Some(limit)) if scaled(limit) > from_peak => (
+            scaled(limit),
+            format!(
+                "OOM-killed at its {limit} limit, so its real peak is unknown: limit × {:.2}",
+                1.0 + margin
+            ),
+        ),
+        _ => (
+            from_peak,
+            format!(
+                "peak {} over {} run(s) × {:.2}",
+                usage.peak,
+                usage.runs,
+                1.0 + margin
+            ),
+        ),
+    };
+    Recommendation {
+        usage: usage.clone(),
+        recommended_limit: tidy_round_up(base),
+        recommended_reservation: tidy_round_up(usage.typical_working_set),
+        reason,
+    }
+}
+
+/// Combines profiles from several runners: per service the highest peaks, the sum of runs, and
+/// OOM if any runner saw one; the limit is then recommended afresh.
+pub fn merge(profiles: &[Vec<Recommendation>], margin: f64) -> Vec<Recommendation> {
+    let mut by_key: BTreeMap<(Option<String>, String), ServiceUsage> = BTreeMap::new();
+    for rec in profiles.iter().flatten() {
+        let u = &rec.usage;
+        by_key
+            .entry((u.project.clone(), u.service.clone()))
+            .and_modify(|m| {
+                m.runs += u.runs;
+                m.peak = m.peak.max(u.peak);
+                m.startup_peak = m.startup_peak.max(u.startup_peak);
+                m.typical_working_set = m.typical_working_set.max(u.typical_working_set);
+                m.limit = m.limit.max(u.limit);
+                m.oom_killed |= u.oom_killed;
+            })
+            .or_insert_with(|| u.clone());
+    }
+    by_key.values().map(|u| recommend(u, margin)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn usage(peak: u64, limit: Option<u64>, oom: bool) -> ServiceUsage {
+        ServiceUsage {
+            project: Some("ci".into()),
+            service: "db".into(),
+            runs: 1,
+            peak: Bytes(peak),
+            startup_peak: Bytes(peak),
+            typical_working_set: Bytes(peak / 2),
+            limit: limit.map(Bytes),
+            oom_killed: oom,
+        }
+    }
+
+    #[test]
+    fn tidy_sizes_round_up_by_range() {
+        assert_eq!(tidy_round_up(Bytes(1)), Bytes(8 * MIB));
+        assert_eq!(tidy_round_up(Bytes(100 * MIB)), Bytes(104 * MIB));
+        assert_eq!(tidy_round_up(Bytes(300 * MIB)), Bytes(320 * MIB));
+        assert_eq!(tidy_round_up(Bytes(2000 * MIB)), Bytes(2048 * MIB));
+        assert_eq!(tidy_round_up(Bytes(4097 * MIB)), Bytes(4608 * MIB));
+    }
+
+    #[test]
+    fn limit_is_peak_plus_margin_rounded_up() {
+        let r = recommend(&usage(80 * MIB, Some(512 * MIB), false), 0.2);
+        assert_eq!(r.recommended_limit, Bytes(96 * MIB));
+        assert!(r.recommended_limit.0 >= (80.0 * 1.2 * MIB as f64) as u64);
+        assert_eq!(r.recommended_reservation, Bytes(40 * MIB));
+    }
+
+    #[test]
+    fn oom_killed_service_gets_at_least_its_limit_plus_margin() {
+        let r = recommend(&usage(63 * MIB, Some(64 * MIB), true), 0.2);
+        assert_eq!(r.recommended_limit, Bytes(80 * MIB));
+        assert!(r.reason.contains("OOM-killed"), "{}", r.reason);
+    }
+
+    #[test]
+    fn runs_group_by_service_with_the_highest_peak() {
+        let run = |id: &str, service: &str, peak: u64, oom: bool| RunRecord {
+            container_id: id.into(),
+            name: id.into(),
+            project: Some("ci".into()),
+            service: Some(service.into()),
+            peak: Bytes(peak),
+            oom_killed: oom,
+            working_set_sum: 10,
+            working_set_samples: 2,
+            ..Default::default()
+        };
+        let groups = summarize(&[
+            run("a", "db", 5, false),
+            run("b", "db", 9, false),
+            run("c", "web", 3, true),
+        ]);
+        assert_eq!(groups.len(), 2);
+        assert_eq!(
+            (groups[0].service.as_str(), groups[0].peak, groups[0].runs),
+            ("db", Bytes(9), 2)
+        );
+        assert_eq!(groups[0].typical_working_set, Bytes(5));
+        assert!(groups[1].oom_killed);
+    }
+
+    #[test]
+    fn merging_runner_profiles_takes_the_max_peak() {
+        let a = vec![recommend(&usage(100 * MIB, None, false), 0.2)];
+        let b = vec![recommend(&usage(200 * MIB, None, false), 0.2)];
+        let merged = merge(&[a, b], 0.2);
+        assert_eq!(merged.len(), 1);
+        assert_eq!(merged[0].usage.peak, Bytes(200 * MIB));
+        assert_eq!(merged[0].usage.runs, 2);
+        assert_eq!(merged[0].recommended_limit, Bytes(240 * MIB));
+    }
+}

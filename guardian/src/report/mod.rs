@@ -1,0 +1,3 @@
+//! What guardian writes for people and tools: profile files and compose overrides.
+
+pub mod profile;

@@ -1,0 +1,73 @@
+//! Schema versions, applied in order and recorded in SQLite's `user_version`.
+
+use rusqlite::Connection;
+
+/// Each entry moves the schema from version `index` to `index + 1`.
+const MIGRATIONS: &[&str] = &[
+    // 1: runs (one per container lifetime) and their downsampled timelines.
+    "CREATE TABLE runs (
+        id INTEGER PRIMARY KEY,
+        container_id TEXT NOT NULL,
+        started_at_ms INTEGER NOT NULL,
+        name TEXT NOT NULL,
+        image TEXT NOT NULL,
+        project TEXT,
+        service TEXT,
+        ended_at_ms INTEGER,
+        memory_limit INTEGER,
+        memory_reservation INTEGER,
+        peak INTEGER NOT NULL DEFAULT 0,
+        startup_peak INTEGER NOT NULL DEFAULT 0,
+        working_set_max INTEGER NOT NULL DEFAULT 0,
+        working_set_sum INTEGER NOT NULL DEFAULT 0,
+        working_set_samples INTEGER NOT NULL DEFAULT 0,
+        anon_max INTEGER NOT NULL DEFAULT 0,
+        oom_kills INTEGER NOT NULL DEFAULT 0,
+        oom_killed INTEGER NOT NULL DEFAULT 0,
+        exit_code INTEGER,
+        UNIQUE (container_id, started_at_ms)
+    );
+    CREATE INDEX runs_by_service ON runs (project, service, started_at_ms);
+    CREATE TABLE samples (
+        run_id INTEGER NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+        at_ms INTEGER NOT NULL,
+        usage INTEGER NOT NULL,
+        working_set INTEGER NOT NULL,
+        anon INTEGER NOT NULL,
+        PRIMARY KEY (run_id, at_ms)
+    ) WITHOUT ROWID;
+    CREATE INDEX samples_by_time ON samples (at_ms);",
+];
+
+/// The schema version this guardian writes.
+pub const LATEST: i64 = MIGRATIONS.len() as i64;
+
+#[derive(Debug)]
+pub enum MigrateError {
+    TooNew { found: i64, supported: i64 },
+    Sqlite(rusqlite::Error),
+}
+
+impl From<rusqlite::Error> for MigrateError {
+    fn from(e: rusqlite::Error) -> Self {
+        MigrateError::Sqlite(e)
+    }
+}
+
+/// Brings the schema to [`LATEST`], one transaction per step.
+pub fn migrate(conn: &mut Connection) -> Result<(), MigrateError> {
+    let current: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if current > LATEST {
+        return Err(MigrateError::TooNew {
+            found: current,
+            supported: LATEST,
+        });
+    }
+    for (version, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", version as i64 + 1)?;
+        tx.commit()?;
+    }
+    Ok(())
+}

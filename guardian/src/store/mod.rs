@@ -1,0 +1,390 @@
+//! The embedded store: one SQLite file in WAL mode under the state directory, so the daemon
+//! needs no server and a SIGKILL at any moment leaves the last committed flush intact.
+
+mod migrations;
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use crate::model::{Bytes, RunRecord, Sample};
+
+/// Errors of the store; each says which file.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot create the state directory {path}: {source}; pass --state-dir or run as root")]
+    StateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("store {path}: {source}")]
+    Sqlite {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("store {path} has schema version {found}, newer than this guardian ({supported}); upgrade guardian")]
+    TooNew {
+        path: PathBuf,
+        found: i64,
+        supported: i64,
+    },
+    #[error("no store at {0}: start `guardian daemon` first, or pass --state-dir")]
+    Missing(PathBuf),
+}
+
+/// Which runs to read.
+#[derive(Clone, Debug, Default)]
+pub struct RunFilter {
+    pub project: Option<String>,
+    /// Only runs started at or after this (unix ms).
+    pub since_ms: Option<i64>,
+    /// Only the latest N runs of each (project, service) or container name.
+    pub last_runs: Option<usize>,
+}
+
+/// The open store.
+pub struct Store {
+    path: PathBuf,
+    conn: Connection,
+}
+
+impl Store {
+    /// The database file inside a state directory.
+    pub fn file(state_dir: &Path) -> PathBuf {
+        state_dir.join("guardian.db")
+    }
+
+    /// Opens (creating and migrating as needed) the store in `state_dir`.
+    pub fn open(state_dir: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(state_dir).map_err(|source| StoreError::StateDir {
+            path: state_dir.to_path_buf(),
+            source,
+        })?;
+        let path = Self::file(state_dir);
+        let conn = Connection::open(&path).map_err(|source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        })?;
+        let mut store = Self { path, conn };
+        store.configure()?;
+        migrations::migrate(&mut store.conn).map_err(|e| match e {
+            migrations::MigrateError::TooNew { found, supported } => StoreError::TooNew {
+                path: store.path.clone(),
+                found,
+                supported,
+            },
+            migrations::MigrateError::Sqlite(source) => StoreError::Sqlite {
+                path: store.path.clone(),
+                source,
+            },
+        })?;
+        Ok(store)
+    }
+
+    /// Opens an existing store for reading; `Missing` when the daemon never ran there.
+    pub fn open_existing(state_dir: &Path) -> Result<Self, StoreError> {
+        let path = Self::file(state_dir);
+        if !path.exists() {
+            return Err(StoreError::Missing(path));
+        }
+        Self::open(state_dir)
+    }
+
+    fn err(&self, source: rusqlite::Error) -> StoreError {
+        StoreError::Sqlite {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    fn configure(&mut self) -> Result<(), StoreError> {
+        // WAL: readers (status, profile) never block the daemon; synchronous=NORMAL is
+        // durable across process crashes (SIGKILL), which is what the daemon must survive.
+        self.conn
+            .execute_batch(
+                "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=5000; PRAGMA foreign_keys=ON;",
+            )
+            .map_err(|e| self.err(e))
+    }
+
+    /// Writes runs and timeline samples in one transaction: all of a flush or none of it.
+    pub fn flush(
+        &mut self,
+        runs: &[RunRecord],
+        samples: &[(String, i64, Sample)],
+    ) -> Result<(), StoreError> {
+        let path = self.path.clone();
+        let err = |source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(err)?;
+        {
+            let mut upsert = tx
+                .prepare_cached(
+                    "INSERT INTO runs (container_id, started_at_ms, name, image, project, service, ended_at_ms,
+                        memory_limit, memory_reservation, peak, startup_peak, working_set_max,
+                        working_set_sum, working_set_samples, anon_max, oom_kills, oom_killed, exit_code)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)
+                     ON CONFLICT (container_id, started_at_ms) DO UPDATE SET
+                        name = excluded.name, image = excluded.image, project = excluded.project,
+                        service = excluded.service, ended_at_ms = excluded.ended_at_ms,
+                        memory_limit = excluded.memory_limit, memory_reservation = excluded.memory_reservation,
+                        peak = max(runs.peak, excluded.peak),
+                        startup_peak = max(runs.startup_peak, excluded.startup_peak),
+                        working_set_max = max(runs.working_set_max, excluded.working_set_max),
+                        working_set_sum = excluded.working_set_sum,
+                        working_set_samples = excluded.working_set_samples,
+                        anon_max = max(runs.anon_max, excluded.anon_max),
+                        oom_kills = max(runs.oom_kills, excluded.oom_kills),
+                        oom_killed = max(runs.oom_killed, excluded.oom_killed),
+                        exit_code = excluded.exit_code",
+                )
+                .map_err(err)?;
+            for r in runs {
+                upsert
+                    .execute(params![
+                        r.container_id,
+                        r.started_at_ms,
+                        r.name,
+                        r.image,
+                        r.project,
+                        r.service,
+                        r.ended_at_ms,
+                        r.memory_limit.map(|b| b.0 as i64),
+                        r.memory_reservation.map(|b| b.0 as i64),
+                        r.peak.0 as i64,
+                        r.startup_peak.0 as i64,
+                        r.working_set_max.0 as i64,
+                        r.working_set_sum as i64,
+                        r.working_set_samples as i64,
+                        r.anon_max.0 as i64,
+                        r.oom_kills as i64,
+                        r.oom_killed,
+                        r.exit_code,
+                    ])
+                    .map_err(err)?;
+            }
+            let mut sample = tx
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO samples (run_id, at_ms, usage, working_set, anon)
+                     SELECT id, ?3, ?4, ?5, ?6 FROM runs WHERE container_id = ?1 AND started_at_ms = ?2",
+                )
+                .map_err(err)?;
+            for (container_id, started_at_ms, s) in samples {
+                sample
+                    .execute(params![
+                        container_id,
+                        started_at_ms,
+                        s.at_ms,
+                        s.usage.0 as i64,
+                        s.working_set.0 as i64,
+                        s.anon.0 as i64
+                    ])
+                    .map_err(err)?;
+            }
+        }
+        tx.commit().map_err(err)
+    }
+
+    /// Drops timeline samples older than `before_ms` (the runs' summaries stay).
+    pub fn prune_samples(&mut self, before_ms: i64) -> Result<usize, StoreError> {
+        self.conn
+            .execute("DELETE FROM samples WHERE at_ms < ?1", params![before_ms])
+            .map_err(|e| self.err(e))
+    }
+
+    /// Runs matching `filter`, newest first.
+    pub fn runs(&self, filter: &RunFilter) -> Result<Vec<RunRecord>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT container_id, started_at_ms, name, image, project, service, ended_at_ms,
+                    memory_limit, memory_reservation, peak, startup_peak, working_set_max,
+                    working_set_sum, working_set_samples, anon_max, oom_kills, oom_killed, exit_code
+                 FROM runs
+                 WHERE (?1 IS NULL OR project = ?1) AND (?2 IS NULL OR started_at_ms >= ?2)
+                 ORDER BY started_at_ms DESC",
+            )
+            .map_err(|e| self.err(e))?;
+        let bytes = |v: i64| Bytes(v.max(0) as u64);
+        let rows = stmt
+            .query_map(params![filter.project, filter.since_ms], |row| {
+                Ok(RunRecord {
+                    container_id: row.get(0)?,
+                    started_at_ms: row.get(1)?,
+                    name: row.get(2)?,
+                    image: row.get(3)?,
+                    project: row.get(4)?,
+                    service: row.get(5)?,
+                    ended_at_ms: row.get(6)?,
+                    memory_limit: row.get::<_, Option<i64>>(7)?.map(bytes),
+                    memory_reservation: row.get::<_, Option<i64>>(8)?.map(bytes),
+                    peak: bytes(row.get(9)?),
+                    startup_peak: bytes(row.get(10)?),
+                    working_set_max: bytes(row.get(11)?),
+                    working_set_sum: row.get::<_, i64>(12)?.max(0) as u64,
+                    working_set_samples: row.get::<_, i64>(13)?.max(0) as u64,
+                    anon_max: bytes(row.get(14)?),
+                    oom_kills: row.get::<_, i64>(15)?.max(0) as u64,
+                    oom_killed: row.get(16)?,
+                    exit_code: row.get(17)?,
+                })
+            })
+            .map_err(|e| self.err(e))?;
+        let mut runs: Vec<RunRecord> = rows.collect::<Result<_, _>>().map_err(|e| self.err(e))?;
+        if let Some(n) = filter.last_runs {
+            let mut seen: std::collections::HashMap<String, usize> = Default::default();
+            runs.retain(|r| {
+                let key = match (&r.project, &r.service) {
+                    (Some(p), Some(s)) => format!("{p}/{s}"),
+                    _ => r.name.clone(),
+                };
+                let count = seen.entry(key).or_default();
+                *count += 1;
+                *count <= n
+            });
+        }
+        Ok(runs)
+    }
+
+    /// A run's timeline, oldest first.
+    pub fn samples(
+        &self,
+        container_id: &str,
+        started_at_ms: i64,
+    ) -> Result<Vec<Sample>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT s.at_ms, s.usage, s.working_set, s.anon FROM samples s
+                 JOIN runs r ON r.id = s.run_id
+                 WHERE r.container_id = ?1 AND r.started_at_ms = ?2 ORDER BY s.at_ms",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params![container_id, started_at_ms], |row| {
+                Ok(Sample {
+                    at_ms: row.get(0)?,
+                    usage: Bytes(row.get::<_, i64>(1)?.max(0) as u64),
+                    working_set: Bytes(row.get::<_, i64>(2)?.max(0) as u64),
+                    anon: Bytes(row.get::<_, i64>(3)?.max(0) as u64),
+                })
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
+    /// The schema version on disk.
+    pub fn schema_version(&self) -> Result<i64, StoreError> {
+        self.conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .optional()
+            .map(|v| v.unwrap_or(0))
+            .map_err(|e| self.err(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(id: &str, service: &str, started: i64, peak: u64) -> RunRecord {
+        RunRecord {
+            container_id: id.into(),
+            name: format!("ci-{service}-1"),
+            image: "img".into(),
+            project: Some("ci".into()),
+            service: Some(service.into()),
+            started_at_ms: started,
+            peak: Bytes(peak),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn flushes_merge_peaks_and_keep_samples_per_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.schema_version().unwrap(), migrations::LATEST);
+        let sample = Sample {
+            at_ms: 5,
+            usage: Bytes(10),
+            working_set: Bytes(8),
+            anon: Bytes(7),
+        };
+        store
+            .flush(&[run("a", "db", 1, 100)], &[("a".into(), 1, sample)])
+            .unwrap();
+        // A later flush with a lower peak (a fresh in-memory record) never lowers it.
+        store.flush(&[run("a", "db", 1, 50)], &[]).unwrap();
+        let runs = store.runs(&RunFilter::default()).unwrap();
+        assert_eq!(runs.len(), 1);
+        assert_eq!(runs[0].peak, Bytes(100));
+        assert_eq!(store.samples("a", 1).unwrap(), vec![sample]);
+        assert_eq!(store.prune_samples(6).unwrap(), 1);
+    }
+
+    #[test]
+    fn filters_by_project_time_and_last_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path()).unwrap();
+        store
+            .flush(
+                &[
+                    run("a", "db", 1, 1),
+                    run("b", "db", 2, 2),
+                    run("c", "web", 3, 3),
+                ],
+                &[],
+            )
+            .unwrap();
+        let last = store
+            .runs(&RunFilter {
+                last_runs: Some(1),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(
+            last.iter()
+                .map(|r| r.container_id.as_str())
+                .collect::<Vec<_>>(),
+            ["c", "b"]
+        );
+        let since = store
+            .runs(&RunFilter {
+                since_ms: Some(2),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(since.len(), 2);
+        let other = store
+            .runs(&RunFilter {
+                project: Some("x".into()),
+                ..Default::default()
+            })
+            .unwrap();
+        assert!(other.is_empty());
+    }
+
+    #[test]
+    fn reopening_keeps_what_was_flushed() {
+        let dir = tempfile::tempdir().unwrap();
+        Store::open(dir.path())
+            .unwrap()
+            .flush(&[run("a", "db", 1, 42)], &[])
+            .unwrap();
+        let store = Store::open_existing(dir.path()).unwrap();
+        assert_eq!(
+            store.runs(&RunFilter::default()).unwrap()[0].peak,
+            Bytes(42)
+        );
+    }
+
+    #[test]
+    fn a_missing_store_says_to_start_the_daemon() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = Store::open_existing(dir.path()).err().unwrap();
+        assert!(err.to_string().contains("start `guardian daemon` first"));
+    }
+}
