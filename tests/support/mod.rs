@@ -350,3 +350,67 @@ pub fn container_cgroup(id: &str) -> (u64, PathBuf) {
     let dir = PathBuf::from(format!("{root}{rel}"));
     (std::fs::metadata(&dir).unwrap().ino(), dir)
 }
+
+/// A running `guardian daemon` on a private state directory.
+pub struct Daemon {
+    pub child: Child,
+    pub state_dir: PathBuf,
+}
+
+impl Daemon {
+    /// Starts the daemon with fast sampling and flushing (extra `args` appended) and waits
+    /// until its store exists.
+    pub fn start(state_dir: &Path, args: &[&str]) -> Self {
+        let child = Command::new(guardian_bin())
+            .args(["daemon", "--state-dir", state_dir.to_str().unwrap()])
+            .args(["--sample-interval", "100ms", "--flush-interval", "300ms"])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting guardian daemon");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !state_dir.join("guardian.pid").exists() && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(50));
+        }
+        assert!(
+            state_dir.join("guardian.pid").exists(),
+            "the daemon did not start"
+        );
+        Daemon {
+            child,
+            state_dir: state_dir.to_path_buf(),
+        }
+    }
+
+    /// `guardian status --output json` of this daemon's store.
+    pub fn status(&self) -> Value {
+        let (status, stdout, stderr) = run_guardian(&[
+            "status",
+            "--output",
+            "json",
+            "--state-dir",
+            self.state_dir.to_str().unwrap(),
+        ]);
+        assert!(status.success(), "guardian status failed: {stderr}");
+        serde_json::from_str(&stdout).unwrap()
+    }
+
+    /// Sends `signal` and waits for the exit; returns the status and what it logged.
+    pub fn stop(mut self, signal: nix::sys::signal::Signal) -> (ExitStatus, String) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), signal);
+        let status = self.child.wait().unwrap();
+        let mut stderr = String::new();
+        if let Some(mut e) = self.child.stderr.take() {
+            let _ = std::io::Read::read_to_string(&mut e, &mut stderr);
+        }
+        (status, stderr)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,378 @@
+//! The daemon, its store and `guardian profile` over a real Docker engine and compose.
+
+mod support;
+
+use std::{
+    path::{Path, PathBuf},
+    time::{Duration, Instant, SystemTime},
+};
+
+use nix::sys::signal::Signal;
+use serde_json::Value;
+use support::{compose, docker, output, require_docker, run_guardian, Daemon};
+
+const IMAGE: &str = "guardian-test/memload";
+const MIB: u64 = 1 << 20;
+
+fn unique(name: &str) -> String {
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!("gt{name}{}x{nanos}", std::process::id())
+}
+
+/// The v1/v2 high-water file of a running container, read by the test itself.
+fn kernel_peak(container: &str) -> u64 {
+    let pid = docker(&["inspect", "-f", "{{.State.Pid}}", container]);
+    let groups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let file = match groups
+        .lines()
+        .find_map(|l| l.split_once(":memory:").map(|(_, p)| p.to_string()))
+    {
+        Some(mem) => PathBuf::from(format!(
+            "/sys/fs/cgroup/memory{mem}/memory.max_usage_in_bytes"
+        )),
+        None => {
+            let rel = groups.lines().find_map(|l| l.strip_prefix("0::")).unwrap();
+            PathBuf::from(format!("/sys/fs/cgroup{rel}/memory.peak"))
+        }
+    };
+    std::fs::read_to_string(file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+fn write_compose(dir: &Path, service: &str, command: &str, limit: &str) -> PathBuf {
+    let file = dir.join("docker-compose.yml");
+    std::fs::write(
+        &file,
+        format!(
+            "version: \"3.8\"\nservices:\n  {service}:\n    image: {IMAGE}\n    command: {command}\n    deploy:\n      resources:\n        limits:\n          memory: {limit}\n"
+        ),
+    )
+    .unwrap();
+    file
+}
+
+fn compose_run(project: &str, files: &[&Path]) -> String {
+    let mut cmd = compose();
+    cmd.args(["-p", project]);
+    for f in files {
+        cmd.arg("-f").arg(f);
+    }
+    let (status, _, stderr) = output(cmd.args(["up", "-d"]));
+    assert!(status.success(), "compose up failed: {stderr}");
+    docker(&[
+        "ps",
+        "-aq",
+        "--filter",
+        &format!("label=com.docker.compose.project={project}"),
+    ])
+}
+
+fn compose_down(project: &str, file: &Path) {
+    let _ = output(
+        compose()
+            .args(["-p", project, "-f"])
+            .arg(file)
+            .args(["down", "-t", "1"]),
+    );
+}
+
+#[test]
+fn profile_of_a_spiky_service_is_its_true_peak_plus_20_percent_and_the_override_prevents_oom() {
+    require_docker();
+    let state = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(state.path(), &["--no-metrics"]);
+    let project = unique("spike");
+    let dir = tempfile::tempdir().unwrap();
+    // 16 MiB resident, a 64 MiB spike lasting 50 ms, then 3 s at rest: a 1 s poller sees 16 MiB.
+    let file = write_compose(
+        dir.path(),
+        "spiky",
+        "memload spike --base 16m --spike 64m --spike-ms 50 --hold-ms 3000",
+        "256m",
+    );
+    let id = compose_run(&project, &[&file]);
+    std::thread::sleep(Duration::from_millis(1500));
+    let true_peak = kernel_peak(&id);
+    assert_eq!(docker(&["wait", &id]), "0");
+    std::thread::sleep(Duration::from_millis(800)); // one flush
+    compose_down(&project, &file);
+
+    let state_arg = state.path().to_str().unwrap();
+    let out_dir = tempfile::tempdir().unwrap();
+    let override_file = out_dir.path().join("docker-compose.guardian.yml");
+    let profile_file = out_dir.path().join("profile.toml");
+    let (status, stdout, stderr) = run_guardian(&[
+        "profile",
+        "--output",
+        "json",
+        "--state-dir",
+        state_arg,
+        "--project",
+        &project,
+        "--compose-out",
+        override_file.to_str().unwrap(),
+        "--profile-out",
+        profile_file.to_str().unwrap(),
+    ]);
+    assert!(status.success(), "profile failed: {stderr}");
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    let rec = &report["recommendations"][0];
+    assert_eq!(rec["service"], "spiky");
+    let recorded = rec["peak"].as_u64().unwrap();
+    // The 50 ms spike is recorded at its true height: the kernel's own high-water mark.
+    assert!(
+        recorded.abs_diff(true_peak) <= 4096,
+        "recorded {recorded} vs kernel {true_peak}"
+    );
+    assert!(true_peak > 64 * MIB, "the spike happened: {true_peak}");
+    let limit = rec["recommended_limit"].as_u64().unwrap();
+    let lower = (true_peak as f64 * 1.2) as u64;
+    assert!(
+        limit >= lower && limit <= lower + 8 * MIB,
+        "limit {limit} outside [{lower}, {lower} + 8 MiB]"
+    );
+    assert!(std::fs::read_to_string(&profile_file)
+        .unwrap()
+        .contains("recommended_limit"));
+
+    // The override applied with compose: the same service runs under the recommended limit
+    // and is not OOM-killed.
+    let rerun = unique("spike");
+    let id = compose_run(&rerun, &[&file, &override_file]);
+    assert_eq!(
+        docker(&["inspect", "-f", "{{.HostConfig.Memory}}", &id]),
+        limit.to_string()
+    );
+    assert_eq!(docker(&["wait", &id]), "0");
+    assert_eq!(
+        docker(&["inspect", "-f", "{{.State.OOMKilled}}", &id]),
+        "false"
+    );
+    compose_down(&rerun, &file);
+
+    // The CI gate: a limit below the observed peak fails, with the service named.
+    let tight = tempfile::tempdir().unwrap();
+    let tight_file = write_compose(tight.path(), "spiky", "memload spike", "64m");
+    let (status, stdout, stderr) = run_guardian(&[
+        "profile",
+        "--check",
+        "--state-dir",
+        state_arg,
+        "--project",
+        &project,
+        "-f",
+        tight_file.to_str().unwrap(),
+    ]);
+    assert_eq!(status.code(), Some(1), "{stdout}{stderr}");
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("spiky") && l.ends_with("TOO LOW")),
+        "{stdout}"
+    );
+    let (status, stdout, _) = run_guardian(&[
+        "profile",
+        "--check",
+        "--state-dir",
+        state_arg,
+        "--project",
+        &project,
+        "-f",
+        file.to_str().unwrap(),
+    ]);
+    assert!(status.success(), "256m is above the peak: {stdout}");
+    assert!(stdout.contains("oversized"), "{stdout}");
+    let (status, _) = daemon.stop(Signal::SIGTERM);
+    assert!(status.success());
+}
+
+#[test]
+fn sigkill_during_recording_loses_nothing_that_was_flushed() {
+    require_docker();
+    let state = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(state.path(), &["--no-metrics"]);
+    let name = unique("kill");
+    let id = docker(&[
+        "run",
+        "-d",
+        "--name",
+        &name,
+        "--memory",
+        "128m",
+        IMAGE,
+        "memload",
+        "hog",
+        "--step",
+        "1m",
+        "--max",
+        "40m",
+        "--hold-ms",
+        "30000",
+    ]);
+    let running = |status: &Value| -> Option<u64> {
+        status["running"]
+            .as_array()?
+            .iter()
+            .find(|r| r["name"] == name.as_str())?["peak"]
+            .as_u64()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut flushed = None;
+    while Instant::now() < deadline {
+        flushed = running(&daemon.status()).filter(|p| *p >= 40 * MIB);
+        if flushed.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let flushed = flushed.expect("the run never reached the store");
+    let (status, _) = daemon.stop(Signal::SIGKILL);
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(9)
+    );
+
+    // Restart on the same store: it opens, and the run is there, once, with its peak.
+    let daemon = Daemon::start(state.path(), &["--no-metrics"]);
+    let after = daemon.status();
+    assert!(running(&after).unwrap() >= flushed, "{after}");
+    std::thread::sleep(Duration::from_millis(800));
+    let later = daemon.status();
+    let ours = later["running"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["name"] == name.as_str())
+        .count();
+    assert_eq!(
+        ours, 1,
+        "the restarted daemon continues the same run: {later}"
+    );
+
+    // SIGTERM: a clean exit with a final flush; the pid file goes away.
+    let (status, log) = daemon.stop(Signal::SIGTERM);
+    docker(&["rm", "-f", &id]);
+    assert!(status.success(), "{log}");
+    assert!(log.contains("guardian daemon stopped"), "{log}");
+    assert!(!state.path().join("guardian.pid").exists());
+}
+
+#[test]
+fn metrics_endpoint_serves_per_container_series() {
+    require_docker();
+    let state = tempfile::tempdir().unwrap();
+    let port = 20000 + (std::process::id() % 20000) as u16;
+    let listen = format!("127.0.0.1:{port}");
+    let daemon = Daemon::start(state.path(), &["--metrics-listen", &listen]);
+    let name = unique("metrics");
+    let id = docker(&[
+        "run",
+        "-d",
+        "--name",
+        &name,
+        "--memory",
+        "96m",
+        IMAGE,
+        "memload",
+        "hog",
+        "--step",
+        "1m",
+        "--max",
+        "24m",
+        "--hold-ms",
+        "20000",
+    ]);
+    let scrape = || {
+        use std::io::{Read, Write};
+        let mut conn = std::net::TcpStream::connect(&listen).unwrap();
+        conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut body = String::new();
+        conn.read_to_string(&mut body).unwrap();
+        body
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut body = String::new();
+    let series = format!("guardian_container_memory_working_set_bytes{{container=\"{name}\"");
+    while Instant::now() < deadline && !body.contains(&series) {
+        std::thread::sleep(Duration::from_millis(200));
+        body = scrape();
+    }
+    docker(&["rm", "-f", &id]);
+    drop(daemon);
+    assert!(body.starts_with("HTTP/1.1 200 OK"), "{body}");
+    assert!(
+        body.contains(&series),
+        "no working-set series for {name}:\n{body}"
+    );
+    let limit_line = body
+        .lines()
+        .find(|l| l.starts_with("guardian_container_memory_limit_bytes") && l.contains(&name))
+        .unwrap();
+    assert!(
+        limit_line.ends_with(&(96 * MIB).to_string()),
+        "{limit_line}"
+    );
+    assert!(body.contains("# TYPE guardian_oom_kills_total counter"));
+}
+
+#[test]
+fn bad_input_gets_one_line_errors_and_exit_code_2() {
+    require_docker();
+    let empty = tempfile::tempdir().unwrap();
+    let state_arg = empty.path().to_str().unwrap();
+    let (status, _, stderr) = run_guardian(&["profile", "--state-dir", state_arg]);
+    assert_eq!(status.code(), Some(2));
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("start `guardian daemon` first"), "{stderr}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("docker-compose.yml");
+    std::fs::write(&bad, "services:\n  web:\n    image: [unclosed\n").unwrap();
+    // A store with one run, so the error is about the compose file.
+    let state = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(state.path(), &["--no-metrics"]);
+    let name = unique("bad");
+    let id = docker(&["run", "-d", "--name", &name, IMAGE, "sleep", "2"]);
+    std::thread::sleep(Duration::from_millis(800));
+    drop(daemon);
+    docker(&["rm", "-f", &id]);
+    let s = state.path().to_str().unwrap();
+    let (status, _, stderr) = run_guardian(&[
+        "profile",
+        "--check",
+        "--state-dir",
+        s,
+        "-f",
+        bad.to_str().unwrap(),
+    ]);
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains(bad.to_str().unwrap()), "{stderr}");
+
+    let (status, _, stderr) = run_guardian(&["profile", "--state-dir", s, "--service", "nope"]);
+    assert_eq!(status.code(), Some(2));
+    assert!(stderr.contains("unknown service \"nope\""), "{stderr}");
+
+    let config = dir.path().join("guardian.toml");
+    std::fs::write(&config, "flush_interval = \"often\"\n").unwrap();
+    let (status, _, stderr) = run_guardian(&[
+        "daemon",
+        "--config",
+        config.to_str().unwrap(),
+        "--state-dir",
+        s,
+    ]);
+    assert_eq!(status.code(), Some(1));
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("line 1") && stderr.contains("examples: 500ms"),
+        "{stderr}"
+    );
+}
