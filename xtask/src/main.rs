@@ -28,7 +28,7 @@ enum Task {
     /// Debian packages the tests use. Idempotent.
     Setup,
     /// Set up, build guardian (release) and run it as root; arguments go to guardian
-    /// (default: `events`).
+    /// (default: `daemon` with its embedded defaults).
     Run {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -59,7 +59,7 @@ fn main() -> anyhow::Result<()> {
             setup::run()?;
             cargo(&["build", "--release", "-p", "guardian"])?;
             let args = if args.is_empty() {
-                vec!["events".to_string()]
+                vec!["daemon".to_string()]
             } else {
                 args
             };

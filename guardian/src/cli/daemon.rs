@@ -18,7 +18,7 @@ use tokio::{
 };
 use tracing::{error, info, warn};
 
-use super::{parse_duration, Output};
+use super::{parse_duration, Output, UsageError};
 use crate::{
     config::{Config, Dur},
     metrics::{self, StallSeries},
@@ -66,7 +66,7 @@ fn now_ms() -> i64 {
 }
 
 pub async fn run(args: DaemonArgs, _output: Output) -> anyhow::Result<ExitCode> {
-    let mut config = Config::load(args.config.as_deref())?;
+    let mut config = Config::load(args.config.as_deref()).map_err(|e| UsageError(e.to_string()))?;
     if let Some(dir) = args.state_dir {
         config.state_dir = dir;
     }
