@@ -6,6 +6,7 @@ mod support;
 use std::{path::Path, process::Command, time::Duration};
 
 use guardian::{
+    actions::{set_frozen, set_memory_high, ActionError},
     model::CgroupId,
     sources::cgroup::{read_memory, CgroupIndex, FileWatch, Hierarchy, ProcCgroups, V1OomNotifier},
 };
@@ -125,4 +126,62 @@ async fn v1_oom_eventfd_fires_when_the_group_hits_oom() {
     assert!(count >= 1);
     let oom_control = cg.memory_file("memory.oom_control");
     assert!(oom_control.contains("oom_kill 1"), "{oom_control}");
+}
+
+#[test]
+fn freezing_a_group_stops_its_tasks_and_thawing_restores_it() {
+    require_root();
+    let hierarchy = Hierarchy::detect().unwrap();
+    let cg = TestCgroup::new("freeze", "64M");
+    let mut sleeper = cg.spawn(Command::new("sleep").arg("30"));
+    let rel = relative(hierarchy.unified.as_ref().unwrap(), &cg.unified_dir);
+    assert!(
+        !set_frozen(&hierarchy, &rel, true).unwrap(),
+        "it was running"
+    );
+    let frozen = |want: &str| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while std::time::Instant::now() < deadline {
+            let events = std::fs::read_to_string(cg.unified_dir.join("cgroup.events")).unwrap();
+            if events.lines().any(|l| l == format!("frozen {want}")) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    };
+    assert!(frozen("1"), "the kernel reports the group frozen");
+    assert!(
+        set_frozen(&hierarchy, &rel, false).unwrap(),
+        "it was frozen"
+    );
+    assert!(frozen("0"), "the kernel reports the group thawed");
+    sleeper.kill().unwrap();
+    sleeper.wait().unwrap();
+}
+
+#[test]
+fn memory_high_is_refused_where_the_memory_controller_is_not_on_v2() {
+    require_root();
+    let hierarchy = Hierarchy::detect().unwrap();
+    let cg = TestCgroup::new("high", "64M");
+    let rel = relative(&hierarchy.memory, &cg.memory_dir);
+    let result = set_memory_high(&hierarchy, &rel, Some(guardian::model::Bytes(32 << 20)));
+    if hierarchy.memory_is_v2() {
+        assert_eq!(result.unwrap(), None, "a new group starts at max");
+        assert_eq!(
+            std::fs::read_to_string(cg.memory_dir.join("memory.high"))
+                .unwrap()
+                .trim(),
+            (32u64 << 20).to_string()
+        );
+    } else {
+        let err = result.unwrap_err();
+        assert!(matches!(err, ActionError::NoMemoryHigh(_)));
+        assert!(err.to_string().contains("only observes here"), "{err}");
+        assert!(
+            !cg.memory_dir.join("memory.high").exists(),
+            "nothing was written"
+        );
+    }
 }

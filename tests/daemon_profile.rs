@@ -193,6 +193,81 @@ fn profile_of_a_spiky_service_is_its_true_peak_plus_20_percent_and_the_override_
 }
 
 #[test]
+fn a_service_oom_killed_at_its_limit_gets_its_limit_plus_margin_and_is_flagged() {
+    require_docker();
+    let state = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(state.path(), &["--no-metrics"]);
+    let project = unique("oomaware");
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_compose(dir.path(), "leaky", "memload hog --step 1m", "64m");
+    let id = compose_run(&project, &[&file]);
+    assert_eq!(docker(&["wait", &id]), "137");
+    assert_eq!(
+        docker(&["inspect", "-f", "{{.State.OOMKilled}}", &id]),
+        "true"
+    );
+    std::thread::sleep(Duration::from_millis(800));
+    compose_down(&project, &file);
+    drop(daemon);
+
+    let out = tempfile::tempdir().unwrap();
+    let profile = |name: &str| out.path().join(name);
+    let state_arg = state.path().to_str().unwrap();
+    let (status, stdout, stderr) = run_guardian(&[
+        "profile",
+        "--output",
+        "json",
+        "--state-dir",
+        state_arg,
+        "--project",
+        &project,
+        "--compose-out",
+        profile("o.yml").to_str().unwrap(),
+        "--profile-out",
+        profile("a.toml").to_str().unwrap(),
+    ]);
+    assert!(status.success(), "{stderr}");
+    let rec = &serde_json::from_str::<Value>(&stdout).unwrap()["recommendations"][0];
+    assert_eq!(rec["oom_killed"], true, "{rec}");
+    // The observed peak is censored at 64 MiB: the limit is at least 64 MiB x 1.2.
+    assert!(
+        rec["recommended_limit"].as_u64().unwrap() >= (64.0 * 1.2 * MIB as f64) as u64,
+        "{rec}"
+    );
+    assert!(
+        rec["reason"].as_str().unwrap().contains("OOM-killed"),
+        "{rec}"
+    );
+
+    // A second runner's profile with a higher peak: merging keeps the higher one and the OOM.
+    let a = std::fs::read_to_string(profile("a.toml")).unwrap();
+    let b = a.replace(
+        &format!("peak = {}", rec["peak"]),
+        &format!("peak = {}", 200 * MIB),
+    );
+    assert_ne!(a, b, "the peak line was found");
+    std::fs::write(profile("b.toml"), b).unwrap();
+    let (status, stdout, stderr) = run_guardian(&[
+        "profile",
+        "merge",
+        profile("a.toml").to_str().unwrap(),
+        profile("b.toml").to_str().unwrap(),
+        "-o",
+        profile("fleet.toml").to_str().unwrap(),
+        "--output",
+        "json",
+    ]);
+    assert!(status.success(), "{stderr}");
+    let merged: Value = serde_json::from_str(&stdout).unwrap();
+    let svc = &merged["service"][0];
+    assert_eq!(svc["peak"], 200 * MIB);
+    assert_eq!(svc["runs"], 2);
+    assert_eq!(svc["oom_killed"], true);
+    assert_eq!(svc["recommended_limit"], 240 * MIB);
+    assert!(profile("fleet.toml").exists());
+}
+
+#[test]
 fn sigkill_during_recording_loses_nothing_that_was_flushed() {
     require_docker();
     let state = tempfile::tempdir().unwrap();

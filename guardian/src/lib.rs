@@ -5,6 +5,7 @@
 //! the recorder) → `policy` (pure decisions: limits from peaks) → `store`, `report` and
 //! `metrics` (what is written and served) — driven by the commands in `cli`.
 
+pub mod actions;
 pub mod cli;
 pub mod config;
 pub mod metrics;

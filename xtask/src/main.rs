@@ -4,6 +4,7 @@
 //! what is already there; `run` and `test` call it first, so each is one command for a new user.
 
 mod bench;
+mod bench_daemon;
 mod setup;
 mod testbed;
 
@@ -49,6 +50,9 @@ enum Task {
         /// Runs per configuration.
         #[arg(long, default_value_t = 5)]
         runs: usize,
+        /// Only one part: `kernel` (probe overhead, latency) or `daemon` (peaks, idle cost).
+        #[arg(long)]
+        only: Option<String>,
     },
 }
 
@@ -89,10 +93,16 @@ fn main() -> anyhow::Result<()> {
             result
         }
         Task::Testbed { action } => testbed::run(action),
-        Task::Bench { runs } => {
+        Task::Bench { runs, only } => {
             setup::run()?;
             cargo(&["build", "--release"])?;
-            bench::run(runs)
+            let guardian = workspace_root().join("target/release/guardian");
+            match only.as_deref() {
+                Some("kernel") => bench::run(runs),
+                Some("daemon") => bench_daemon::run(&guardian, runs),
+                None => bench::run(runs).and_then(|()| bench_daemon::run(&guardian, runs)),
+                Some(other) => anyhow::bail!("--only {other}: expected kernel or daemon"),
+            }
         }
     }
 }

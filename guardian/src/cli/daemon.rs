@@ -24,7 +24,7 @@ use crate::{
     metrics::{self, StallSeries},
     model::{CgroupId, CgroupRef, Container, ContainerTable, Recorder},
     sources::{
-        cgroup::{read_memory, CgroupIndex, Hierarchy},
+        cgroup::{read_high_water, read_memory, CgroupIndex, Hierarchy},
         docker::{self, DockerUpdate},
         ebpf::{KernelEvent, ProbeOptions, Probes},
     },
@@ -186,20 +186,30 @@ async fn next_kernel_batch(
     }
 }
 
-/// Reads every recorded container's cgroup once.
+/// Reads every recorded container's cgroup once: the kernel's high-water mark each round,
+/// everything else when a timeline point is due. That keeps 200 idle containers cheap while
+/// no peak is ever missed.
 fn sample(hierarchy: &Hierarchy, recorder: &mut Recorder) {
     let now = now_ms();
-    let targets: Vec<(String, CgroupRef)> = recorder
+    let interval = recorder.timeline_interval_ms();
+    let targets: Vec<(String, CgroupRef, bool)> = recorder
         .live()
-        .filter_map(|l| Some((l.record.container_id.clone(), l.cgroup.clone()?)))
+        .filter_map(|l| {
+            let full = l.full_reading_due(now, interval);
+            Some((l.record.container_id.clone(), l.cgroup.clone()?, full))
+        })
         .collect();
-    for (id, cg) in targets {
+    for (id, cg, full) in targets {
         let Some(memory) = cg.memory_path.as_deref() else {
             continue;
         };
         // A container that just exited has no cgroup left: its last reading stands.
-        if let Ok(reading) = read_memory(hierarchy, memory, cg.path.as_deref()) {
-            recorder.observe(&id, &reading, now);
+        if full {
+            if let Ok(reading) = read_memory(hierarchy, memory, cg.path.as_deref()) {
+                recorder.observe(&id, &reading, now);
+            }
+        } else if let Ok(high) = read_high_water(hierarchy, memory) {
+            recorder.observe_peak(&id, high, now);
         }
     }
 }

@@ -16,6 +16,15 @@ pub struct LiveRun {
     dirty: bool,
 }
 
+impl LiveRun {
+    /// Whether a full reading (memory.stat and the rest) is due; between full readings only the
+    /// usage and the kernel's high-water mark are read, which keeps peaks exact for little cost.
+    pub fn full_reading_due(&self, now_ms: i64, interval_ms: i64) -> bool {
+        self.last_timeline_ms
+            .is_none_or(|t| now_ms - t >= interval_ms)
+    }
+}
+
 /// What to write at the next flush.
 #[derive(Debug, Default)]
 pub struct Flush {
@@ -134,6 +143,27 @@ impl Recorder {
         live.dirty = true;
     }
 
+    /// Folds the cheap reading, the kernel's high-water mark, into a run.
+    pub fn observe_peak(&mut self, id: &str, high: Bytes, now_ms: i64) {
+        let Some(live) = self.live.get_mut(id) else {
+            return;
+        };
+        let r = &mut live.record;
+        if high > r.peak {
+            r.peak = high;
+            live.dirty = true;
+        }
+        if now_ms - r.started_at_ms <= self.startup_window_ms && high > r.startup_peak {
+            r.startup_peak = high;
+            live.dirty = true;
+        }
+    }
+
+    /// The spacing of timeline points, which is also how often a full reading is due.
+    pub fn timeline_interval_ms(&self) -> i64 {
+        self.timeline_interval_ms
+    }
+
     /// Ends a container's run with what Docker says of its exit.
     pub fn finish(&mut self, c: &Container, now_ms: i64) {
         let Some(mut live) = self.live.remove(&c.id) else {
@@ -230,6 +260,27 @@ mod tests {
         // Two timeline points 59 s apart; both due.
         assert_eq!(flush.samples.len(), 2);
         assert!(rec.take_flush().runs.is_empty(), "nothing changed since");
+    }
+
+    #[test]
+    fn cheap_readings_raise_the_peak_between_full_ones() {
+        let t0 = rfc3339_ms(T0).unwrap();
+        let mut rec = Recorder::new(10_000, 30_000);
+        rec.start(&container("a", T0), t0);
+        rec.observe("a", &reading(10, 20), t0 + 100);
+        assert!(!rec
+            .live()
+            .next()
+            .unwrap()
+            .full_reading_due(t0 + 1_000, 10_000));
+        rec.observe_peak("a", Bytes(70), t0 + 1_000);
+        assert_eq!(rec.peak("a"), Some(Bytes(70)));
+        assert_eq!(rec.take_flush().runs[0].startup_peak, Bytes(70));
+        assert!(rec
+            .live()
+            .next()
+            .unwrap()
+            .full_reading_due(t0 + 10_100, 10_000));
     }
 
     #[test]

@@ -5,8 +5,13 @@
 //!   pagecache  --file PATH --size 256m --rounds 3 [--sync-every 0]
 //!                                                   write a file, then read it again and again
 //!   faults     --size 256m --rounds 20              map, touch and unmap: page-fault heavy
-//!   spike      --base 16m --spike 64m --spike-ms 50 --hold-ms 2000
+//!   spike      --base 16m --spike 64m --spike-ms 50 --hold-ms 2000 [--delay-ms 300]
 //!                                                   hold base, add a short spike, free it, hold
+//!                                                   (--delay-ms 0: a start-up spike, then settle)
+//!   staircase  --step 8m --every-ms 500 --max 64m --hold-ms 0
+//!                                                   a leak: one step more every interval
+//!   sawtooth   --max 64m --step 4m --every-ms 100 --cycles 3
+//!                                                   grow to max, free everything, again
 //!
 //! It prints one line per phase to stderr so a test log shows where it was when it died.
 
@@ -23,7 +28,9 @@ const PAGE: usize = 4096;
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some((pattern, rest)) = args.split_first() else {
-        eprintln!("usage: memload <hog|pagecache|faults> [--key value ...]");
+        eprintln!(
+            "usage: memload <hog|pagecache|faults|spike|staircase|sawtooth> [--key value ...]"
+        );
         return ExitCode::from(2);
     };
     let opts = match parse_opts(rest) {
@@ -38,6 +45,8 @@ fn main() -> ExitCode {
         "pagecache" => pagecache(&opts),
         "faults" => faults(&opts),
         "spike" => spike(&opts),
+        "staircase" => staircase(&opts),
+        "sawtooth" => sawtooth(&opts),
         other => Err(format!("unknown pattern {other:?}")),
     };
     match result {
@@ -163,9 +172,10 @@ fn spike(opts: &Opts) -> Result<(), String> {
     let extra = opts.size("spike", "64m")?;
     let spike_ms = opts.num("spike-ms", 50)?;
     let hold = opts.num("hold-ms", 2000)?;
+    let delay = opts.num("delay-ms", 300)?;
     let mut resident = vec![0u8; base];
     touch(&mut resident);
-    std::thread::sleep(Duration::from_millis(300));
+    std::thread::sleep(Duration::from_millis(delay));
     let start = Instant::now();
     let mut burst = vec![0u8; extra];
     touch(&mut burst);
@@ -174,6 +184,47 @@ fn spike(opts: &Opts) -> Result<(), String> {
     eprintln!("memload spike: {extra} bytes for {:?}", start.elapsed());
     std::thread::sleep(Duration::from_millis(hold));
     std::hint::black_box(&resident);
+    Ok(())
+}
+
+fn staircase(opts: &Opts) -> Result<(), String> {
+    let step = opts.size("step", "8m")?;
+    let every = opts.num("every-ms", 500)?;
+    let max = opts.size("max", "64m")?;
+    let hold = opts.num("hold-ms", 0)?;
+    let mut held: Vec<Vec<u8>> = Vec::new();
+    while held.len() * step < max {
+        let mut chunk = vec![0u8; step];
+        touch(&mut chunk);
+        held.push(chunk);
+        eprintln!("memload staircase: {} bytes", held.len() * step);
+        std::thread::sleep(Duration::from_millis(every));
+    }
+    std::thread::sleep(Duration::from_millis(hold));
+    std::hint::black_box(&held);
+    Ok(())
+}
+
+fn sawtooth(opts: &Opts) -> Result<(), String> {
+    let max = opts.size("max", "64m")?;
+    let step = opts.size("step", "4m")?;
+    let every = opts.num("every-ms", 100)?;
+    let cycles = opts.num("cycles", 3)?;
+    for cycle in 0..cycles {
+        let mut held: Vec<Vec<u8>> = Vec::new();
+        while held.len() * step < max {
+            let mut chunk = vec![0u8; step];
+            touch(&mut chunk);
+            held.push(chunk);
+            std::thread::sleep(Duration::from_millis(every));
+        }
+        eprintln!(
+            "memload sawtooth: cycle {cycle} reached {} bytes",
+            held.len() * step
+        );
+        drop(held);
+        std::thread::sleep(Duration::from_millis(every));
+    }
     Ok(())
 }
 

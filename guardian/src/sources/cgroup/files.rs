@@ -117,6 +117,19 @@ pub fn read_memory(
     Ok(reading)
 }
 
+/// The kernel's high-water mark of a memory cgroup (v1 `memory.max_usage_in_bytes`, v2
+/// `memory.peak`), or its usage on v2 kernels before 5.19 that have no peak file: one read.
+pub fn read_high_water(hierarchy: &Hierarchy, memory_rel: &Path) -> Result<Bytes, CgroupError> {
+    let dir = hierarchy.memory_dir(memory_rel);
+    if !hierarchy.memory_is_v2() {
+        return read_u64(&dir.join("memory.max_usage_in_bytes")).map(Bytes);
+    }
+    match optional(read_u64(&dir.join("memory.peak")))? {
+        Some(peak) => Ok(Bytes(peak)),
+        None => read_u64(&dir.join("memory.current")).map(Bytes),
+    }
+}
+
 fn read_v2(dir: &Path) -> Result<MemoryReading, CgroupError> {
     let usage = Bytes(read_u64(&dir.join("memory.current"))?);
     let stat_text = read(&dir.join("memory.stat"))?;
