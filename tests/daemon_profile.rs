@@ -444,7 +444,7 @@ fn bad_input_gets_one_line_errors_and_exit_code_2() {
         "--state-dir",
         s,
     ]);
-    assert_eq!(status.code(), Some(1));
+    assert_eq!(status.code(), Some(2));
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(
         stderr.contains("line 1") && stderr.contains("examples: 500ms"),

@@ -65,8 +65,8 @@ enum ProfileAction {
         #[arg(required = true, num_args = 2..)]
         files: Vec<PathBuf>,
         /// Where to write the merged profile.
-        #[arg(short, long)]
-        output: PathBuf,
+        #[arg(short = 'o', long = "out")]
+        out: PathBuf,
         /// Margin over the merged peaks.
         #[arg(long, default_value = "20%", value_parser = parse_margin)]
         margin: f64,
@@ -91,12 +91,7 @@ fn now_rfc3339() -> String {
 }
 
 pub async fn run(args: ProfileArgs, output: Output) -> anyhow::Result<ExitCode> {
-    if let Some(ProfileAction::Merge {
-        files,
-        output: out,
-        margin,
-    }) = &args.action
-    {
+    if let Some(ProfileAction::Merge { files, out, margin }) = &args.action {
         return merge_files(files, out, *margin, output);
     }
     let recs = recommendations(&args)?;

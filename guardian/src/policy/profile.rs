@@ -93,7 +93,7 @@ pub fn recommend(usage: &ServiceUsage, margin: f64) -> Recommendation {
     let scaled = |b: Bytes| Bytes((b.0 as f64 * (1.0 + margin)).ceil() as u64);
     let from_peak = scaled(usage.peak);
     let (base, reason) = match (usage.oom_killed, usage.limit) {
-        (true, Some(limit)) if scaled(limit) > from_peak => (
+        (true, Some(limit)) if scaled(limit) >= from_peak => (
             scaled(limit),
             format!(
                 "OOM-killed at its {limit} limit, so its real peak is unknown: limit × {:.2}",
