@@ -3,9 +3,12 @@
 mod daemon;
 mod doctor;
 mod events;
+mod preflight;
 mod profile;
 mod ps;
+mod stack;
 mod status;
+mod up;
 
 use std::{process::ExitCode, time::Duration};
 
@@ -44,6 +47,10 @@ pub enum Command {
     Status(status::StatusArgs),
     /// Turn recorded peaks into limits: a compose override and a profile file.
     Profile(profile::ProfileArgs),
+    /// Check that a compose stack's memory fits on this host before starting it.
+    Preflight(preflight::PreflightArgs),
+    /// Start a compose stack in waves that fit in memory, in dependency order.
+    Up(up::UpArgs),
 }
 
 /// Bad input the user can fix (malformed compose file, unknown service, empty store): exit 2.
@@ -65,6 +72,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Daemon(args) => daemon::run(args, cli.output).await,
             Command::Status(args) => status::run(args, cli.output).await,
             Command::Profile(args) => profile::run(args, cli.output).await,
+            Command::Preflight(args) => preflight::run(args, cli.output).await,
+            Command::Up(args) => up::run(args, cli.output).await,
         }
     })
 }

@@ -54,6 +54,8 @@ pub struct Container {
     pub exit_code: Option<i64>,
     /// `State.OOMKilled`.
     pub oom_killed: bool,
+    /// `State.Health.Status` when it has a healthcheck: starting, healthy, unhealthy.
+    pub health: Option<String>,
     /// Its memory cgroup, resolved from its main process while it ran.
     pub cgroup: Option<CgroupRef>,
 }
@@ -209,6 +211,7 @@ mod tests {
             finished_at: None,
             exit_code: None,
             oom_killed: false,
+            health: None,
             cgroup: cgroup.map(|(id, path)| CgroupRef {
                 id: CgroupId(id),
                 path: Some(PathBuf::from(path)),

@@ -229,6 +229,7 @@ mod tests {
             finished_at: None,
             exit_code: None,
             oom_killed: false,
+            health: None,
             cgroup: None,
         }
     }

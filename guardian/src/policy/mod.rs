@@ -1,3 +1,4 @@
 //! Decisions as pure functions of recorded facts: no files, no kernel.
 
 pub mod profile;
+pub mod staging;

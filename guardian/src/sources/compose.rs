@@ -32,6 +32,10 @@ pub struct ComposeServiceModel {
     pub memory_limit: Option<Bytes>,
     /// `deploy.resources.reservations.memory`, else `mem_reservation`.
     pub memory_reservation: Option<Bytes>,
+    /// Services this one waits for (`depends_on`, list or map form).
+    pub depends_on: Vec<String>,
+    /// Whether it has a healthcheck (then "ready" means healthy).
+    pub healthcheck: bool,
 }
 
 /// The resolved stack.
@@ -144,11 +148,27 @@ pub fn parse_config(file: &Path, yaml: &str) -> Result<ComposeModel, ComposeErro
                 .and_then(|l| l.get("memory")),
         )?
         .or(size(svc.get("mem_reservation"))?);
+        let depends_on = match svc.get("depends_on") {
+            Some(serde_yaml::Value::Sequence(list)) => list
+                .iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect(),
+            Some(serde_yaml::Value::Mapping(map)) => map
+                .keys()
+                .filter_map(|k| k.as_str().map(str::to_string))
+                .collect(),
+            _ => Vec::new(),
+        };
+        let healthcheck = svc
+            .get("healthcheck")
+            .is_some_and(|h| !h.get("disable").and_then(|d| d.as_bool()).unwrap_or(false));
         model.services.insert(
             name.to_string(),
             ComposeServiceModel {
                 memory_limit: limit,
                 memory_reservation: reservation,
+                depends_on,
+                healthcheck,
             },
         );
     }
@@ -184,6 +204,22 @@ mod tests {
         assert_eq!(m.services["db"].memory_reservation, Some(Bytes(32 << 20)));
         assert_eq!(m.services["web"].memory_limit, Some(Bytes(1 << 30)));
         assert_eq!(m.services["cache"], ComposeServiceModel::default());
+    }
+
+    #[test]
+    fn depends_on_in_both_forms_and_healthchecks() {
+        // As docker-compose 1.29.2 prints `config` (the map form), and the list form.
+        let yaml = include_str!("fixtures/compose-config-1.29.2.yml");
+        let m = parse_config(Path::new("c.yml"), yaml).unwrap();
+        assert_eq!(m.services["app"].depends_on, ["db"]);
+        assert!(m.services["db"].healthcheck && !m.services["app"].healthcheck);
+        assert_eq!(m.services["db"].memory_limit, Some(Bytes(256 << 20)));
+        let list = parse_config(
+            Path::new("c.yml"),
+            "services:\n  a:\n    depends_on: [b, c]\n",
+        )
+        .unwrap();
+        assert_eq!(list.services["a"].depends_on, ["b", "c"]);
     }
 
     #[test]

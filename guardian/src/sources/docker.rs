@@ -139,6 +139,30 @@ impl DockerClient {
         Ok(out)
     }
 
+    /// The containers of one compose project (all states), inspected and mapped.
+    pub async fn compose_containers(&self, project: &str) -> Result<Vec<Container>, DockerError> {
+        let filters = HashMap::from([(
+            "label".to_string(),
+            vec![format!("com.docker.compose.project={project}")],
+        )]);
+        let summaries = self
+            .docker
+            .list_containers(Some(ListContainersOptions {
+                all: true,
+                filters: Some(filters),
+                ..Default::default()
+            }))
+            .await
+            .map_err(|e| self.api_error(e))?;
+        let mut out = Vec::new();
+        for id in summaries.into_iter().filter_map(|s| s.id) {
+            if let Some(c) = self.inspect(&id).await? {
+                out.push(c);
+            }
+        }
+        Ok(out)
+    }
+
     /// One container; `None` when it no longer exists.
     pub async fn inspect(&self, id: &str) -> Result<Option<Container>, DockerError> {
         let info = match self.docker.inspect_container(id, None).await {
@@ -178,6 +202,11 @@ impl DockerClient {
             finished_at: state.finished_at.filter(|t| !t.starts_with("0001")),
             exit_code: state.exit_code,
             oom_killed: state.oom_killed.unwrap_or(false),
+            health: state
+                .health
+                .and_then(|h| h.status)
+                .map(|s| s.to_string())
+                .filter(|s| !s.is_empty() && s != "none"),
             cgroup: pid.and_then(|pid| self.cgroup_of(pid)),
         }))
     }

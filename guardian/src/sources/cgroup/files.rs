@@ -130,6 +130,16 @@ pub fn read_high_water(hierarchy: &Hierarchy, memory_rel: &Path) -> Result<Bytes
     }
 }
 
+/// A memory cgroup's usage alone (v2 `memory.current`, v1 `memory.usage_in_bytes`): one read.
+pub fn read_usage(hierarchy: &Hierarchy, memory_rel: &Path) -> Result<Bytes, CgroupError> {
+    let file = if hierarchy.memory_is_v2() {
+        "memory.current"
+    } else {
+        "memory.usage_in_bytes"
+    };
+    read_u64(&hierarchy.memory_dir(memory_rel).join(file)).map(Bytes)
+}
+
 fn read_v2(dir: &Path) -> Result<MemoryReading, CgroupError> {
     let usage = Bytes(read_u64(&dir.join("memory.current"))?);
     let stat_text = read(&dir.join("memory.stat"))?;

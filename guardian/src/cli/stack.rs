@@ -1,0 +1,142 @@
+//! A compose stack as `guardian up` and `guardian preflight` see it: the model the user's compose
+//! tool resolves, the project name, and what each service is expected to need.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::{Path, PathBuf},
+};
+
+use super::UsageError;
+use crate::{
+    model::Bytes,
+    policy::{
+        profile::summarize,
+        staging::{Need, NeedSource},
+    },
+    report::profile::ProfileFile,
+    sources::compose::{default_project_name, ComposeModel, ComposeTool},
+    store::{RunFilter, Store},
+};
+
+/// The resolved stack.
+pub struct Stack {
+    pub tool: ComposeTool,
+    pub files: Vec<PathBuf>,
+    pub project: String,
+    pub model: ComposeModel,
+}
+
+impl Stack {
+    /// Resolves `files` (default docker-compose.yml) with the compose tool.
+    pub fn load(files: &[PathBuf], project: Option<&str>) -> anyhow::Result<Self> {
+        let files = if files.is_empty() {
+            vec![PathBuf::from("docker-compose.yml")]
+        } else {
+            files.to_vec()
+        };
+        let tool = ComposeTool::detect().map_err(|e| UsageError(e.to_string()))?;
+        let model = tool.config(&files).map_err(|e| UsageError(e.to_string()))?;
+        let project = project
+            .map(str::to_string)
+            .or(model.name.clone())
+            .unwrap_or_else(|| default_project_name(&files[0]));
+        Ok(Self {
+            tool,
+            files,
+            project,
+            model,
+        })
+    }
+
+    /// Each service's dependencies.
+    pub fn depends_on(&self) -> BTreeMap<String, Vec<String>> {
+        self.model
+            .services
+            .iter()
+            .map(|(name, svc)| (name.clone(), svc.depends_on.clone()))
+            .collect()
+    }
+
+    /// What each service is expected to need: recorded start-up and steady peaks (a profile
+    /// file, else the store), else its compose limit, else its reservation, else unknown.
+    pub fn needs(
+        &self,
+        state_dir: &Path,
+        profile: Option<&Path>,
+    ) -> anyhow::Result<HashMap<String, Need>> {
+        let mut recorded: HashMap<String, (Bytes, Bytes)> = HashMap::new();
+        if let Some(path) = profile {
+            let file = ProfileFile::read(path).map_err(|e| UsageError(e.to_string()))?;
+            for r in file.services {
+                if r.usage.project.as_deref().is_none_or(|p| p == self.project) {
+                    recorded.insert(
+                        r.usage.service.clone(),
+                        (
+                            r.usage.startup_peak,
+                            steady(r.usage.typical_working_set, r.usage.peak),
+                        ),
+                    );
+                }
+            }
+        } else if let Ok(store) = Store::open_existing(state_dir) {
+            let runs = store.runs(&RunFilter {
+                project: Some(self.project.clone()),
+                ..Default::default()
+            })?;
+            for u in summarize(&runs) {
+                recorded.insert(
+                    u.service.clone(),
+                    (u.startup_peak, steady(u.typical_working_set, u.peak)),
+                );
+            }
+        }
+        Ok(self
+            .model
+            .services
+            .iter()
+            .map(|(name, svc)| {
+                let need = match recorded.get(name) {
+                    Some((startup, steady)) if startup.0 > 0 || steady.0 > 0 => Need {
+                        startup: Some(if startup.0 > 0 { *startup } else { *steady }),
+                        steady: Some(*steady),
+                        source: NeedSource::Recorded,
+                    },
+                    _ => match (svc.memory_limit, svc.memory_reservation) {
+                        (Some(limit), _) => Need {
+                            startup: Some(limit),
+                            steady: Some(limit),
+                            source: NeedSource::Limit,
+                        },
+                        (None, Some(res)) => Need {
+                            startup: Some(res),
+                            steady: Some(res),
+                            source: NeedSource::Reservation,
+                        },
+                        (None, None) => Need::default(),
+                    },
+                };
+                (name.clone(), need)
+            })
+            .collect())
+    }
+}
+
+/// What a service holds once settled: its typical working set where recorded, else its peak.
+fn steady(typical_working_set: Bytes, peak: Bytes) -> Bytes {
+    if typical_working_set.0 > 0 {
+        typical_working_set
+    } else {
+        peak
+    }
+}
+
+/// The host's MemAvailable.
+pub fn mem_available() -> anyhow::Result<Bytes> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo")?;
+    meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(Bytes::from_kib)
+        .ok_or_else(|| anyhow::anyhow!("/proc/meminfo has no MemAvailable line"))
+}

@@ -1,0 +1,487 @@
+//! `guardian up`: start a compose stack in waves that fit in memory. Each service is started
+//! with the user's compose tool once its dependencies are ready (healthy, or started if they
+//! have no healthcheck, and settled) and its expected start-up peak fits the headroom.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    io::IsTerminal,
+    path::PathBuf,
+    process::ExitCode,
+    time::{Duration, Instant, SystemTime},
+};
+
+use anyhow::Context as _;
+use serde::Serialize;
+use tokio::signal::unix::{signal, SignalKind};
+use tracing::warn;
+
+use super::{
+    parse_duration,
+    stack::{mem_available, Stack},
+    Output, UsageError,
+};
+use crate::{
+    model::{rfc3339_ms, Bytes, Container, RunRecord},
+    policy::staging::{admit, levels, Need},
+    sources::{
+        cgroup::{read_high_water, read_usage, Hierarchy},
+        docker::DockerClient,
+    },
+    store::Store,
+};
+
+/// Options of `guardian up`.
+#[derive(Debug, clap::Args)]
+pub struct UpArgs {
+    /// Compose files (default docker-compose.yml).
+    #[arg(short = 'f', long = "file")]
+    files: Vec<PathBuf>,
+    /// Compose project name (default: as compose derives it).
+    #[arg(short = 'p', long)]
+    project: Option<String>,
+    /// Read needs from this profile file instead of the store.
+    #[arg(long)]
+    profile: Option<PathBuf>,
+    /// Where recorded peaks are read from and start-up peaks are written to.
+    #[arg(long, default_value = "/var/lib/guardian")]
+    state_dir: PathBuf,
+    /// Memory the stack may use instead of the host's live MemAvailable, e.g. 512m.
+    #[arg(long)]
+    available: Option<Bytes>,
+    /// Memory to leave free for everything else.
+    #[arg(long, default_value = "256m")]
+    reserve: Bytes,
+    /// At most this many services starting at once (the only limit for services with no
+    /// recorded history or limit).
+    #[arg(long, default_value_t = 2)]
+    max_parallel: usize,
+    /// A service has settled when its memory moved less than --settle-delta over this long.
+    #[arg(long, value_parser = parse_duration, default_value = "2s")]
+    settle: Duration,
+    /// See --settle.
+    #[arg(long, default_value = "4m")]
+    settle_delta: Bytes,
+    /// Give up on a service that is not ready after this long.
+    #[arg(long, value_parser = parse_duration, default_value = "5m")]
+    timeout: Duration,
+    /// Only these services and what they depend on.
+    services: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "state", content = "reason")]
+enum State {
+    Waiting,
+    Starting,
+    Settling,
+    Healthy,
+    Failed(String),
+}
+
+#[derive(Debug, Serialize)]
+struct ServiceRun {
+    service: String,
+    #[serde(flatten)]
+    state: State,
+    need: Need,
+    /// Order in which guardian started it (1-based).
+    order: Option<usize>,
+    /// Milliseconds from the start of `guardian up`.
+    started_ms: Option<u64>,
+    ready_ms: Option<u64>,
+    /// The kernel's high-water mark of its memory when it became ready.
+    startup_peak: Option<Bytes>,
+    usage: Option<Bytes>,
+    /// It did not fit the headroom even alone and started alone.
+    over_budget: bool,
+    #[serde(skip)]
+    container: Option<Container>,
+    #[serde(skip)]
+    samples: VecDeque<(Instant, u64)>,
+    #[serde(skip)]
+    started_at: Option<Instant>,
+    #[serde(skip)]
+    running_since: Option<Instant>,
+}
+
+#[derive(Debug, Serialize)]
+struct Summary {
+    project: String,
+    services: Vec<ServiceRun>,
+    all_ready: bool,
+    interrupted: bool,
+    elapsed_ms: u64,
+}
+
+pub async fn run(args: UpArgs, output: Output) -> anyhow::Result<ExitCode> {
+    let stack = Stack::load(&args.files, args.project.as_deref())?;
+    let order: Vec<String> = levels(&stack.depends_on(), &args.services)
+        .map_err(|e| UsageError(e.to_string()))?
+        .into_iter()
+        .flatten()
+        .collect();
+    let needs = stack.needs(&args.state_dir, args.profile.as_deref())?;
+    let hierarchy = Hierarchy::detect()?;
+    let client = DockerClient::connect(hierarchy.clone()).await?;
+    let depends_on = stack.depends_on();
+    let mut runs: Vec<ServiceRun> = order
+        .iter()
+        .map(|s| ServiceRun {
+            service: s.clone(),
+            state: State::Waiting,
+            need: needs.get(s).copied().unwrap_or_default(),
+            order: None,
+            started_ms: None,
+            ready_ms: None,
+            startup_peak: None,
+            usage: None,
+            over_budget: false,
+            container: None,
+            samples: VecDeque::new(),
+            started_at: None,
+            running_since: None,
+        })
+        .collect();
+    let mut display = Display::new(output);
+    let t0 = Instant::now();
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut started = 0usize;
+    let mut interrupted = false;
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+
+    loop {
+        tokio::select! {
+            _ = interrupt.recv() => {
+                // Stop starting new services; what runs stays as compose left it.
+                interrupted = true;
+                break;
+            }
+            _ = tick.tick() => {}
+        }
+        observe(&client, &hierarchy, &stack.project, &mut runs, &args, t0).await?;
+
+        let ready = |s: &String, runs: &[ServiceRun]| {
+            runs.iter()
+                .any(|r| &r.service == s && r.state == State::Healthy)
+        };
+        let failed = |s: &String, runs: &[ServiceRun]| {
+            runs.iter()
+                .any(|r| &r.service == s && matches!(r.state, State::Failed(_)))
+        };
+        // A service whose dependency failed will never start.
+        for i in 0..runs.len() {
+            if runs[i].state == State::Waiting {
+                if let Some(dep) = depends_on[&runs[i].service]
+                    .iter()
+                    .find(|d| failed(d, &runs))
+                {
+                    runs[i].state = State::Failed(format!("dependency {dep} failed"));
+                }
+            }
+        }
+        let candidates: Vec<String> = runs
+            .iter()
+            .filter(|r| r.state == State::Waiting)
+            .filter(|r| depends_on[&r.service].iter().all(|d| ready(d, &runs)))
+            .map(|r| r.service.clone())
+            .collect();
+        let in_flight = runs
+            .iter()
+            .filter(|r| matches!(r.state, State::Starting | State::Settling))
+            .count();
+        let headroom = headroom(&runs, args.available, args.reserve)?;
+        for a in admit(&candidates, &needs, in_flight, headroom, args.max_parallel) {
+            let run = runs
+                .iter_mut()
+                .find(|r| r.service == a.service)
+                .expect("candidates come from runs");
+            if a.alone_over_budget {
+                warn!(service = %a.service, need = %run.need.startup.unwrap_or_default(), headroom = %headroom, "does not fit even alone; starting it alone");
+            }
+            start_service(&stack, &a.service).await?;
+            started += 1;
+            run.state = State::Starting;
+            run.order = Some(started);
+            run.over_budget = a.alone_over_budget;
+            run.started_at = Some(Instant::now());
+            run.started_ms = Some(t0.elapsed().as_millis() as u64);
+        }
+        display.show(&runs);
+        let done = runs
+            .iter()
+            .all(|r| matches!(r.state, State::Healthy | State::Failed(_)));
+        if done {
+            break;
+        }
+    }
+
+    record_startup_peaks(&args.state_dir, &stack.project, &runs);
+    let all_ready = runs.iter().all(|r| r.state == State::Healthy);
+    let summary = Summary {
+        project: stack.project.clone(),
+        all_ready,
+        interrupted,
+        elapsed_ms: t0.elapsed().as_millis() as u64,
+        services: runs,
+    };
+    display.finish(&summary)?;
+    Ok(if all_ready {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// What may still be used: the budget (the given --available, or the live MemAvailable which
+/// already excludes what runs) less the reserve and what in-flight services are still expected
+/// to grow by.
+fn headroom(
+    runs: &[ServiceRun],
+    available: Option<Bytes>,
+    reserve: Bytes,
+) -> anyhow::Result<Bytes> {
+    let used_by_stack: u64 = runs.iter().filter_map(|r| r.usage).map(|b| b.0).sum();
+    let base = match available {
+        Some(a) => a.0.saturating_sub(used_by_stack),
+        None => mem_available()?.0,
+    };
+    let growth: u64 = runs
+        .iter()
+        .filter(|r| matches!(r.state, State::Starting | State::Settling))
+        .map(|r| {
+            r.need
+                .startup
+                .map_or(0, |n| n.0.saturating_sub(r.usage.map_or(0, |u| u.0)))
+        })
+        .sum();
+    Ok(Bytes(base.saturating_sub(reserve.0).saturating_sub(growth)))
+}
+
+async fn start_service(stack: &Stack, service: &str) -> anyhow::Result<()> {
+    let mut cmd = stack.tool.command(
+        &stack.files,
+        &["-p", &stack.project, "up", "-d", "--no-deps", service],
+    );
+    let out = tokio::task::spawn_blocking(move || cmd.output())
+        .await?
+        .with_context(|| format!("starting {service} with the compose tool"))?;
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        anyhow::bail!(
+            "compose could not start {service}: {}",
+            stderr.lines().last().unwrap_or("").trim()
+        );
+    }
+    Ok(())
+}
+
+/// Refreshes the state of every started service from Docker and its cgroup.
+async fn observe(
+    client: &DockerClient,
+    hierarchy: &Hierarchy,
+    project: &str,
+    runs: &mut [ServiceRun],
+    args: &UpArgs,
+    t0: Instant,
+) -> anyhow::Result<()> {
+    if !runs
+        .iter()
+        .any(|r| matches!(r.state, State::Starting | State::Settling))
+    {
+        return Ok(());
+    }
+    let containers = client.compose_containers(project).await?;
+    for run in runs
+        .iter_mut()
+        .filter(|r| matches!(r.state, State::Starting | State::Settling))
+    {
+        let Some(c) = containers
+            .iter()
+            .find(|c| c.compose.as_ref().is_some_and(|s| s.service == run.service))
+        else {
+            continue;
+        };
+        run.container = Some(c.clone());
+        if c.state == "exited" || c.state == "dead" {
+            let why = if c.oom_killed { " (OOM-killed)" } else { "" };
+            run.state = State::Failed(format!(
+                "exited with code {}{why}",
+                c.exit_code.unwrap_or(-1)
+            ));
+            continue;
+        }
+        if c.state != "running" {
+            continue;
+        }
+        let memory = c.cgroup.as_ref().and_then(|cg| cg.memory_path.clone());
+        let now = Instant::now();
+        let running_since = *run.running_since.get_or_insert(now);
+        if let Some(mem) = &memory {
+            if let Ok(usage) = read_usage(hierarchy, mem) {
+                run.usage = Some(usage);
+                run.samples.push_back((now, usage.0));
+                while run
+                    .samples
+                    .front()
+                    .is_some_and(|(t, _)| now - *t > args.settle)
+                {
+                    run.samples.pop_front();
+                }
+            }
+        }
+        let healthy = match c.health.as_deref() {
+            Some(h) => h == "healthy",
+            None => true,
+        };
+        if !healthy {
+            run.state = State::Starting;
+        } else {
+            run.state = State::Settling;
+            let (lo, hi) = run
+                .samples
+                .iter()
+                .fold((u64::MAX, 0), |(lo, hi), (_, v)| (lo.min(*v), hi.max(*v)));
+            let settled =
+                now - running_since >= args.settle && hi.saturating_sub(lo) <= args.settle_delta.0;
+            if settled {
+                run.state = State::Healthy;
+                run.ready_ms = Some(t0.elapsed().as_millis() as u64);
+                run.startup_peak = memory
+                    .as_deref()
+                    .and_then(|m| read_high_water(hierarchy, m).ok());
+            }
+        }
+        if run.state != State::Healthy && run.started_at.is_some_and(|t| t.elapsed() > args.timeout)
+        {
+            run.state = State::Failed(format!("not ready after {:?}", args.timeout));
+        }
+    }
+    Ok(())
+}
+
+/// Writes each ready service's start-up peak to the store, so the next `up` stages better.
+fn record_startup_peaks(state_dir: &std::path::Path, project: &str, runs: &[ServiceRun]) {
+    let records: Vec<RunRecord> = runs
+        .iter()
+        .filter_map(|r| {
+            let c = r.container.as_ref()?;
+            let peak = r.startup_peak?;
+            let started_at_ms = c
+                .started_at
+                .as_deref()
+                .and_then(rfc3339_ms)
+                .unwrap_or_else(|| {
+                    SystemTime::now()
+                        .duration_since(SystemTime::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_millis() as i64)
+                });
+            Some(RunRecord {
+                container_id: c.id.clone(),
+                started_at_ms,
+                name: c.name.clone(),
+                image: c.image.clone(),
+                project: Some(project.to_string()),
+                service: Some(r.service.clone()),
+                memory_limit: c.memory_limit,
+                memory_reservation: c.memory_reservation,
+                peak,
+                startup_peak: peak,
+                // The settled usage stands in for the steady need until the daemon records more.
+                working_set_sum: r.usage.map_or(0, |u| u.0),
+                working_set_samples: u64::from(r.usage.is_some()),
+                ..Default::default()
+            })
+        })
+        .collect();
+    if records.is_empty() {
+        return;
+    }
+    if let Err(e) = Store::open(state_dir).and_then(|mut s| s.flush(&records, &[])) {
+        warn!("start-up peaks not recorded: {e}");
+    }
+}
+
+/// Live progress: a table redrawn in place on a terminal, one line per change otherwise.
+struct Display {
+    output: Output,
+    tty: bool,
+    drawn: usize,
+    last: HashMap<String, State>,
+}
+
+impl Display {
+    fn new(output: Output) -> Self {
+        Self {
+            output,
+            tty: output == Output::Human && std::io::stdout().is_terminal(),
+            drawn: 0,
+            last: HashMap::new(),
+        }
+    }
+
+    fn label(state: &State) -> String {
+        match state {
+            State::Waiting => "waiting".into(),
+            State::Starting => "starting".into(),
+            State::Settling => "settling".into(),
+            State::Healthy => "ready".into(),
+            State::Failed(why) => format!("FAILED: {why}"),
+        }
+    }
+
+    fn show(&mut self, runs: &[ServiceRun]) {
+        let show = |b: Option<Bytes>| b.map(|b| b.to_string()).unwrap_or_else(|| "-".into());
+        if self.tty {
+            if self.drawn > 0 {
+                print!("\x1b[{}A", self.drawn);
+            }
+            for r in runs {
+                println!(
+                    "\x1b[2K{:<20} {:<28} now {:>9}  peak {:>9}",
+                    r.service,
+                    Self::label(&r.state),
+                    show(r.usage),
+                    show(r.startup_peak)
+                );
+            }
+            self.drawn = runs.len();
+            return;
+        }
+        for r in runs {
+            if self.last.get(&r.service) != Some(&r.state) {
+                self.last.insert(r.service.clone(), r.state.clone());
+                if self.output == Output::Human && r.state != State::Waiting {
+                    println!(
+                        "{}: {} (memory {})",
+                        r.service,
+                        Self::label(&r.state),
+                        show(r.usage)
+                    );
+                }
+            }
+        }
+    }
+
+    fn finish(&mut self, summary: &Summary) -> anyhow::Result<()> {
+        match self.output {
+            Output::Json => println!("{}", serde_json::to_string_pretty(summary)?),
+            Output::Human => println!(
+                "{}: {} of {} services ready in {:.1}s{}",
+                summary.project,
+                summary
+                    .services
+                    .iter()
+                    .filter(|r| r.state == State::Healthy)
+                    .count(),
+                summary.services.len(),
+                summary.elapsed_ms as f64 / 1000.0,
+                if summary.interrupted {
+                    " (interrupted: no further services started)"
+                } else {
+                    ""
+                }
+            ),
+        }
+        Ok(())
+    }
+}
