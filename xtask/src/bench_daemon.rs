@@ -89,7 +89,9 @@ fn read_u64(p: &Path) -> Option<u64> {
 pub fn run(guardian: &Path, runs: usize) -> anyhow::Result<()> {
     let bed = Testbed::up()?;
     let host = bed.docker_host().to_string();
-    let result = spikes(guardian, &host, runs).and_then(|()| idle(guardian, &host));
+    let result = spikes(guardian, &host, runs)
+        .and_then(|()| idle(guardian, &host))
+        .and_then(|()| staged_start(guardian, &host));
     bed.down()?;
     result
 }
@@ -250,4 +252,184 @@ fn tempfile_dir(name: &str) -> anyhow::Result<PathBuf> {
     let dir = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
+}
+
+/// Five services that spike by 96 MiB for 1.5 s while starting, then settle at 16 MiB, with
+/// dependencies (the stack of tests/staged_start.rs).
+const STACK: &str = r#"version: "2.4"
+x-spiky: &spiky
+  image: guardian-test/memload
+  command: memload spike --delay-ms 0 --base 16m --spike 96m --spike-ms 1500 --hold-ms 600000
+  mem_limit: 256m
+services:
+  db:
+    <<: *spiky
+    healthcheck:
+      test: ["CMD", "true"]
+      interval: 1s
+  cache:
+    <<: *spiky
+  app1:
+    <<: *spiky
+    depends_on:
+      db:
+        condition: service_healthy
+      cache:
+        condition: service_started
+  app2:
+    <<: *spiky
+    depends_on: [db]
+  app3:
+    <<: *spiky
+    depends_on: [db]
+"#;
+
+/// The high-water file of the cgroup the test engine puts every container under.
+fn containers_parent_peak_file() -> anyhow::Result<PathBuf> {
+    let own = std::fs::read_to_string("/proc/self/cgroup")?;
+    let mem = own
+        .lines()
+        .find_map(|l| l.split_once(":memory:").map(|(_, p)| p.to_string()))
+        .context("benchmarks of the staged start need the v1 memory controller (hybrid hosts)")?;
+    Ok(PathBuf::from(format!(
+        "/sys/fs/cgroup/memory{}/guardian-test-docker/memory.max_usage_in_bytes",
+        mem.trim_end_matches('/')
+    )))
+}
+
+/// Whether all five containers of `project` run, are past their spike, and db is healthy.
+fn stack_settled(host: &str, project: &str) -> anyhow::Result<bool> {
+    let ids = docker(
+        host,
+        &[
+            "ps",
+            "-q",
+            "--filter",
+            &format!("label=com.docker.compose.project={project}"),
+        ],
+    )?;
+    let ids: Vec<&str> = ids.lines().collect();
+    if ids.len() < 5 {
+        return Ok(false);
+    }
+    for id in ids {
+        let status = docker(
+            host,
+            &[
+                "inspect",
+                "-f",
+                "{{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{end}}",
+                id,
+            ],
+        )?;
+        if status.trim() != "running" && status.trim() != "running healthy" {
+            return Ok(false);
+        }
+        let (usage, _) = memory_files(host, id)?;
+        if read_u64(&usage).is_none_or(|u| u > 32 << 20) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Host peak and time until every service is up and past its spike: plain compose vs guardian.
+fn staged_start(guardian: &Path, host: &str) -> anyhow::Result<()> {
+    println!(
+        "\n## Staged start-up: 5 services spiking by 96 MiB for 1.5 s (same engine, same run)"
+    );
+    println!("how                                     host-peak   time-to-settled");
+    let dir = tempfile_dir("guardian-bench-stack")?;
+    let file = dir.join("docker-compose.yml");
+    std::fs::write(&file, STACK)?;
+    let state = dir.join("state");
+    let peak_file = containers_parent_peak_file()?;
+    let compose = |project: &str, args: &[&str]| -> anyhow::Result<()> {
+        let out = Command::new("docker-compose")
+            .env("DOCKER_HOST", host)
+            .args(["-p", project, "-f"])
+            .arg(&file)
+            .args(args)
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "docker-compose {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    };
+    let mut plain_peak = 0u64;
+    let mut plain_time = 0f64;
+    let runs: [(&str, Option<&str>); 3] = [
+        ("docker-compose up -d", None),
+        ("guardian up (no history)", Some("none")),
+        (
+            "guardian up (history, budget 60% of plain)",
+            Some("history"),
+        ),
+    ];
+    for (i, (label, how)) in runs.iter().enumerate() {
+        let project = format!("gbench{}s{i}", std::process::id());
+        std::fs::write(&peak_file, "0")?;
+        let t0 = Instant::now();
+        match how {
+            None => compose(&project, &["up", "-d"])?,
+            Some(mode) => {
+                let mut cmd = Command::new(guardian);
+                cmd.env("DOCKER_HOST", host)
+                    .args(["up", "--output", "json", "-p", &project, "-f"])
+                    .arg(&file)
+                    .arg("--state-dir")
+                    .arg(&state);
+                if *mode == "history" {
+                    let budget = format!("{}", plain_peak * 6 / 10);
+                    cmd.args([
+                        "--available",
+                        &budget,
+                        "--reserve",
+                        "0",
+                        "--max-parallel",
+                        "5",
+                    ]);
+                }
+                let out = cmd.stderr(Stdio::null()).output()?;
+                if !out.status.success() {
+                    bail!(
+                        "guardian up failed: {}",
+                        String::from_utf8_lossy(&out.stdout)
+                    );
+                }
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !stack_settled(host, &project)? {
+            if Instant::now() > deadline {
+                bail!("{label}: the stack never settled");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let elapsed = t0.elapsed();
+        let peak = read_u64(&peak_file).context("reading the containers' high-water mark")?;
+        if how.is_none() {
+            plain_peak = peak;
+        }
+        compose(&project, &["down", "-t", "1"])?;
+        println!(
+            "{label:<40} {:>7.0}MiB ({:>3.0}%)  {:>5.1}s ({:.2}x)",
+            peak as f64 / MIB,
+            peak as f64 / plain_peak as f64 * 100.0,
+            elapsed.as_secs_f64(),
+            if i == 0 {
+                1.0
+            } else {
+                elapsed.as_secs_f64() / plain_time
+            },
+        );
+        if i == 0 {
+            plain_time = elapsed.as_secs_f64();
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
 }
