@@ -370,7 +370,11 @@ fn staged_start(guardian: &Path, host: &str) -> anyhow::Result<()> {
         ),
     ];
     for (i, (label, how)) in runs.iter().enumerate() {
-        let project = format!("gbench{}s{i}", std::process::id());
+        // Both guardian runs use one project, so the second finds the first one's history.
+        let project = match how {
+            None => format!("gbench{}plain", std::process::id()),
+            Some(_) => format!("gbench{}staged", std::process::id()),
+        };
         std::fs::write(&peak_file, "0")?;
         let t0 = Instant::now();
         match how {
