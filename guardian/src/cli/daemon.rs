@@ -26,7 +26,7 @@ use crate::{
     sources::{
         cgroup::{read_high_water, read_memory, CgroupIndex, Hierarchy},
         docker::{self, DockerUpdate},
-        ebpf::{KernelEvent, ProbeOptions, Probes},
+        ebpf::{self, KernelEvent, ProbeOptions, Probes},
     },
     store::Store,
 };
@@ -151,7 +151,7 @@ pub async fn run(args: DaemonArgs, _output: Output) -> anyhow::Result<ExitCode> 
                     error!("pruning old timeline points: {e}");
                 }
             }
-            result = next_kernel_batch(probes.as_mut(), &mut batch) => {
+            result = ebpf::next_batch_if_loaded(probes.as_mut(), &mut batch) => {
                 result.context("reading the eBPF ring buffers")?;
                 for record in batch.drain(..) {
                     if let KernelEvent::Oom(e) = record {
@@ -174,16 +174,6 @@ pub async fn run(args: DaemonArgs, _output: Output) -> anyhow::Result<ExitCode> 
     let _ = std::fs::remove_file(&pid_path);
     info!("guardian daemon stopped");
     Ok(ExitCode::SUCCESS)
-}
-
-async fn next_kernel_batch(
-    probes: Option<&mut Probes>,
-    batch: &mut Vec<KernelEvent>,
-) -> std::io::Result<()> {
-    match probes {
-        Some(p) => p.next_batch(batch).await,
-        None => std::future::pending().await,
-    }
 }
 
 /// Reads every recorded container's cgroup once: the kernel's high-water mark each round,

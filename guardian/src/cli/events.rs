@@ -132,7 +132,7 @@ pub async fn run(args: EventsArgs, output: Output) -> anyhow::Result<ExitCode> {
             _ = sleep_until(deadline) => break,
             _ = interrupt.recv() => break,
             _ = terminate.recv() => break,
-            result = next_kernel_batch(probes.as_mut(), &mut batch) => {
+            result = ebpf::next_batch_if_loaded(probes.as_mut(), &mut batch) => {
                 result.context("reading the eBPF ring buffers")?;
                 for record in batch.drain(..) {
                     let event = match record {
@@ -199,16 +199,6 @@ pub async fn run(args: EventsArgs, output: Output) -> anyhow::Result<ExitCode> {
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn next_kernel_batch(
-    probes: Option<&mut Probes>,
-    batch: &mut Vec<KernelEvent>,
-) -> std::io::Result<()> {
-    match probes {
-        Some(p) => p.next_batch(batch).await,
         None => std::future::pending().await,
     }
 }

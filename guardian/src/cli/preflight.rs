@@ -1,11 +1,11 @@
 //! `guardian preflight`: will this stack's memory fit on this host, before it starts?
 
-use std::{path::PathBuf, process::ExitCode};
+use std::process::ExitCode;
 
 use serde::Serialize;
 
 use super::{
-    stack::{mem_available, Stack},
+    stack::{mem_available, Stack, StackArgs},
     Output, UsageError,
 };
 use crate::{
@@ -16,26 +16,8 @@ use crate::{
 /// Options of `guardian preflight`.
 #[derive(Debug, clap::Args)]
 pub struct PreflightArgs {
-    /// Compose files (default docker-compose.yml).
-    #[arg(short = 'f', long = "file")]
-    files: Vec<PathBuf>,
-    /// Compose project name (default: as compose derives it).
-    #[arg(short = 'p', long)]
-    project: Option<String>,
-    /// Read needs from this profile file instead of the store.
-    #[arg(long)]
-    profile: Option<PathBuf>,
-    /// The daemon's state directory (recorded peaks).
-    #[arg(long, default_value = "/var/lib/guardian")]
-    state_dir: PathBuf,
-    /// Memory to plan with instead of the host's MemAvailable, e.g. 512m.
-    #[arg(long)]
-    available: Option<Bytes>,
-    /// Memory to leave free for everything else.
-    #[arg(long, default_value = "256m")]
-    reserve: Bytes,
-    /// Only these services and what they depend on.
-    services: Vec<String>,
+    #[command(flatten)]
+    stack: StackArgs,
 }
 
 #[derive(Debug, Serialize)]
@@ -61,6 +43,7 @@ struct Report {
 }
 
 pub async fn run(args: PreflightArgs, output: Output) -> anyhow::Result<ExitCode> {
+    let args = args.stack;
     let stack = Stack::load(&args.files, args.project.as_deref())?;
     let order =
         levels(&stack.depends_on(), &args.services).map_err(|e| UsageError(e.to_string()))?;

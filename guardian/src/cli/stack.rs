@@ -18,6 +18,31 @@ use crate::{
     store::{RunFilter, Store},
 };
 
+/// The options `guardian up` and `guardian preflight` share.
+#[derive(Debug, clap::Args)]
+pub struct StackArgs {
+    /// Compose files (default docker-compose.yml).
+    #[arg(short = 'f', long = "file")]
+    pub files: Vec<PathBuf>,
+    /// Compose project name (default: as compose derives it).
+    #[arg(short = 'p', long)]
+    pub project: Option<String>,
+    /// Read needs from this profile file instead of the store.
+    #[arg(long)]
+    pub profile: Option<PathBuf>,
+    /// The daemon's state directory (recorded peaks).
+    #[arg(long, default_value = "/var/lib/guardian")]
+    pub state_dir: PathBuf,
+    /// Memory to plan with instead of the host's MemAvailable, e.g. 512m.
+    #[arg(long)]
+    pub available: Option<Bytes>,
+    /// Memory to leave free for everything else.
+    #[arg(long, default_value = "256m")]
+    pub reserve: Bytes,
+    /// Only these services and what they depend on.
+    pub services: Vec<String>,
+}
+
 /// The resolved stack.
 pub struct Stack {
     pub tool: ComposeTool,

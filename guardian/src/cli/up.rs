@@ -5,7 +5,6 @@
 use std::{
     collections::{HashMap, VecDeque},
     io::IsTerminal,
-    path::PathBuf,
     process::ExitCode,
     time::{Duration, Instant, SystemTime},
 };
@@ -17,7 +16,7 @@ use tracing::warn;
 
 use super::{
     parse_duration,
-    stack::{mem_available, Stack},
+    stack::{mem_available, Stack, StackArgs},
     Output, UsageError,
 };
 use crate::{
@@ -33,24 +32,8 @@ use crate::{
 /// Options of `guardian up`.
 #[derive(Debug, clap::Args)]
 pub struct UpArgs {
-    /// Compose files (default docker-compose.yml).
-    #[arg(short = 'f', long = "file")]
-    files: Vec<PathBuf>,
-    /// Compose project name (default: as compose derives it).
-    #[arg(short = 'p', long)]
-    project: Option<String>,
-    /// Read needs from this profile file instead of the store.
-    #[arg(long)]
-    profile: Option<PathBuf>,
-    /// Where recorded peaks are read from and start-up peaks are written to.
-    #[arg(long, default_value = "/var/lib/guardian")]
-    state_dir: PathBuf,
-    /// Memory the stack may use instead of the host's live MemAvailable, e.g. 512m.
-    #[arg(long)]
-    available: Option<Bytes>,
-    /// Memory to leave free for everything else.
-    #[arg(long, default_value = "256m")]
-    reserve: Bytes,
+    #[command(flatten)]
+    stack: StackArgs,
     /// At most this many services starting at once (the only limit for services with no
     /// recorded history or limit).
     #[arg(long, default_value_t = 2)]
@@ -64,8 +47,6 @@ pub struct UpArgs {
     /// Give up on a service that is not ready after this long.
     #[arg(long, value_parser = parse_duration, default_value = "5m")]
     timeout: Duration,
-    /// Only these services and what they depend on.
-    services: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -114,13 +95,13 @@ struct Summary {
 }
 
 pub async fn run(args: UpArgs, output: Output) -> anyhow::Result<ExitCode> {
-    let stack = Stack::load(&args.files, args.project.as_deref())?;
-    let order: Vec<String> = levels(&stack.depends_on(), &args.services)
+    let stack = Stack::load(&args.stack.files, args.stack.project.as_deref())?;
+    let order: Vec<String> = levels(&stack.depends_on(), &args.stack.services)
         .map_err(|e| UsageError(e.to_string()))?
         .into_iter()
         .flatten()
         .collect();
-    let needs = stack.needs(&args.state_dir, args.profile.as_deref())?;
+    let needs = stack.needs(&args.stack.state_dir, args.stack.profile.as_deref())?;
     let hierarchy = Hierarchy::detect()?;
     let client = DockerClient::connect(hierarchy.clone()).await?;
     let depends_on = stack.depends_on();
@@ -189,7 +170,7 @@ pub async fn run(args: UpArgs, output: Output) -> anyhow::Result<ExitCode> {
             .iter()
             .filter(|r| matches!(r.state, State::Starting | State::Settling))
             .count();
-        let headroom = headroom(&runs, args.available, args.reserve)?;
+        let headroom = headroom(&runs, args.stack.available, args.stack.reserve)?;
         for a in admit(&candidates, &needs, in_flight, headroom, args.max_parallel) {
             let run = runs
                 .iter_mut()
@@ -215,7 +196,7 @@ pub async fn run(args: UpArgs, output: Output) -> anyhow::Result<ExitCode> {
         }
     }
 
-    record_startup_peaks(&args.state_dir, &stack.project, &runs);
+    record_startup_peaks(&args.stack.state_dir, &stack.project, &runs);
     let all_ready = runs.iter().all(|r| r.state == State::Healthy);
     let summary = Summary {
         project: stack.project.clone(),

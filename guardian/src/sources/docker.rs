@@ -121,10 +121,29 @@ impl DockerClient {
 
     /// Every container (running only unless `all`), inspected and mapped to its cgroup.
     pub async fn containers(&self, all: bool) -> Result<Vec<Container>, DockerError> {
+        self.list(all, None).await
+    }
+
+    /// The containers of one compose project (all states), inspected and mapped.
+    pub async fn compose_containers(&self, project: &str) -> Result<Vec<Container>, DockerError> {
+        let label = format!("com.docker.compose.project={project}");
+        self.list(
+            true,
+            Some(HashMap::from([("label".to_string(), vec![label])])),
+        )
+        .await
+    }
+
+    async fn list(
+        &self,
+        all: bool,
+        filters: Option<HashMap<String, Vec<String>>>,
+    ) -> Result<Vec<Container>, DockerError> {
         let summaries = self
             .docker
             .list_containers(Some(ListContainersOptions {
                 all,
+                filters,
                 ..Default::default()
             }))
             .await
@@ -132,30 +151,6 @@ impl DockerClient {
         let mut out = Vec::new();
         for id in summaries.into_iter().filter_map(|s| s.id) {
             // A container removed between list and inspect is simply skipped.
-            if let Some(c) = self.inspect(&id).await? {
-                out.push(c);
-            }
-        }
-        Ok(out)
-    }
-
-    /// The containers of one compose project (all states), inspected and mapped.
-    pub async fn compose_containers(&self, project: &str) -> Result<Vec<Container>, DockerError> {
-        let filters = HashMap::from([(
-            "label".to_string(),
-            vec![format!("com.docker.compose.project={project}")],
-        )]);
-        let summaries = self
-            .docker
-            .list_containers(Some(ListContainersOptions {
-                all: true,
-                filters: Some(filters),
-                ..Default::default()
-            }))
-            .await
-            .map_err(|e| self.api_error(e))?;
-        let mut out = Vec::new();
-        for id in summaries.into_iter().filter_map(|s| s.id) {
             if let Some(c) = self.inspect(&id).await? {
                 out.push(c);
             }

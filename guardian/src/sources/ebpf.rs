@@ -222,6 +222,18 @@ impl Probes {
     }
 }
 
+/// [`Probes::next_batch`] when the probes are loaded; never ready when they are not, so a
+/// `select!` over it simply waits on its other branches.
+pub async fn next_batch_if_loaded(
+    probes: Option<&mut Probes>,
+    batch: &mut Vec<KernelEvent>,
+) -> std::io::Result<()> {
+    match probes {
+        Some(p) => p.next_batch(batch).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Copies a record out of the ring buffer; `None` if it is shorter than `T`.
 fn read_record<T: Copy>(bytes: &[u8]) -> Option<T> {
     if bytes.len() < std::mem::size_of::<T>() {
