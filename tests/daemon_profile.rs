@@ -4,23 +4,15 @@ mod support;
 
 use std::{
     path::{Path, PathBuf},
-    time::{Duration, Instant, SystemTime},
+    time::{Duration, Instant},
 };
 
 use nix::sys::signal::Signal;
 use serde_json::Value;
-use support::{compose, docker, output, require_docker, run_guardian, Daemon};
+use support::{compose, docker, output, require_docker, run_guardian, unique, Daemon};
 
 const IMAGE: &str = "guardian-test/memload";
 const MIB: u64 = 1 << 20;
-
-fn unique(name: &str) -> String {
-    let nanos = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    format!("gt{name}{}x{nanos}", std::process::id())
-}
 
 /// The v1/v2 high-water file of a running container, read by the test itself.
 fn kernel_peak(container: &str) -> u64 {

@@ -11,17 +11,11 @@ use std::{
 };
 
 use serde_json::Value;
-use support::{compose, container_cgroup, docker, output, require_docker, run_guardian, Events};
+use support::{
+    compose, container_cgroup, docker, output, require_docker, run_guardian, unique, Events,
+};
 
 const IMAGE: &str = "guardian-test/memload";
-
-fn unique(name: &str) -> String {
-    let nanos = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    format!("gt{name}{}x{nanos}", std::process::id())
-}
 
 fn rfc3339(v: &Value) -> SystemTime {
     humantime::parse_rfc3339(v.as_str().unwrap()).unwrap()

@@ -6,51 +6,17 @@ mod support;
 
 use std::{
     path::{Path, PathBuf},
-    time::{Duration, SystemTime},
+    time::Duration,
 };
 
 use serde_json::Value;
-use support::{compose, output, require_docker, run_guardian};
+use support::{compose, output, require_docker, run_guardian, unique};
 
 const MIB: u64 = 1 << 20;
 
 /// Five services that each spike by 96 MiB for 1.5 s while starting, then settle at 16 MiB;
 /// app1-3 depend on db (app1 also on cache), db has a healthcheck.
-const STACK: &str = r#"version: "2.4"
-x-spiky: &spiky
-  image: guardian-test/memload
-  command: memload spike --delay-ms 0 --base 16m --spike 96m --spike-ms 1500 --hold-ms 600000
-  mem_limit: 256m
-services:
-  db:
-    <<: *spiky
-    healthcheck:
-      test: ["CMD", "true"]
-      interval: 1s
-  cache:
-    <<: *spiky
-  app1:
-    <<: *spiky
-    depends_on:
-      db:
-        condition: service_healthy
-      cache:
-        condition: service_started
-  app2:
-    <<: *spiky
-    depends_on: [db]
-  app3:
-    <<: *spiky
-    depends_on: [db]
-"#;
-
-fn unique(name: &str) -> String {
-    let nanos = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    format!("gt{name}{}x{nanos}", std::process::id())
-}
+const STACK: &str = include_str!("stacks/spiky-5.yml");
 
 /// The high-water file of the cgroup all test containers live under.
 fn containers_parent_peak_file() -> PathBuf {

@@ -301,6 +301,15 @@ pub fn static_memload() -> PathBuf {
     PathBuf::from(path)
 }
 
+/// A name no other test run uses (compose projects, container names).
+pub fn unique(name: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!("gt{name}{}x{nanos}", std::process::id())
+}
+
 /// The tests' Docker engine: `DOCKER_HOST` as `cargo xtask test` sets it.
 pub fn require_docker() -> String {
     require_root();

@@ -254,36 +254,6 @@ fn tempfile_dir(name: &str) -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
-/// Five services that spike by 96 MiB for 1.5 s while starting, then settle at 16 MiB, with
-/// dependencies (the stack of tests/staged_start.rs).
-const STACK: &str = r#"version: "2.4"
-x-spiky: &spiky
-  image: guardian-test/memload
-  command: memload spike --delay-ms 0 --base 16m --spike 96m --spike-ms 1500 --hold-ms 600000
-  mem_limit: 256m
-services:
-  db:
-    <<: *spiky
-    healthcheck:
-      test: ["CMD", "true"]
-      interval: 1s
-  cache:
-    <<: *spiky
-  app1:
-    <<: *spiky
-    depends_on:
-      db:
-        condition: service_healthy
-      cache:
-        condition: service_started
-  app2:
-    <<: *spiky
-    depends_on: [db]
-  app3:
-    <<: *spiky
-    depends_on: [db]
-"#;
-
 /// The high-water file of the cgroup the test engine puts every container under.
 fn containers_parent_peak_file() -> anyhow::Result<PathBuf> {
     let own = std::fs::read_to_string("/proc/self/cgroup")?;
@@ -341,7 +311,10 @@ fn staged_start(guardian: &Path, host: &str) -> anyhow::Result<()> {
     println!("how                                     host-peak   time-to-settled");
     let dir = tempfile_dir("guardian-bench-stack")?;
     let file = dir.join("docker-compose.yml");
-    std::fs::write(&file, STACK)?;
+    std::fs::copy(
+        crate::workspace_root().join("tests/stacks/spiky-5.yml"),
+        &file,
+    )?;
     let state = dir.join("state");
     let peak_file = containers_parent_peak_file()?;
     let compose = |project: &str, args: &[&str]| -> anyhow::Result<()> {
