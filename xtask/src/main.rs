@@ -7,6 +7,7 @@ mod bench;
 mod bench_daemon;
 mod setup;
 mod testbed;
+mod vm;
 
 use std::{
     path::{Path, PathBuf},
@@ -45,6 +46,8 @@ enum Task {
         #[command(subcommand)]
         action: testbed::Action,
     },
+    /// Boot Debian's kernel (cgroup v2) in qemu and run guardian's scenarios inside.
+    VmTest,
     /// Measure probe overhead and event latency on this kernel; prints the numbers.
     Bench {
         /// Runs per configuration.
@@ -90,9 +93,15 @@ fn main() -> anyhow::Result<()> {
                     .env("GUARDIAN_TEST_MEMLOAD_STATIC", bed.static_memload()),
             );
             bed.down()?;
-            result
+            result?;
+            // Real cgroup v2 behaviour: the same binary inside a Debian kernel in qemu.
+            vm::run()
         }
         Task::Testbed { action } => testbed::run(action),
+        Task::VmTest => {
+            setup::run()?;
+            vm::run()
+        }
         Task::Bench { runs, only } => {
             setup::run()?;
             cargo(&["build", "--release"])?;

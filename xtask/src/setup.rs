@@ -7,8 +7,14 @@ use anyhow::{bail, Context as _};
 use crate::run_status;
 
 /// Debian packages the end-to-end tests use: a Docker engine with compose (the private test
-/// engine) and a static busybox for the test images.
-const DEBIAN_PACKAGES: &[&str] = &["docker.io", "docker-compose", "busybox-static"];
+/// engine), a static busybox (test images, the VM's initramfs), qemu and cpio (the cgroup v2 VM).
+const DEBIAN_PACKAGES: &[&str] = &[
+    "docker.io",
+    "docker-compose",
+    "busybox-static",
+    "qemu-system-x86",
+    "cpio",
+];
 
 pub fn run() -> anyhow::Result<()> {
     nightly_with_rust_src()?;

@@ -108,7 +108,7 @@ impl Testbed {
 }
 
 /// memload linked statically, so it runs in a busybox image with no libc.
-fn static_memload() -> anyhow::Result<PathBuf> {
+pub fn static_memload() -> anyhow::Result<PathBuf> {
     let target = "x86_64-unknown-linux-gnu";
     run_status(
         Command::new(env!("CARGO"))
