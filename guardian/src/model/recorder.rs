@@ -204,11 +204,6 @@ impl Recorder {
     pub fn live(&self) -> impl Iterator<Item = &LiveRun> {
         self.live.values()
     }
-
-    /// The peak recorded so far for container `id`.
-    pub fn peak(&self, id: &str) -> Option<Bytes> {
-        self.live.get(id).map(|l| l.record.peak)
-    }
 }
 
 #[cfg(test)]
@@ -275,8 +270,8 @@ mod tests {
             .unwrap()
             .full_reading_due(t0 + 1_000, 10_000));
         rec.observe_peak("a", Bytes(70), t0 + 1_000);
-        assert_eq!(rec.peak("a"), Some(Bytes(70)));
-        assert_eq!(rec.take_flush().runs[0].startup_peak, Bytes(70));
+        let run = &rec.take_flush().runs[0];
+        assert_eq!((run.peak, run.startup_peak), (Bytes(70), Bytes(70)));
         assert!(rec
             .live()
             .next()

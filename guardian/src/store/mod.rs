@@ -248,33 +248,6 @@ impl Store {
         Ok(runs)
     }
 
-    /// A run's timeline, oldest first.
-    pub fn samples(
-        &self,
-        container_id: &str,
-        started_at_ms: i64,
-    ) -> Result<Vec<Sample>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare(
-                "SELECT s.at_ms, s.usage, s.working_set, s.anon FROM samples s
-                 JOIN runs r ON r.id = s.run_id
-                 WHERE r.container_id = ?1 AND r.started_at_ms = ?2 ORDER BY s.at_ms",
-            )
-            .map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map(params![container_id, started_at_ms], |row| {
-                Ok(Sample {
-                    at_ms: row.get(0)?,
-                    usage: Bytes(row.get::<_, i64>(1)?.max(0) as u64),
-                    working_set: Bytes(row.get::<_, i64>(2)?.max(0) as u64),
-                    anon: Bytes(row.get::<_, i64>(3)?.max(0) as u64),
-                })
-            })
-            .map_err(|e| self.err(e))?;
-        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
-    }
-
     /// The schema version on disk.
     pub fn schema_version(&self) -> Result<i64, StoreError> {
         self.conn
@@ -321,7 +294,13 @@ mod tests {
         let runs = store.runs(&RunFilter::default()).unwrap();
         assert_eq!(runs.len(), 1);
         assert_eq!(runs[0].peak, Bytes(100));
-        assert_eq!(store.samples("a", 1).unwrap(), vec![sample]);
+        let stored: (i64, i64) = store
+            .conn
+            .query_row("SELECT at_ms, usage FROM samples", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap();
+        assert_eq!(stored, (sample.at_ms, sample.usage.0 as i64));
         assert_eq!(store.prune_samples(6).unwrap(), 1);
     }
 

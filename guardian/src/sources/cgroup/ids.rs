@@ -49,11 +49,6 @@ impl ProcCgroups {
     }
 }
 
-/// The calling process's cgroups.
-pub fn own_cgroups() -> Result<ProcCgroups, CgroupError> {
-    read_proc_cgroups(Path::new("/proc/self/cgroup"))
-}
-
 /// The cgroups of process `pid`; `Gone` if it has exited.
 pub fn pid_cgroups(pid: u32) -> Result<ProcCgroups, CgroupError> {
     read_proc_cgroups(&PathBuf::from(format!("/proc/{pid}/cgroup")))

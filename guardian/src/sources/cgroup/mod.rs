@@ -8,7 +8,7 @@ mod notify;
 mod psi;
 
 pub use files::{parse_kv, parse_pressure, read_high_water, read_memory, read_usage};
-pub use ids::{own_cgroups, pid_cgroups, CgroupIndex, ProcCgroups};
+pub use ids::{pid_cgroups, CgroupIndex, ProcCgroups};
 pub use notify::{FileWatch, V1OomNotifier};
 pub use psi::{PsiKind, PsiTrigger};
 
