@@ -113,9 +113,10 @@ pub fn run() -> anyhow::Result<()> {
         }
     }
     println!(
-        "vm-test: {passed} passed, {failed} failed ({:.0} s)",
+        "vm-test: guest finished in {:.0} s",
         start.elapsed().as_secs_f64()
     );
+    println!("vm-test: {passed} passed, {failed} failed");
     if !results.contains(&"END") {
         bail!(
             "the guest did not finish its scenarios; see {}",
