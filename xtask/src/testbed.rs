@@ -109,6 +109,12 @@ impl Testbed {
 
 /// memload linked statically, so it runs in a busybox image with no libc.
 pub fn static_memload() -> anyhow::Result<PathBuf> {
+    static_binary("guardian-workload", "memload")
+}
+
+/// A release build of `package` linked statically (glibc, crt-static) into target/static, for
+/// images and initramfs that have no libc; returns the path of its binary `bin`.
+pub fn static_binary(package: &str, bin: &str) -> anyhow::Result<PathBuf> {
     let target = "x86_64-unknown-linux-gnu";
     run_status(
         Command::new(env!("CARGO"))
@@ -117,7 +123,7 @@ pub fn static_memload() -> anyhow::Result<PathBuf> {
                 "--quiet",
                 "--release",
                 "-p",
-                "guardian-workload",
+                package,
                 "--target",
                 target,
                 "--target-dir",
@@ -126,5 +132,5 @@ pub fn static_memload() -> anyhow::Result<PathBuf> {
             .current_dir(workspace_root())
             .env("RUSTFLAGS", "-C target-feature=+crt-static"),
     )?;
-    Ok(workspace_root().join(format!("target/static/{target}/release/memload")))
+    Ok(workspace_root().join(format!("target/static/{target}/release/{bin}")))
 }

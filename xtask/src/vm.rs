@@ -13,8 +13,6 @@ use anyhow::{bail, Context as _};
 
 use crate::{run_status, workspace_root};
 
-const TARGET: &str = "x86_64-unknown-linux-gnu";
-
 /// What the guest runs as /init.
 const INIT: &str = r#"#!/bin/busybox sh
 /bin/busybox --install -s /bin
@@ -53,7 +51,8 @@ pub fn run() -> anyhow::Result<()> {
     let dir = workspace_root().join("target/vm");
     std::fs::create_dir_all(&dir)?;
     let kernel = kernel(&dir)?;
-    let guardian = static_guardian()?;
+    // Static: the guest has no libc. The eBPF object is embedded as always.
+    let guardian = crate::testbed::static_binary("guardian", "guardian")?;
     let memload = crate::testbed::static_memload()?;
     let initrd = initramfs(&dir, &[("guardian", &guardian), ("memload", &memload)])?;
     println!(
@@ -180,27 +179,6 @@ fn find_vmlinuz(root: &Path) -> Option<PathBuf> {
             p.file_name()
                 .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
         })
-}
-
-/// guardian linked statically (the guest has no libc), eBPF object embedded as always.
-fn static_guardian() -> anyhow::Result<PathBuf> {
-    run_status(
-        Command::new(env!("CARGO"))
-            .args([
-                "build",
-                "--quiet",
-                "--release",
-                "-p",
-                "guardian",
-                "--target",
-                TARGET,
-                "--target-dir",
-            ])
-            .arg(workspace_root().join("target/static"))
-            .current_dir(workspace_root())
-            .env("RUSTFLAGS", "-C target-feature=+crt-static"),
-    )?;
-    Ok(workspace_root().join(format!("target/static/{TARGET}/release/guardian")))
 }
 
 /// A gzip'd newc cpio with busybox-static, the binaries and /init.
