@@ -6,9 +6,11 @@ mod support;
 use std::{path::Path, process::Command, time::Duration};
 
 use guardian::{
-    actions::{set_frozen, set_memory_high, ActionError},
-    model::CgroupId,
+    actions::{ActionError, Executor, Target},
+    model::{Bytes, CgroupId},
+    policy::enforce::Act,
     sources::cgroup::{read_memory, CgroupIndex, FileWatch, Hierarchy, ProcCgroups, V1OomNotifier},
+    store::Store,
 };
 use support::{memload_bin, require_root, TestCgroup};
 
@@ -129,15 +131,25 @@ async fn v1_oom_eventfd_fires_when_the_group_hits_oom() {
 }
 
 #[test]
-fn freezing_a_group_stops_its_tasks_and_thawing_restores_it() {
+fn a_journaled_freeze_stops_the_group_and_restoring_the_journal_thaws_it() {
     require_root();
     let hierarchy = Hierarchy::detect().unwrap();
     let cg = TestCgroup::new("freeze", "64M");
     let mut sleeper = cg.spawn(Command::new("sleep").arg("30"));
     let rel = relative(hierarchy.unified.as_ref().unwrap(), &cg.unified_dir);
-    assert!(
-        !set_frozen(&hierarchy, &rel, true).unwrap(),
-        "it was running"
+    let memory_rel = relative(&hierarchy.memory, &cg.memory_dir);
+    let state = tempfile::tempdir().unwrap();
+    let store = Store::open(state.path()).unwrap();
+    let executor = Executor::new(hierarchy.clone(), false);
+    let target = Target {
+        subject: "cgroup:test",
+        memory_rel: &memory_rel,
+        unified_rel: Some(&rel),
+    };
+    let written = executor.apply(&store, &target, Act::Freeze).unwrap();
+    assert_eq!(
+        (written.before.as_str(), written.after.as_str()),
+        ("0", "1")
     );
     let frozen = |want: &str| {
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
@@ -151,11 +163,18 @@ fn freezing_a_group_stops_its_tasks_and_thawing_restores_it() {
         false
     };
     assert!(frozen("1"), "the kernel reports the group frozen");
-    assert!(
-        set_frozen(&hierarchy, &rel, false).unwrap(),
-        "it was frozen"
-    );
+    // The journal holds the original before the write, as a crashed daemon would leave it.
+    drop(store);
+    let store = Store::open(state.path()).unwrap();
+    let journal = store.journal().unwrap();
+    assert_eq!(journal.len(), 1);
+    assert_eq!(journal[0].original, "0");
+    assert!(journal[0].file.ends_with("cgroup.freeze"));
+    let restored = executor.restore_all(&store, "startup").unwrap();
+    assert_eq!(restored.len(), 1);
+    assert_eq!(restored[0].action, "thaw");
     assert!(frozen("0"), "the kernel reports the group thawed");
+    assert!(store.journal().unwrap().is_empty());
     sleeper.kill().unwrap();
     sleeper.wait().unwrap();
 }
@@ -166,9 +185,17 @@ fn memory_high_is_refused_where_the_memory_controller_is_not_on_v2() {
     let hierarchy = Hierarchy::detect().unwrap();
     let cg = TestCgroup::new("high", "64M");
     let rel = relative(&hierarchy.memory, &cg.memory_dir);
-    let result = set_memory_high(&hierarchy, &rel, Some(guardian::model::Bytes(32 << 20)));
+    let state = tempfile::tempdir().unwrap();
+    let store = Store::open(state.path()).unwrap();
+    let executor = Executor::new(hierarchy.clone(), false);
+    let target = Target {
+        subject: "cgroup:test",
+        memory_rel: &rel,
+        unified_rel: None,
+    };
+    let result = executor.apply(&store, &target, Act::SetHigh(Bytes(32 << 20)));
     if hierarchy.memory_is_v2() {
-        assert_eq!(result.unwrap(), None, "a new group starts at max");
+        assert_eq!(result.unwrap().before, "max", "a new group starts at max");
         assert_eq!(
             std::fs::read_to_string(cg.memory_dir.join("memory.high"))
                 .unwrap()
@@ -183,5 +210,6 @@ fn memory_high_is_refused_where_the_memory_controller_is_not_on_v2() {
             !cg.memory_dir.join("memory.high").exists(),
             "nothing was written"
         );
+        assert!(store.journal().unwrap().is_empty(), "nothing was journaled");
     }
 }

@@ -8,6 +8,8 @@ use std::{
 
 use serde::{Deserialize, Deserializer};
 
+use crate::model::{BudgetRule, Bytes, SizeText};
+
 /// Where the daemon looks when `--config` is not given; a missing file means the defaults.
 pub const DEFAULT_PATH: &str = "/etc/guardian/guardian.toml";
 
@@ -58,7 +60,7 @@ impl Default for MetricsConfig {
 }
 
 /// Everything the daemon can be told; the same names as its flags.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Where the store and the pid file live.
@@ -74,6 +76,76 @@ pub struct Config {
     /// The start-up peak is the highest usage within this long after start.
     pub startup_window: Dur,
     pub metrics: MetricsConfig,
+    /// How budgets are enforced (docs/operating.md, "Budgets").
+    pub enforce: EnforceConfig,
+    /// `[[budget]]` rules, first match wins (after a container's own `guardian.budget` label).
+    pub budget: Vec<BudgetRule>,
+}
+
+/// The enforcement ladder's knobs.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EnforceConfig {
+    /// Off: observe only, never write a cgroup file.
+    pub enabled: bool,
+    /// Log and record what would be done, write nothing.
+    pub dry_run: bool,
+    /// Step 4: kill (cgroup.kill) a frozen container when critical pressure lasts `kill_after`.
+    pub allow_kill: bool,
+    /// How often budgeted groups' usage is read (crossing a budget raises no kernel event).
+    pub interval: Dur,
+    /// Host pressure when MemAvailable falls below this.
+    pub reserve: SizeText,
+    /// Critical when MemAvailable falls below this.
+    pub critical_reserve: SizeText,
+    /// Host pressure when the host's PSI `some` avg10 reaches this percentage.
+    pub psi_some: f64,
+    /// Critical when the host's PSI `full` avg10 reaches this percentage.
+    pub psi_full: f64,
+    /// The host PSI trigger: pressure when tasks stall this long within `psi_window`.
+    pub psi_stall: Dur,
+    pub psi_window: Dur,
+    /// Each step under pressure lowers memory.high by this fraction of its distance to the floor.
+    pub step: f64,
+    /// At least this much per step.
+    pub min_step: SizeText,
+    /// memory.high never goes below this, nor below the group's anon memory plus 10%.
+    pub floor: SizeText,
+    /// At most one step per group this often.
+    pub step_interval: Dur,
+    /// Pressure must have passed for this long before limits relax and groups thaw.
+    pub relax_after: Dur,
+    /// A squeezed group is released when its usage stays below this fraction of its budget.
+    pub release_below: f64,
+    pub kill_after: Dur,
+    /// Profile files (or directories of them) whose recommended limits are budgets.
+    pub profiles: Vec<PathBuf>,
+}
+
+impl Default for EnforceConfig {
+    fn default() -> Self {
+        const MIB: u64 = 1 << 20;
+        Self {
+            enabled: true,
+            dry_run: false,
+            allow_kill: false,
+            interval: Dur(Duration::from_millis(250)),
+            reserve: SizeText(Bytes(512 * MIB)),
+            critical_reserve: SizeText(Bytes(128 * MIB)),
+            psi_some: 20.0,
+            psi_full: 30.0,
+            psi_stall: Dur(Duration::from_millis(150)),
+            psi_window: Dur(Duration::from_secs(2)),
+            step: 0.25,
+            min_step: SizeText(Bytes(8 * MIB)),
+            floor: SizeText(Bytes(32 * MIB)),
+            step_interval: Dur(Duration::from_secs(1)),
+            relax_after: Dur(Duration::from_secs(10)),
+            release_below: 0.9,
+            kill_after: Dur(Duration::from_secs(30)),
+            profiles: vec![PathBuf::from("/etc/guardian/profiles")],
+        }
+    }
 }
 
 impl Default for Config {
@@ -86,6 +158,8 @@ impl Default for Config {
             timeline_retention: Dur(Duration::from_secs(7 * 24 * 3600)),
             startup_window: Dur(Duration::from_secs(30)),
             metrics: MetricsConfig::default(),
+            enforce: EnforceConfig::default(),
+            budget: Vec::new(),
         }
     }
 }
@@ -141,6 +215,27 @@ mod tests {
         assert_eq!(c.flush_interval, Dur(Duration::from_millis(500)));
         assert!(!c.metrics.enabled);
         assert_eq!(c.metrics.listen.port(), 9999);
+    }
+
+    #[test]
+    fn budget_rules_and_enforcement_knobs_parse() {
+        let c = Config::parse(
+            Path::new("g.toml"),
+            "[enforce]\ndry_run = true\nreserve = \"1g\"\n\n[[budget]]\nservice = \"db\"\nmemory = \"512m\"\n\n[[budget]]\ncgroup = \"/ci.slice\"\nmemory = \"2g\"\npriority = -1\n",
+        )
+        .unwrap();
+        assert!(c.enforce.dry_run);
+        assert_eq!(c.enforce.reserve, SizeText(Bytes(1 << 30)));
+        assert_eq!(c.budget.len(), 2);
+        assert_eq!(c.budget[0].memory, Some(SizeText(Bytes(512 << 20))));
+        assert_eq!(c.budget[1].priority, Some(-1));
+        let e =
+            Config::parse(Path::new("g.toml"), "[[budget]]\nmemory = \"5 apples\"\n").unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("config g.toml, line 2: invalid size"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -1,11 +1,20 @@
-//! The only writes guardian makes to cgroups: `memory.high` (v2) and `cgroup.freeze` (v2 and the
-//! unified tree of hybrid hosts). Each returns the value it replaced, so the caller can restore it.
+//! The only writes guardian makes to cgroups: `memory.high` (v2), `cgroup.freeze` and
+//! `cgroup.kill` (v2, and the unified tree of hybrid hosts). Every value guardian changes is
+//! journaled in the store *before* the write, so a clean exit, a restart after a crash, or
+//! `guardian restore` puts it back.
 
-use std::path::{Path, PathBuf};
+use std::{
+    path::{Path, PathBuf},
+    time::SystemTime,
+};
+
+use tracing::{info, warn};
 
 use crate::{
-    model::Bytes,
+    model::{ActionRecord, JournalEntry},
+    policy::enforce::Act,
     sources::cgroup::{CgroupError, Hierarchy, Mode},
+    store::{Store, StoreError},
 };
 
 /// Why a write could not be made.
@@ -13,10 +22,39 @@ use crate::{
 pub enum ActionError {
     #[error("memory.high needs the memory controller on cgroup v2; this host is {0}, so guardian only observes here")]
     NoMemoryHigh(Mode),
-    #[error("cgroup.freeze needs a cgroup v2 (unified) tree, and this host has none")]
+    #[error(
+        "cgroup.freeze and cgroup.kill need a cgroup v2 (unified) tree, and this host has none"
+    )]
     NoUnifiedTree,
     #[error(transparent)]
     Cgroup(#[from] CgroupError),
+    #[error("journaling before the write: {0}")]
+    Journal(#[from] StoreError),
+}
+
+/// The group an action is for.
+#[derive(Clone, Debug)]
+pub struct Target<'a> {
+    /// Container id or `cgroup:<path>`: the journal's owner.
+    pub subject: &'a str,
+    /// Its path in the memory hierarchy, relative to the root.
+    pub memory_rel: &'a Path,
+    /// Its path in the unified tree (the same as `memory_rel` on v2).
+    pub unified_rel: Option<&'a Path>,
+}
+
+/// A write made: which file, and its content before and after.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Written {
+    pub file: PathBuf,
+    pub before: String,
+    pub after: String,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 fn read_trimmed(path: &Path) -> Result<String, CgroupError> {
@@ -26,44 +64,189 @@ fn read_trimmed(path: &Path) -> Result<String, CgroupError> {
 }
 
 fn write(path: &Path, value: &str) -> Result<(), CgroupError> {
-    std::fs::write(path, value).map_err(|source| CgroupError::Write {
-        path: path.to_path_buf(),
-        source,
+    std::fs::write(path, value).map_err(|source| {
+        if source.kind() == std::io::ErrorKind::NotFound {
+            CgroupError::Gone {
+                path: path.to_path_buf(),
+            }
+        } else {
+            CgroupError::Write {
+                path: path.to_path_buf(),
+                source,
+            }
+        }
     })
 }
 
-/// Sets `memory.high` of the v2 group at `rel` (`None` = "max", no throttling); returns the
-/// previous value.
-pub fn set_memory_high(
-    hierarchy: &Hierarchy,
-    rel: &Path,
-    high: Option<Bytes>,
-) -> Result<Option<Bytes>, ActionError> {
-    if !hierarchy.memory_is_v2() {
-        return Err(ActionError::NoMemoryHigh(hierarchy.mode));
-    }
-    let file: PathBuf = hierarchy.memory_dir(rel).join("memory.high");
-    let previous = match read_trimmed(&file)?.as_str() {
-        "max" => None,
-        n => Some(Bytes(n.parse().map_err(|_| CgroupError::Parse {
-            path: file.clone(),
-            content: n.to_string(),
-        })?)),
-    };
-    write(
-        &file,
-        &high.map_or_else(|| "max".to_string(), |b| b.0.to_string()),
-    )?;
-    Ok(previous)
+/// Makes the ladder's writes, journaled; in dry-run it reads but never writes.
+#[derive(Clone, Debug)]
+pub struct Executor {
+    hierarchy: Hierarchy,
+    dry_run: bool,
 }
 
-/// Freezes (`true`) or thaws the unified-tree group at `rel`; returns whether it was frozen.
-pub fn set_frozen(hierarchy: &Hierarchy, rel: &Path, frozen: bool) -> Result<bool, ActionError> {
-    let dir = hierarchy
-        .unified_dir(rel)
-        .ok_or(ActionError::NoUnifiedTree)?;
-    let file = dir.join("cgroup.freeze");
-    let previous = read_trimmed(&file)? == "1";
-    write(&file, if frozen { "1" } else { "0" })?;
-    Ok(previous)
+impl Executor {
+    pub fn new(hierarchy: Hierarchy, dry_run: bool) -> Self {
+        Self { hierarchy, dry_run }
+    }
+
+    /// Whether it only reads and logs.
+    pub fn dry_run(&self) -> bool {
+        self.dry_run
+    }
+
+    /// Whether memory.high can be written on this host.
+    pub fn can_set_high(&self) -> bool {
+        self.hierarchy.memory_is_v2()
+    }
+
+    fn high_file(&self, t: &Target) -> Result<PathBuf, ActionError> {
+        if !self.hierarchy.memory_is_v2() {
+            return Err(ActionError::NoMemoryHigh(self.hierarchy.mode));
+        }
+        Ok(self.hierarchy.memory_dir(t.memory_rel).join("memory.high"))
+    }
+
+    fn unified_file(&self, t: &Target, name: &str) -> Result<PathBuf, ActionError> {
+        let rel = t.unified_rel.ok_or(ActionError::NoUnifiedTree)?;
+        let dir = self
+            .hierarchy
+            .unified_dir(rel)
+            .ok_or(ActionError::NoUnifiedTree)?;
+        Ok(dir.join(name))
+    }
+
+    /// Writes `value` to `file`, journaling the original first (once per file).
+    fn journaled(
+        &self,
+        store: &Store,
+        subject: &str,
+        file: PathBuf,
+        value: &str,
+    ) -> Result<Written, ActionError> {
+        let before = read_trimmed(&file)?;
+        if !self.dry_run {
+            store.journal_insert(&JournalEntry {
+                file: file.display().to_string(),
+                original: before.clone(),
+                subject: subject.to_string(),
+                at_ms: now_ms(),
+            })?;
+            write(&file, value)?;
+        }
+        Ok(Written {
+            file,
+            before,
+            after: value.to_string(),
+        })
+    }
+
+    /// Puts `file` back to its journaled original and drops it from the journal.
+    fn restore(&self, store: &Store, file: PathBuf) -> Result<Written, ActionError> {
+        let key = file.display().to_string();
+        let before = read_trimmed(&file)?;
+        let Some(original) = store.journal_original(&key)? else {
+            // Nothing journaled: guardian never changed it (or already restored it).
+            return Ok(Written {
+                file,
+                after: before.clone(),
+                before,
+            });
+        };
+        if !self.dry_run {
+            write(&file, &original)?;
+            store.journal_remove(&key)?;
+        }
+        Ok(Written {
+            file,
+            before,
+            after: original,
+        })
+    }
+
+    /// Applies one of the ladder's acts to `t`.
+    pub fn apply(&self, store: &Store, t: &Target, act: Act) -> Result<Written, ActionError> {
+        match act {
+            Act::SetHigh(b) => {
+                self.journaled(store, t.subject, self.high_file(t)?, &b.0.to_string())
+            }
+            Act::RestoreHigh => self.restore(store, self.high_file(t)?),
+            Act::Freeze => self.journaled(
+                store,
+                t.subject,
+                self.unified_file(t, "cgroup.freeze")?,
+                "1",
+            ),
+            Act::Thaw => self.restore(store, self.unified_file(t, "cgroup.freeze")?),
+            Act::Kill => self.kill(t),
+        }
+    }
+
+    /// `cgroup.kill` (Linux 5.14+) kills every task of the group at once, frozen or not.
+    fn kill(&self, t: &Target) -> Result<Written, ActionError> {
+        let file = self.unified_file(t, "cgroup.kill")?;
+        if !self.dry_run {
+            write(&file, "1")?;
+        }
+        Ok(Written {
+            file,
+            before: String::new(),
+            after: "1".to_string(),
+        })
+    }
+
+    /// Restores everything in the journal: at start-up (after a crash) and at exit. Files whose
+    /// cgroup is gone are dropped from the journal; nothing is left to restore there.
+    pub fn restore_all(
+        &self,
+        store: &Store,
+        trigger: &str,
+    ) -> Result<Vec<ActionRecord>, StoreError> {
+        let mut done = Vec::new();
+        for entry in store.journal()? {
+            let file = PathBuf::from(&entry.file);
+            let action = match file.file_name().and_then(|n| n.to_str()) {
+                Some("cgroup.freeze") => "thaw",
+                _ => "restore_high",
+            };
+            if !file.exists() {
+                store.journal_remove(&entry.file)?;
+                continue;
+            }
+            match self.restore(store, file) {
+                Ok(w) => {
+                    info!(file = %entry.file, value = %w.after, subject = %entry.subject, trigger, "restored");
+                    done.push(ActionRecord {
+                        at_ms: now_ms(),
+                        subject: entry.subject.clone(),
+                        name: entry.subject.clone(),
+                        action: action.to_string(),
+                        file: entry.file.clone(),
+                        before: w.before,
+                        after: w.after,
+                        step: None,
+                        reason: format!("guardian {trigger}: put back what it changed"),
+                        trigger: trigger.to_string(),
+                        reaction_us: None,
+                        dry_run: self.dry_run,
+                    });
+                }
+                Err(ActionError::Cgroup(CgroupError::Gone { .. })) => {
+                    store.journal_remove(&entry.file)?;
+                }
+                Err(e) => warn!(file = %entry.file, "could not restore, kept in the journal: {e}"),
+            }
+        }
+        Ok(done)
+    }
+
+    /// Drops journal entries of `subject` whose cgroup is gone (the container exited).
+    pub fn forget_gone(&self, store: &Store, subject: &str) -> Result<(), StoreError> {
+        for entry in store.journal()? {
+            if entry.subject == subject && !Path::new(&entry.file).exists() {
+                store.journal_remove(&entry.file)?;
+            }
+        }
+        Ok(())
+    }
 }

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use serde::Serialize;
 
 use super::{
-    stack::{mem_available, Stack, StackArgs},
+    stack::{Stack, StackArgs},
     Output, UsageError,
 };
 use crate::{
@@ -50,7 +50,7 @@ pub async fn run(args: PreflightArgs, output: Output) -> anyhow::Result<ExitCode
     let needs = stack.needs(&args.state_dir, args.profile.as_deref())?;
     let available = match args.available {
         Some(a) => a,
-        None => mem_available()?,
+        None => crate::sources::host::mem_available()?,
     };
     let budget = Bytes(available.0.saturating_sub(args.reserve.0));
     let waves = plan_waves(&order, &needs, budget);

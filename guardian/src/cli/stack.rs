@@ -154,14 +154,3 @@ fn steady(typical_working_set: Bytes, peak: Bytes) -> Bytes {
         peak
     }
 }
-
-/// The host's MemAvailable.
-pub fn mem_available() -> anyhow::Result<Bytes> {
-    let meminfo = std::fs::read_to_string("/proc/meminfo")?;
-    meminfo
-        .lines()
-        .find_map(|l| l.strip_prefix("MemAvailable:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map(Bytes::from_kib)
-        .ok_or_else(|| anyhow::anyhow!("/proc/meminfo has no MemAvailable line"))
-}

@@ -16,7 +16,7 @@ use tracing::warn;
 
 use super::{
     parse_duration,
-    stack::{mem_available, Stack, StackArgs},
+    stack::{Stack, StackArgs},
     Output, UsageError,
 };
 use crate::{
@@ -224,7 +224,7 @@ fn headroom(
     let used_by_stack: u64 = runs.iter().filter_map(|r| r.usage).map(|b| b.0).sum();
     let base = match available {
         Some(a) => a.0.saturating_sub(used_by_stack),
-        None => mem_available()?.0,
+        None => crate::sources::host::mem_available()?.0,
     };
     let growth: u64 = runs
         .iter()

@@ -1,6 +1,6 @@
 //! Containers as people name them, and the table that maps cgroups back to them.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use serde::Serialize;
 
@@ -58,6 +58,8 @@ pub struct Container {
     pub health: Option<String>,
     /// Its memory cgroup, resolved from its main process while it ran.
     pub cgroup: Option<CgroupRef>,
+    /// Its `guardian.*` labels (budget, priority, avoid); other labels are not kept.
+    pub labels: BTreeMap<String, String>,
 }
 
 impl Container {
@@ -217,6 +219,7 @@ mod tests {
                 path: Some(PathBuf::from(path)),
                 memory_path: None,
             }),
+            labels: BTreeMap::new(),
         }
     }
 

@@ -1,11 +1,18 @@
 //! Plain data that flows through guardian: sizes, cgroup ids, memory readings and events. No I/O.
 
+mod action;
+mod budget;
 mod container;
 mod event;
 mod memory;
 mod recorder;
 mod usage;
 
+pub use action::{ActionRecord, JournalEntry};
+pub use budget::{
+    cgroup_guard, resolve_guard, Budget, BudgetRule, BudgetSource, Guard, ProfileBudget, SizeText,
+    LABEL_AVOID, LABEL_BUDGET, LABEL_PRIORITY,
+};
 pub use container::{ComposeService, Container, ContainerRef, ContainerTable};
 pub use event::{
     CgroupRef, ContainerChange, Event, MemcgOom, OomKill, OomTask, Pressure, ReclaimStall,

@@ -226,6 +226,7 @@ mod tests {
             oom_killed: false,
             health: None,
             cgroup: None,
+            labels: Default::default(),
         }
     }
 

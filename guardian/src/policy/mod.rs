@@ -1,4 +1,5 @@
 //! Decisions as pure functions of recorded facts: no files, no kernel.
 
+pub mod enforce;
 pub mod profile;
 pub mod staging;

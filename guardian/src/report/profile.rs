@@ -5,7 +5,10 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{model::Bytes, policy::profile::Recommendation};
+use crate::{
+    model::{Bytes, ProfileBudget},
+    policy::profile::Recommendation,
+};
 
 /// The profile file schema version.
 pub const PROFILE_SCHEMA: u32 = 1;
@@ -65,6 +68,40 @@ impl ProfileFile {
             "# guardian profile: memory limits from observed peaks (see docs/profiles.md)\n{body}"
         )
     }
+}
+
+/// Budgets from profile files, or every `*.toml` in directories: each service's recommended
+/// limit. Missing paths are skipped; unreadable files come back as errors beside what was read.
+pub fn budgets_from(paths: &[std::path::PathBuf]) -> (Vec<ProfileBudget>, Vec<ProfileError>) {
+    let mut files = Vec::new();
+    for path in paths {
+        if path.is_dir() {
+            if let Ok(dir) = std::fs::read_dir(path) {
+                let mut found: Vec<_> = dir
+                    .filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+                    .collect();
+                found.sort();
+                files.extend(found);
+            }
+        } else if path.exists() {
+            files.push(path.clone());
+        }
+    }
+    let mut budgets = Vec::new();
+    let mut errors = Vec::new();
+    for file in files {
+        match ProfileFile::read(&file) {
+            Ok(p) => budgets.extend(p.services.into_iter().map(|r| ProfileBudget {
+                project: r.usage.project,
+                service: r.usage.service,
+                limit: r.recommended_limit,
+                file: file.display().to_string(),
+            })),
+            Err(e) => errors.push(e),
+        }
+    }
+    (budgets, errors)
 }
 
 /// A size as compose reads it: whole MiB (`104m`), or GiB when exact (`2g`).

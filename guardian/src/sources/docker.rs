@@ -203,6 +203,11 @@ impl DockerClient {
                 .map(|s| s.to_string())
                 .filter(|s| !s.is_empty() && s != "none"),
             cgroup: pid.and_then(|pid| self.cgroup_of(pid)),
+            labels: labels
+                .iter()
+                .filter(|(k, _)| k.starts_with("guardian."))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
         }))
     }
 

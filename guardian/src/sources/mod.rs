@@ -4,6 +4,7 @@ pub mod cgroup;
 pub mod compose;
 pub mod docker;
 pub mod ebpf;
+pub mod host;
 pub mod tracefs;
 
 use std::os::fd::AsRawFd;

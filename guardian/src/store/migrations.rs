@@ -37,6 +37,29 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (run_id, at_ms)
     ) WITHOUT ROWID;
     CREATE INDEX samples_by_time ON samples (at_ms);",
+    // 2: enforcement: the journal of values to restore, and every action taken.
+    "CREATE TABLE journal (
+        file TEXT PRIMARY KEY,
+        original TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        at_ms INTEGER NOT NULL
+    );
+    CREATE TABLE actions (
+        id INTEGER PRIMARY KEY,
+        at_ms INTEGER NOT NULL,
+        subject TEXT NOT NULL,
+        name TEXT NOT NULL,
+        action TEXT NOT NULL,
+        file TEXT NOT NULL,
+        before TEXT NOT NULL,
+        after TEXT NOT NULL,
+        step INTEGER,
+        reason TEXT NOT NULL,
+        trigger TEXT NOT NULL,
+        reaction_us INTEGER,
+        dry_run INTEGER NOT NULL
+    );
+    CREATE INDEX actions_by_time ON actions (at_ms);",
 ];
 
 /// The schema version this guardian writes.

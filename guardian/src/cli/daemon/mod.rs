@@ -1,5 +1,8 @@
 //! `guardian daemon`: records what every container and compose service uses, into the store,
-//! and serves Prometheus metrics. One task owns the state and applies events in order.
+//! enforces budgets (enforcement.rs), and serves Prometheus metrics. One task owns the state
+//! and applies events in order.
+
+mod enforcement;
 
 use std::{
     collections::HashMap,
@@ -18,6 +21,7 @@ use tokio::{
 };
 use tracing::{error, info, warn};
 
+use self::enforcement::{Enforcement, Wake};
 use super::{parse_duration, Output, UsageError};
 use crate::{
     config::{Config, Dur},
@@ -52,6 +56,15 @@ pub struct DaemonArgs {
     /// Do not serve Prometheus metrics.
     #[arg(long)]
     no_metrics: bool,
+    /// Log and record what the enforcement ladder would do, write nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Allow the last step of the ladder: kill a frozen container when critical pressure lasts.
+    #[arg(long)]
+    allow_kill: bool,
+    /// Observe only: never write a cgroup file.
+    #[arg(long)]
+    no_enforce: bool,
 }
 
 /// The pid file of a daemon using `state_dir`.
@@ -59,7 +72,7 @@ pub fn pid_file(state_dir: &std::path::Path) -> PathBuf {
     state_dir.join("guardian.pid")
 }
 
-fn now_ms() -> i64 {
+pub(super) fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
@@ -81,6 +94,11 @@ pub async fn run(args: DaemonArgs, _output: Output) -> anyhow::Result<ExitCode> 
     }
     if args.no_metrics {
         config.metrics.enabled = false;
+    }
+    config.enforce.dry_run |= args.dry_run;
+    config.enforce.allow_kill |= args.allow_kill;
+    if args.no_enforce {
+        config.enforce.enabled = false;
     }
 
     let mut store = Store::open(&config.state_dir)?;
@@ -106,6 +124,22 @@ pub async fn run(args: DaemonArgs, _output: Output) -> anyhow::Result<ExitCode> 
         }
     };
     let mut oom_kills_total = 0u64;
+
+    let (wake_tx, mut wake_rx) = mpsc::channel::<Wake>(64);
+    let mut enforcement = if config.enforce.enabled {
+        Some(Enforcement::start(
+            &config.enforce,
+            config.budget.clone(),
+            hierarchy.clone(),
+            &store,
+            wake_tx,
+        )?)
+    } else {
+        info!("enforcement off: observing only");
+        None
+    };
+    let mut enforce_tick = tokio::time::interval(config.enforce.interval.0);
+    enforce_tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
 
     let (snapshot_tx, snapshot_rx) = watch::channel(Arc::new(String::new()));
     if config.metrics.enabled {
@@ -141,10 +175,23 @@ pub async fn run(args: DaemonArgs, _output: Output) -> anyhow::Result<ExitCode> 
             _ = sample_tick.tick() => {
                 sample(&hierarchy, &mut recorder);
                 let stalls = stall_series(probes.as_ref(), &mut index, &table);
-                let text = metrics::render(recorder.live(), &stalls, oom_kills_total);
+                let mut text = metrics::render(recorder.live(), &stalls, oom_kills_total);
+                if let Some(e) = &enforcement {
+                    text.push_str(&e.metrics());
+                }
                 snapshot_tx.send_replace(Arc::new(text));
             }
             _ = flush_tick.tick() => flush(&mut store, &mut recorder),
+            _ = enforce_tick.tick(), if enforcement.is_some() => {
+                if let Some(e) = enforcement.as_mut() {
+                    e.evaluate(Wake::now("poll"), &store);
+                }
+            }
+            Some(wake) = wake_rx.recv() => {
+                if let Some(e) = enforcement.as_mut() {
+                    e.evaluate(wake, &store);
+                }
+            }
             _ = prune_tick.tick() => {
                 let before = now_ms() - config.timeline_retention.0.as_millis() as i64;
                 if let Err(e) = store.prune_samples(before) {
@@ -164,11 +211,18 @@ pub async fn run(args: DaemonArgs, _output: Output) -> anyhow::Result<ExitCode> 
             }
             Some(update) = docker_rx.recv() => {
                 apply(update, &mut table, &mut recorder, &hierarchy, &mut docker_lost);
+                if let Some(e) = enforcement.as_mut() {
+                    e.sync_containers(&table, &store);
+                }
             }
         }
     }
 
-    // Shutting down: one last reading and flush, so nothing recorded is lost.
+    // Shutting down: put back every value guardian changed, then one last reading and flush,
+    // so nothing recorded is lost.
+    if let Some(e) = enforcement.as_mut() {
+        e.shutdown(&store);
+    }
     sample(&hierarchy, &mut recorder);
     flush(&mut store, &mut recorder);
     let _ = std::fs::remove_file(&pid_path);

@@ -1,0 +1,433 @@
+//! The daemon's enforcement: which groups have budgets, what wakes the ladder (the host's PSI
+//! trigger, each group's memory.events, a short usage poll), and applying its decisions through
+//! the journaled executor. Reads (sources) → decisions (policy) → writes (actions) → store.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use tokio::{sync::mpsc, task::JoinHandle};
+use tracing::{info, warn};
+
+use super::now_ms;
+use crate::{
+    actions::{ActionError, Executor, Target},
+    config::EnforceConfig,
+    model::{
+        cgroup_guard, resolve_guard, ActionRecord, BudgetRule, Container, ContainerTable, Guard,
+        ProfileBudget,
+    },
+    policy::enforce::{Act, Enforcer, Host, Level, Params, Subject},
+    report::profile::budgets_from,
+    sources::{
+        cgroup::{read_memory, CgroupError, FileWatch, Hierarchy, PsiKind, PsiTrigger},
+        host,
+    },
+    store::Store,
+};
+
+/// What woke the ladder, and when: the reaction time runs from here to the write.
+#[derive(Clone, Copy, Debug)]
+pub struct Wake {
+    pub trigger: &'static str,
+    pub at: Instant,
+}
+
+impl Wake {
+    pub fn now(trigger: &'static str) -> Self {
+        Self {
+            trigger,
+            at: Instant::now(),
+        }
+    }
+}
+
+/// A group with a guard, and the watch on its memory.events.
+struct Tracked {
+    name: String,
+    memory_rel: PathBuf,
+    unified_rel: Option<PathBuf>,
+    guard: Guard,
+    watch: Option<JoinHandle<()>>,
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        if let Some(w) = self.watch.take() {
+            w.abort();
+        }
+    }
+}
+
+/// Budgets, the ladder and the executor, owned by the daemon's one state task.
+pub struct Enforcement {
+    enforcer: Enforcer,
+    executor: Executor,
+    hierarchy: Hierarchy,
+    rules: Vec<BudgetRule>,
+    profiles: Vec<ProfileBudget>,
+    tracked: BTreeMap<String, Tracked>,
+    wake_tx: mpsc::Sender<Wake>,
+    psi_window: Duration,
+    last_psi: Option<Instant>,
+    level: Level,
+    actions_total: BTreeMap<&'static str, u64>,
+}
+
+impl Enforcement {
+    /// Sets up from the config; puts back whatever a previous daemon left changed (a crash).
+    pub fn start(
+        config: &EnforceConfig,
+        rules: Vec<BudgetRule>,
+        hierarchy: Hierarchy,
+        store: &Store,
+        wake_tx: mpsc::Sender<Wake>,
+    ) -> anyhow::Result<Self> {
+        let executor = Executor::new(hierarchy.clone(), config.dry_run);
+        let restored = executor.restore_all(store, "startup")?;
+        for a in &restored {
+            store.record_action(a)?;
+        }
+        if !restored.is_empty() {
+            warn!(
+                count = restored.len(),
+                "restored what a previous guardian left changed"
+            );
+        }
+        if !executor.can_set_high() {
+            warn!(mode = %hierarchy.mode, "budgets need cgroup v2 (memory.high): on this host guardian observes, and under critical pressure can only freeze");
+        }
+        let (profiles, errors) = budgets_from(&config.profiles);
+        for e in errors {
+            warn!("profile skipped, its budgets are not used: {e}");
+        }
+        let params = Params {
+            can_set_high: executor.can_set_high(),
+            allow_kill: config.allow_kill,
+            reserve: config.reserve.0,
+            critical_reserve: config.critical_reserve.0,
+            psi_some: config.psi_some,
+            psi_full: config.psi_full,
+            step: config.step,
+            min_step: config.min_step.0,
+            floor: config.floor.0,
+            step_interval_ms: config.step_interval.0.as_millis() as i64,
+            relax_after_ms: config.relax_after.0.as_millis() as i64,
+            release_below: config.release_below,
+            kill_after_ms: config.kill_after.0.as_millis() as i64,
+        };
+        arm_host_trigger(config, wake_tx.clone());
+        info!(
+            dry_run = config.dry_run,
+            allow_kill = config.allow_kill,
+            rules = rules.len(),
+            profile_budgets = profiles.len(),
+            "enforcing budgets"
+        );
+        let mut me = Self {
+            enforcer: Enforcer::new(params),
+            executor,
+            hierarchy,
+            rules,
+            profiles,
+            tracked: BTreeMap::new(),
+            wake_tx,
+            psi_window: config.psi_window.0,
+            last_psi: None,
+            level: Level::Calm,
+            actions_total: BTreeMap::new(),
+        };
+        me.refresh_cgroup_rules(store);
+        Ok(me)
+    }
+
+    /// Follows the container table: guards running containers with a budget, drops the rest.
+    pub fn sync_containers(&mut self, table: &ContainerTable, store: &Store) {
+        let mut running = std::collections::HashSet::new();
+        for c in table
+            .iter()
+            .filter(|c| c.state == "running" || c.state == "paused")
+        {
+            running.insert(c.id.clone());
+            self.track_container(c);
+        }
+        let ended: Vec<String> = self
+            .tracked
+            .keys()
+            .filter(|k| !k.starts_with("cgroup:") && !running.contains(*k))
+            .cloned()
+            .collect();
+        for key in ended {
+            self.untrack(&key, store);
+        }
+    }
+
+    /// Starts (or refreshes) guarding a running container.
+    fn track_container(&mut self, c: &Container) {
+        let Some(cg) = &c.cgroup else { return };
+        let memory_rel = match (&cg.memory_path, &cg.path) {
+            (Some(m), _) => m.clone(),
+            (None, Some(u)) if self.hierarchy.memory_is_v2() => u.clone(),
+            _ => return,
+        };
+        let guard = resolve_guard(c, &self.rules, &self.profiles);
+        self.track(
+            c.id.clone(),
+            c.display_name(),
+            memory_rel,
+            cg.path.clone(),
+            guard,
+        );
+    }
+
+    fn track(
+        &mut self,
+        key: String,
+        name: String,
+        memory_rel: PathBuf,
+        unified_rel: Option<PathBuf>,
+        guard: Guard,
+    ) {
+        if guard.budget.is_none() || guard.avoid {
+            self.tracked.remove(&key);
+            return;
+        }
+        if let Some(t) = self.tracked.get_mut(&key) {
+            t.guard = guard;
+            return;
+        }
+        let budget = guard
+            .budget
+            .as_ref()
+            .map(|b| (b.bytes, b.source.to_string()));
+        info!(subject = %name, budget = ?budget, priority = guard.priority, "guarding");
+        let watch = self
+            .hierarchy
+            .memory_is_v2()
+            .then(|| {
+                watch_events(
+                    &self.hierarchy.memory_dir(&memory_rel),
+                    self.wake_tx.clone(),
+                )
+            })
+            .flatten();
+        self.tracked.insert(
+            key,
+            Tracked {
+                name,
+                memory_rel,
+                unified_rel,
+                guard,
+                watch,
+            },
+        );
+    }
+
+    /// Stops guarding a container that exited; its cgroup (and what guardian set there) is gone.
+    pub fn untrack(&mut self, key: &str, store: &Store) {
+        if self.tracked.remove(key).is_some() {
+            self.enforcer.forget(key);
+            if let Err(e) = self.executor.forget_gone(store, key) {
+                warn!("journal: {e}");
+            }
+        }
+    }
+
+    /// Guards the cgroups named by `cgroup = ...` rules while they exist.
+    fn refresh_cgroup_rules(&mut self, store: &Store) {
+        let rules: Vec<BudgetRule> = self
+            .rules
+            .iter()
+            .filter(|r| r.cgroup.is_some())
+            .cloned()
+            .collect();
+        for rule in rules {
+            let path = PathBuf::from(rule.cgroup.as_deref().unwrap_or("/"));
+            let key = format!("cgroup:{}", path.display());
+            let exists = self.hierarchy.memory_dir(&path).is_dir();
+            match (exists, self.tracked.contains_key(&key)) {
+                (true, false) => {
+                    let unified = self.hierarchy.unified.as_ref().map(|_| path.clone());
+                    self.track(
+                        key,
+                        path.display().to_string(),
+                        path,
+                        unified,
+                        cgroup_guard(&rule),
+                    );
+                }
+                (false, true) => self.untrack(&key, store),
+                _ => {}
+            }
+        }
+    }
+
+    /// One pass of the ladder: read, decide, write, record.
+    pub fn evaluate(&mut self, wake: Wake, store: &Store) {
+        if wake.trigger == "psi" {
+            self.last_psi = Some(wake.at);
+        }
+        self.refresh_cgroup_rules(store);
+        let pressure = host::memory_pressure();
+        let host = Host {
+            available: host::mem_available().unwrap_or(crate::model::Bytes(u64::MAX)),
+            psi_some_avg10: pressure.as_ref().map_or(0.0, |p| p.some.avg10),
+            psi_full_avg10: pressure.as_ref().map_or(0.0, |p| p.full.avg10),
+            psi_triggered: self.last_psi.is_some_and(|t| t.elapsed() < self.psi_window),
+        };
+        let mut subjects = Vec::with_capacity(self.tracked.len());
+        let mut gone = Vec::new();
+        for (key, t) in &self.tracked {
+            match read_memory(&self.hierarchy, &t.memory_rel, t.unified_rel.as_deref()) {
+                Ok(r) => subjects.push(Subject {
+                    key: key.clone(),
+                    guard: t.guard.clone(),
+                    usage: r.usage,
+                    anon: r.anon,
+                    high: r.high,
+                }),
+                Err(CgroupError::Gone { .. }) => gone.push(key.clone()),
+                Err(e) => warn!(subject = %t.name, "reading its cgroup: {e}"),
+            }
+        }
+        for key in gone {
+            self.untrack(&key, store);
+        }
+        let level = self.enforcer.level(&host);
+        if level != self.level {
+            info!(level = ?level, available = %host.available, psi_some_avg10 = host.psi_some_avg10, psi_full_avg10 = host.psi_full_avg10, trigger = wake.trigger, "host memory level");
+            self.level = level;
+        }
+        for d in self.enforcer.decide(now_ms(), &host, &subjects) {
+            let Some(t) = self.tracked.get(&d.key) else {
+                continue;
+            };
+            let target = Target {
+                subject: &d.key,
+                memory_rel: &t.memory_rel,
+                unified_rel: t.unified_rel.as_deref(),
+            };
+            match self.executor.apply(store, &target, d.act) {
+                Ok(w) => {
+                    let reaction = wake.at.elapsed();
+                    let record = ActionRecord {
+                        at_ms: now_ms(),
+                        subject: d.key.clone(),
+                        name: t.name.clone(),
+                        action: d.act.name().to_string(),
+                        file: w.file.display().to_string(),
+                        before: w.before,
+                        after: w.after,
+                        step: Some(d.step),
+                        reason: d.reason.clone(),
+                        trigger: wake.trigger.to_string(),
+                        reaction_us: Some(reaction.as_micros() as u64),
+                        dry_run: self.executor.dry_run(),
+                    };
+                    info!(
+                        subject = %t.name,
+                        action = d.act.name(),
+                        step = d.step,
+                        before = %record.before,
+                        after = %record.after,
+                        trigger = wake.trigger,
+                        reaction_us = reaction.as_micros() as u64,
+                        dry_run = record.dry_run,
+                        "{}",
+                        d.reason
+                    );
+                    *self.actions_total.entry(d.act.name()).or_default() += 1;
+                    if let Err(e) = store.record_action(&record) {
+                        warn!("recording the action: {e}");
+                    }
+                    if d.act == Act::Kill {
+                        warn!(subject = %t.name, "killed: {}", d.reason);
+                    }
+                }
+                Err(e) => {
+                    if !matches!(e, ActionError::Cgroup(CgroupError::Gone { .. })) {
+                        warn!(subject = %t.name, action = d.act.name(), "{e}");
+                    }
+                    self.enforcer.forget(&d.key);
+                }
+            }
+        }
+    }
+
+    /// Puts back everything guardian changed; the daemon is stopping.
+    pub fn shutdown(&mut self, store: &Store) {
+        self.tracked.clear();
+        match self.executor.restore_all(store, "shutdown") {
+            Ok(done) => {
+                for a in &done {
+                    let _ = store.record_action(a);
+                }
+                info!(
+                    restored = done.len(),
+                    "restored every value guardian changed"
+                );
+            }
+            Err(e) => {
+                warn!("restoring at exit failed; the next start restores from the journal: {e}")
+            }
+        }
+    }
+
+    /// Prometheus lines: actions taken, groups guarded, the host's level.
+    pub fn metrics(&self) -> String {
+        let mut out = String::from(
+            "# HELP guardian_actions_total Writes made by the enforcement ladder, by action.\n# TYPE guardian_actions_total counter\n",
+        );
+        for (action, n) in &self.actions_total {
+            out.push_str(&format!(
+                "guardian_actions_total{{action=\"{action}\"}} {n}\n"
+            ));
+        }
+        out.push_str(&format!(
+            "# HELP guardian_guarded_groups Groups with a budget.\n# TYPE guardian_guarded_groups gauge\nguardian_guarded_groups {}\n# HELP guardian_host_memory_level 0 calm, 1 pressure, 2 critical.\n# TYPE guardian_host_memory_level gauge\nguardian_host_memory_level {}\n",
+            self.tracked.len(),
+            self.level as u8
+        ));
+        out
+    }
+}
+
+/// Wakes the ladder when a group's memory.events changes (a `high` or `max` event).
+fn watch_events(dir: &Path, tx: mpsc::Sender<Wake>) -> Option<JoinHandle<()>> {
+    let watch = FileWatch::new(&dir.join("memory.events"))
+        .map_err(|e| warn!("no memory.events notifications, polling only: {e}"))
+        .ok()?;
+    Some(tokio::spawn(async move {
+        while watch.changed().await.is_ok() {
+            if tx.send(Wake::now("memory.events")).await.is_err() {
+                break;
+            }
+        }
+    }))
+}
+
+/// Wakes the ladder when the host's memory PSI trigger fires.
+fn arm_host_trigger(config: &EnforceConfig, tx: mpsc::Sender<Wake>) {
+    let trigger = match PsiTrigger::arm(
+        Path::new(host::PRESSURE_FILE),
+        PsiKind::Some,
+        config.psi_stall.0,
+        config.psi_window.0,
+    ) {
+        Ok(t) => t,
+        Err(e) => {
+            warn!("no host PSI trigger, using MemAvailable and the poll only: {e}");
+            return;
+        }
+    };
+    info!(trigger = trigger.trigger(), "host PSI trigger armed");
+    tokio::spawn(async move {
+        while trigger.fired().await.is_ok() {
+            if tx.send(Wake::now("psi")).await.is_err() {
+                break;
+            }
+        }
+    });
+}
