@@ -109,7 +109,8 @@ pub struct EnforceConfig {
     pub step: f64,
     /// At least this much per step.
     pub min_step: SizeText,
-    /// memory.high never goes below this, nor below the group's anon memory plus 10%.
+    /// memory.high never goes below this, nor below what the group cannot give back without
+    /// swap (all but its page cache) plus 10%.
     pub floor: SizeText,
     /// At most one step per group this often.
     pub step_interval: Dur,

@@ -215,7 +215,7 @@ impl Executor {
             }
             match self.restore(store, file) {
                 Ok(w) => {
-                    info!(file = %entry.file, value = %w.after, subject = %entry.subject, trigger, "restored");
+                    info!(file = %entry.file, value = %w.after, subject = %entry.subject, trigger = %trigger, "restored");
                     done.push(ActionRecord {
                         at_ms: now_ms(),
                         subject: entry.subject.clone(),

@@ -6,6 +6,7 @@ mod events;
 mod preflight;
 mod profile;
 mod ps;
+mod restore;
 mod stack;
 mod status;
 mod up;
@@ -43,8 +44,10 @@ pub enum Command {
     Ps(ps::PsArgs),
     /// Record every container's memory into the store and serve Prometheus metrics.
     Daemon(daemon::DaemonArgs),
-    /// Show what the daemon is recording.
+    /// Show what the daemon is recording, what it holds changed, and its latest actions.
     Status(status::StatusArgs),
+    /// Put back every memory.high and freeze a stopped (or crashed) daemon left changed.
+    Restore(restore::RestoreArgs),
     /// Turn recorded peaks into limits: a compose override and a profile file.
     Profile(profile::ProfileArgs),
     /// Check that a compose stack's memory fits on this host before starting it.
@@ -71,6 +74,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Ps(args) => ps::run(args, cli.output).await,
             Command::Daemon(args) => daemon::run(args, cli.output).await,
             Command::Status(args) => status::run(args, cli.output).await,
+            Command::Restore(args) => restore::run(args, cli.output).await,
             Command::Profile(args) => profile::run(args, cli.output).await,
             Command::Preflight(args) => preflight::run(args, cli.output).await,
             Command::Up(args) => up::run(args, cli.output).await,

@@ -1,12 +1,14 @@
 //! `guardian ps`: every container with its memory as the kernel counts it, largest first.
 
-use std::process::ExitCode;
+use std::{path::PathBuf, process::ExitCode};
 
 use serde::Serialize;
 
-use super::Output;
+use super::{Output, UsageError};
 use crate::{
-    model::{Bytes, Container, MemoryReading},
+    config::Config,
+    model::{resolve_guard, Budget, BudgetRule, Bytes, Container, MemoryReading, ProfileBudget},
+    report::profile::budgets_from,
     sources::{
         cgroup::{read_memory, Hierarchy},
         docker::DockerClient,
@@ -19,6 +21,10 @@ pub struct PsArgs {
     /// Include containers that have exited (and say whether the OOM killer ended them).
     #[arg(long)]
     all: bool,
+    /// The daemon's config, for budgets from rules and profiles (default
+    /// /etc/guardian/guardian.toml, if it exists).
+    #[arg(long)]
+    config: Option<PathBuf>,
 }
 
 /// One row of the table.
@@ -34,8 +40,12 @@ struct Row {
     working_set: Option<Bytes>,
     peak: Option<Bytes>,
     limit: Option<Bytes>,
-    /// Budgets arrive with enforcement; empty until then.
-    budget: Option<Bytes>,
+    /// memory.high as the kernel has it (cgroup v2); `None` = max or not v2.
+    high: Option<Bytes>,
+    /// Its budget and where it came from (label, rule, profile); `None` = observed only.
+    budget: Option<Budget>,
+    priority: i32,
+    avoid: bool,
     psi_some_avg10: Option<f64>,
     oom_kills: Option<u64>,
     oom_killed: bool,
@@ -45,8 +55,16 @@ struct Row {
 pub async fn run(args: PsArgs, output: Output) -> anyhow::Result<ExitCode> {
     let hierarchy = Hierarchy::detect()?;
     let client = DockerClient::connect(hierarchy.clone()).await?;
+    let config = Config::load(args.config.as_deref()).map_err(|e| UsageError(e.to_string()))?;
+    let (profiles, errors) = budgets_from(&config.enforce.profiles);
+    if let Some(e) = errors.first() {
+        return Err(UsageError(format!("{e}; fix or remove the profile")).into());
+    }
     let containers = client.containers(args.all).await?;
-    let mut rows: Vec<Row> = containers.iter().map(|c| row(&hierarchy, c)).collect();
+    let mut rows: Vec<Row> = containers
+        .iter()
+        .map(|c| row(&hierarchy, c, &config.budget, &profiles))
+        .collect();
     rows.sort_by(|a, b| b.usage.cmp(&a.usage).then_with(|| a.name.cmp(&b.name)));
     match output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
@@ -55,7 +73,13 @@ pub async fn run(args: PsArgs, output: Output) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn row(hierarchy: &Hierarchy, c: &Container) -> Row {
+fn row(
+    hierarchy: &Hierarchy,
+    c: &Container,
+    rules: &[BudgetRule],
+    profiles: &[ProfileBudget],
+) -> Row {
+    let guard = resolve_guard(c, rules, profiles);
     // A container that exits between the listing and this read has no reading: blank row.
     let reading: Option<MemoryReading> = c.cgroup.as_ref().and_then(|cg| {
         let memory = cg.memory_path.as_deref()?;
@@ -77,7 +101,10 @@ fn row(hierarchy: &Hierarchy, c: &Container) -> Row {
         working_set: reading.as_ref().map(|r| r.working_set),
         peak: reading.as_ref().and_then(|r| r.peak),
         limit: reading.as_ref().and_then(|r| r.limit).or(c.memory_limit),
-        budget: None,
+        high: reading.as_ref().and_then(|r| r.high),
+        budget: guard.budget,
+        priority: guard.priority,
+        avoid: guard.avoid,
         psi_some_avg10: reading
             .as_ref()
             .and_then(|r| r.pressure)
@@ -92,19 +119,25 @@ fn print_table(rows: &[Row]) {
     let show = |b: Option<Bytes>| b.map(|b| b.to_string()).unwrap_or_else(|| "-".into());
     let width = rows.iter().map(|r| r.name.len()).max().unwrap_or(4).max(4);
     println!(
-        "{:<width$}  {:<10}  {:>9}  {:>9}  {:>9}  {:>9}  {:>7}  {:>6}  {:>4}",
-        "NAME", "STATE", "USAGE", "WORKSET", "PEAK", "LIMIT", "BUDGET", "PSI10", "OOM"
+        "{:<width$}  {:<10}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}  {:>6}  {:>4}  BUDGET FROM",
+        "NAME", "STATE", "USAGE", "WORKSET", "PEAK", "LIMIT", "HIGH", "BUDGET", "PSI10", "OOM"
     );
     for r in rows {
+        let from = match (&r.budget, r.avoid) {
+            (_, true) => "avoid (never squeezed)".to_string(),
+            (Some(b), false) => b.source.to_string(),
+            (None, false) => "- (observed only)".to_string(),
+        };
         println!(
-            "{:<width$}  {:<10}  {:>9}  {:>9}  {:>9}  {:>9}  {:>7}  {:>6}  {:>4}",
+            "{:<width$}  {:<10}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}  {:>6}  {:>4}  {from}",
             r.name,
             r.state,
             show(r.usage),
             show(r.working_set),
             show(r.peak),
             show(r.limit),
-            show(r.budget),
+            show(r.high),
+            show(r.budget.as_ref().map(|b| b.bytes)),
             r.psi_some_avg10
                 .map(|p| format!("{p:.2}"))
                 .unwrap_or_else(|| "-".into()),

@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use super::Output;
 use crate::{
-    model::{Bytes, RunRecord},
+    model::{ActionRecord, Bytes, JournalEntry, RunRecord},
     store::{RunFilter, Store},
 };
 
@@ -16,6 +16,9 @@ pub struct StatusArgs {
     /// The daemon's state directory.
     #[arg(long, default_value = "/var/lib/guardian")]
     state_dir: PathBuf,
+    /// How many of the latest enforcement actions to show.
+    #[arg(long, default_value_t = 20)]
+    actions: usize,
 }
 
 #[derive(Debug, Serialize)]
@@ -28,9 +31,15 @@ struct Status {
     running: Vec<RunRecord>,
     /// Runs recorded in all.
     runs_recorded: usize,
+    /// Values guardian holds changed right now (memory.high, cgroup.freeze), with the originals
+    /// it will put back.
+    holding: Vec<JournalEntry>,
+    /// The latest enforcement actions, oldest first.
+    actions: Vec<ActionRecord>,
 }
 
-fn daemon_pid(state_dir: &std::path::Path) -> Option<u32> {
+/// The daemon's pid, if one runs with this state directory.
+pub(super) fn daemon_pid(state_dir: &std::path::Path) -> Option<u32> {
     let pid: u32 = std::fs::read_to_string(super::daemon::pid_file(state_dir))
         .ok()?
         .trim()
@@ -49,13 +58,15 @@ pub async fn run(args: StatusArgs, output: Output) -> anyhow::Result<ExitCode> {
         .filter(|r| r.ended_at_ms.is_none())
         .cloned()
         .collect();
-    running.sort_by(|a, b| b.peak.cmp(&a.peak));
+    running.sort_by_key(|r| std::cmp::Reverse(r.peak));
     let status = Status {
         daemon_pid: daemon_pid(&args.state_dir),
         store: Store::file(&args.state_dir),
         schema_version: store.schema_version()?,
         running,
         runs_recorded: runs.len(),
+        holding: store.journal()?,
+        actions: store.actions(0, args.actions)?,
     };
     match output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&status)?),
@@ -87,6 +98,31 @@ pub async fn run(args: StatusArgs, output: Output) -> anyhow::Result<ExitCode> {
                     show(r.memory_limit),
                     r.oom_kills
                 );
+            }
+            if !status.holding.is_empty() {
+                println!("\nholding (restored when the daemon stops):");
+                for j in &status.holding {
+                    println!("  {}  original {}", j.file, j.original);
+                }
+            }
+            if !status.actions.is_empty() {
+                println!("\nlatest actions:");
+                for a in &status.actions {
+                    let when = humantime::format_rfc3339_seconds(
+                        std::time::UNIX_EPOCH
+                            + std::time::Duration::from_millis(a.at_ms.max(0) as u64),
+                    );
+                    println!(
+                        "  {when}  {:<24} {:<12} {} -> {}  ({}{})  {}",
+                        a.name,
+                        a.action,
+                        a.before,
+                        a.after,
+                        a.trigger,
+                        if a.dry_run { ", dry run" } else { "" },
+                        a.reason
+                    );
+                }
             }
         }
     }

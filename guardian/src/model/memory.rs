@@ -99,8 +99,11 @@ pub struct MemoryReading {
     pub working_set: Bytes,
     /// Anonymous memory (v2 `anon`, v1 `total_rss`).
     pub anon: Bytes,
-    /// Page cache (v2 `file`, v1 `total_cache`).
+    /// Page cache (v2 `file`, v1 `total_cache`), shmem/tmpfs included.
     pub file: Bytes,
+    /// tmpfs and shared memory (v2 `shmem`, v1 `total_shmem`): in `file`, yet not reclaimable
+    /// without swap.
+    pub shmem: Bytes,
     /// OOM kills in this group (v2 `memory.events` oom_kill, v1 `memory.oom_control` oom_kill).
     pub oom_kills: u64,
     /// Memory pressure of the group, where the kernel exposes it.

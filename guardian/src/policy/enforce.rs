@@ -2,9 +2,9 @@
 //!
 //! 1. A group above its budget gets `memory.high` = budget: the kernel reclaims and throttles
 //!    only that group.
-//! 2. Host pressure: lower memory.high of squeezed groups step by step toward a floor (their anon
-//!    memory plus 10%, which cannot be reclaimed without swap), lowest priority first and, within
-//!    a priority, largest excess first.
+//! 2. Host pressure: lower memory.high of squeezed groups step by step toward a floor (what
+//!    cannot be reclaimed without swap — all but the page cache — plus 10%), lowest priority
+//!    first and, within a priority, largest excess first.
 //! 3. Critical pressure: freeze the lowest-priority group; thaw when pressure has passed.
 //! 4. Only when allowed: kill a frozen group whose critical pressure did not pass.
 //!
@@ -45,7 +45,8 @@ pub struct Subject {
     pub key: String,
     pub guard: Guard,
     pub usage: Bytes,
-    pub anon: Bytes,
+    /// What reclaim cannot free without swap: usage minus reclaimable page cache.
+    pub unreclaimable: Bytes,
     /// Its memory.high as the kernel has it now (`None` = max, or no such file).
     pub high: Option<Bytes>,
 }
@@ -166,7 +167,8 @@ impl Enforcer {
 
     /// The lowest memory.high the ladder will set for `s`.
     fn floor(&self, s: &Subject) -> Bytes {
-        Bytes(self.params.floor.0.max(s.anon.0 + s.anon.0 / 10))
+        let u = s.unreclaimable.0;
+        Bytes(self.params.floor.0.max(u + u / 10))
     }
 
     /// One evaluation: the decisions for this moment, in the order to apply them. The policy
@@ -441,7 +443,7 @@ mod tests {
                 avoid: false,
             },
             usage: Bytes(usage_mib * MIB),
-            anon: Bytes(usage_mib * MIB / 4),
+            unreclaimable: Bytes(usage_mib * MIB / 4),
             high: None,
         }
     }
@@ -514,7 +516,7 @@ mod tests {
         assert_eq!(d.len(), 1);
         assert_eq!(d[0].key, "low");
         assert_eq!(d[0].step, 2);
-        // floor = max(32, anon 50 + 10%) = 55 MiB; step = 25% of (128 - 55).
+        // floor = max(32, unreclaimable 50 + 10%) = 55 MiB; step = 25% of (128 - 55).
         let floor = 50 * MIB + 5 * MIB;
         let Act::SetHigh(first) = d[0].act else {
             panic!()

@@ -16,8 +16,8 @@ use crate::{
     actions::{ActionError, Executor, Target},
     config::EnforceConfig,
     model::{
-        cgroup_guard, resolve_guard, ActionRecord, BudgetRule, Container, ContainerTable, Guard,
-        ProfileBudget,
+        cgroup_guard, resolve_guard, ActionRecord, BudgetRule, Bytes, Container, ContainerTable,
+        Guard, ProfileBudget,
     },
     policy::enforce::{Act, Enforcer, Host, Level, Params, Subject},
     report::profile::budgets_from,
@@ -272,7 +272,7 @@ impl Enforcement {
         self.refresh_cgroup_rules(store);
         let pressure = host::memory_pressure();
         let host = Host {
-            available: host::mem_available().unwrap_or(crate::model::Bytes(u64::MAX)),
+            available: host::mem_available().unwrap_or(Bytes(u64::MAX)),
             psi_some_avg10: pressure.as_ref().map_or(0.0, |p| p.some.avg10),
             psi_full_avg10: pressure.as_ref().map_or(0.0, |p| p.full.avg10),
             psi_triggered: self.last_psi.is_some_and(|t| t.elapsed() < self.psi_window),
@@ -285,7 +285,11 @@ impl Enforcement {
                     key: key.clone(),
                     guard: t.guard.clone(),
                     usage: r.usage,
-                    anon: r.anon,
+                    // Stat counters lag the exact usage counter; the page cache is what
+                    // reclaim can free, less tmpfs.
+                    unreclaimable: Bytes(
+                        r.usage.0.saturating_sub(r.file.0.saturating_sub(r.shmem.0)),
+                    ),
                     high: r.high,
                 }),
                 Err(CgroupError::Gone { .. }) => gone.push(key.clone()),
@@ -297,7 +301,7 @@ impl Enforcement {
         }
         let level = self.enforcer.level(&host);
         if level != self.level {
-            info!(level = ?level, available = %host.available, psi_some_avg10 = host.psi_some_avg10, psi_full_avg10 = host.psi_full_avg10, trigger = wake.trigger, "host memory level");
+            info!(level = ?level, available = %host.available, psi_some_avg10 = host.psi_some_avg10, psi_full_avg10 = host.psi_full_avg10, trigger = %wake.trigger, "host memory level");
             self.level = level;
         }
         for d in self.enforcer.decide(now_ms(), &host, &subjects) {
@@ -328,11 +332,11 @@ impl Enforcement {
                     };
                     info!(
                         subject = %t.name,
-                        action = d.act.name(),
+                        action = %d.act.name(),
                         step = d.step,
                         before = %record.before,
                         after = %record.after,
-                        trigger = wake.trigger,
+                        trigger = %wake.trigger,
                         reaction_us = reaction.as_micros() as u64,
                         dry_run = record.dry_run,
                         "{}",
@@ -348,7 +352,7 @@ impl Enforcement {
                 }
                 Err(e) => {
                     if !matches!(e, ActionError::Cgroup(CgroupError::Gone { .. })) {
-                        warn!(subject = %t.name, action = d.act.name(), "{e}");
+                        warn!(subject = %t.name, action = %d.act.name(), "{e}");
                     }
                     self.enforcer.forget(&d.key);
                 }

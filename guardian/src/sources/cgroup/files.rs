@@ -155,6 +155,7 @@ fn read_v2(dir: &Path) -> Result<MemoryReading, CgroupError> {
         working_set: Bytes(usage.0.saturating_sub(inactive_file)),
         anon: Bytes(stat.get("anon").copied().unwrap_or(0)),
         file: Bytes(stat.get("file").copied().unwrap_or(0)),
+        shmem: Bytes(stat.get("shmem").copied().unwrap_or(0)),
         oom_kills: events.get("oom_kill").copied().unwrap_or(0),
         pressure: None,
     })
@@ -177,6 +178,7 @@ fn read_v1(dir: &Path) -> Result<MemoryReading, CgroupError> {
         working_set: Bytes(usage.0.saturating_sub(inactive_file)),
         anon: Bytes(stat.get("total_rss").copied().unwrap_or(0)),
         file: Bytes(stat.get("total_cache").copied().unwrap_or(0)),
+        shmem: Bytes(stat.get("total_shmem").copied().unwrap_or(0)),
         oom_kills: oom.get("oom_kill").copied().unwrap_or(0),
         pressure: None,
     })

@@ -1,0 +1,223 @@
+//! Enforcement against a real dockerd on this (hybrid) kernel: budgets from labels, config rules
+//! and profiles; the ladder's freeze (step 3) on a real container through the unified tree; and
+//! every change put back at exit, after SIGKILL by `guardian restore`. memory.high itself needs
+//! cgroup v2's memory controller: that part runs in the VM (`cargo xtask vm-test`).
+
+mod support;
+
+use std::{
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use nix::sys::signal::Signal;
+use serde_json::Value;
+use support::{container_cgroup, docker, require_docker, run_guardian, unique, Daemon};
+
+const IMAGE: &str = "guardian-test/memload";
+const MIB: u64 = 1 << 20;
+
+fn idle_container(name: &str, labels: &[&str]) -> String {
+    let mut args = vec!["run", "-d", "--name", name];
+    for l in labels {
+        args.extend(["--label", l]);
+    }
+    args.extend([IMAGE, "sleep", "300"]);
+    docker(&args)
+}
+
+fn freeze_state(unified_dir: &Path) -> String {
+    std::fs::read_to_string(unified_dir.join("cgroup.freeze"))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+fn wait_freeze(unified_dir: &Path, want: &str, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if freeze_state(unified_dir) == want {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+#[test]
+fn budgets_come_from_labels_rules_and_profiles_and_ps_says_which() {
+    require_docker();
+    let by_label = unique("label");
+    let by_rule = unique("rule");
+    let by_profile = unique("profile");
+    let observed = unique("observed");
+    let dir = tempfile::tempdir().unwrap();
+    let profiles = dir.path().join("profiles");
+    std::fs::create_dir(&profiles).unwrap();
+    std::fs::write(
+        profiles.join("ci.toml"),
+        format!(
+            "schema = 1\ngenerated_at = \"2026-11-25T00:00:00Z\"\nmargin = 0.2\n\n[[service]]\nservice = \"{by_profile}\"\nruns = 1\npeak = 1000\nstartup_peak = 1000\ntypical_working_set = 1000\noom_killed = false\nrecommended_limit = {}\nrecommended_reservation = 8388608\nreason = \"test\"\n",
+            80 * MIB
+        ),
+    )
+    .unwrap();
+    let config = dir.path().join("guardian.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[enforce]\nprofiles = [\"{}\"]\n\n[[budget]]\nname = \"{by_rule}\"\nmemory = \"96m\"\npriority = 3\n\n[[budget]]\nname = \"{by_label}\"\nmemory = \"1g\"\n",
+            profiles.display()
+        ),
+    )
+    .unwrap();
+    idle_container(&by_label, &["guardian.budget=64m", "guardian.priority=5"]);
+    idle_container(&by_rule, &[]);
+    idle_container(&by_profile, &[]);
+    idle_container(&observed, &["guardian.avoid=true"]);
+    let (status, stdout, stderr) = run_guardian(&[
+        "ps",
+        "--config",
+        config.to_str().unwrap(),
+        "--output",
+        "json",
+    ]);
+    let (_, human, _) = run_guardian(&["ps", "--config", config.to_str().unwrap()]);
+    for n in [&by_label, &by_rule, &by_profile, &observed] {
+        docker(&["rm", "-f", n]);
+    }
+    assert!(status.success(), "guardian ps failed: {stderr}");
+    let rows: Vec<Value> = serde_json::from_str(&stdout).unwrap();
+    let row = |name: &str| {
+        rows.iter()
+            .find(|r| r["name"] == name)
+            .unwrap_or_else(|| panic!("{name} not in {stdout}"))
+            .clone()
+    };
+    let label = row(&by_label);
+    assert_eq!(
+        label["budget"]["bytes"],
+        64 * MIB,
+        "the label beats the rule"
+    );
+    assert_eq!(label["budget"]["source"]["kind"], "label");
+    assert_eq!(label["priority"], 5);
+    let rule = row(&by_rule);
+    assert_eq!(rule["budget"]["bytes"], 96 * MIB);
+    assert_eq!(rule["budget"]["source"]["kind"], "rule");
+    assert_eq!(rule["budget"]["source"]["from"], format!("name={by_rule}"));
+    assert_eq!(rule["priority"], 3);
+    let profile = row(&by_profile);
+    assert_eq!(profile["budget"]["bytes"], 80 * MIB);
+    assert_eq!(profile["budget"]["source"]["kind"], "profile");
+    let avoided = row(&observed);
+    assert_eq!(avoided["budget"], Value::Null);
+    assert_eq!(avoided["avoid"], true);
+    let line = human
+        .lines()
+        .find(|l| l.starts_with(by_rule.as_str()))
+        .unwrap_or_else(|| panic!("{by_rule} not in {human}"));
+    assert!(line.ends_with(&format!("rule name={by_rule}")), "{line}");
+}
+
+#[test]
+fn critical_pressure_freezes_the_budgeted_container_and_every_freeze_is_put_back() {
+    require_docker();
+    let name = unique("freeze");
+    let id = idle_container(&name, &["guardian.budget=64m"]);
+    let (_, unified_dir) = container_cgroup(&id);
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let config = dir.path().join("guardian.toml");
+    // A critical reserve larger than any host: the ladder sees critical pressure at once.
+    std::fs::write(
+        &config,
+        "[enforce]\nreserve = \"1t\"\ncritical_reserve = \"1t\"\nstep_interval = \"200ms\"\nrelax_after = \"1h\"\nprofiles = []\n",
+    )
+    .unwrap();
+    let args = ["--config", config.to_str().unwrap(), "--no-metrics"];
+
+    // A clean stop thaws it.
+    let daemon = Daemon::start(&state, &args);
+    let frozen = wait_freeze(&unified_dir, "1", Duration::from_secs(20));
+    let status = daemon.status();
+    let (exit, log) = daemon.stop(Signal::SIGTERM);
+    let thawed_at_exit = freeze_state(&unified_dir);
+
+    // SIGKILL leaves it frozen; `guardian restore` thaws it from the journal.
+    let daemon = Daemon::start(&state, &args);
+    let frozen_again = wait_freeze(&unified_dir, "1", Duration::from_secs(20));
+    daemon.stop(Signal::SIGKILL);
+    let left_frozen = freeze_state(&unified_dir);
+    let (restore, restored, restore_err) = run_guardian(&[
+        "restore",
+        "--state-dir",
+        state.to_str().unwrap(),
+        "--output",
+        "json",
+    ]);
+    let after_restore = freeze_state(&unified_dir);
+    docker(&["rm", "-f", &name]);
+
+    assert!(frozen, "the daemon did not freeze {name}; its log:\n{log}");
+    assert!(exit.success(), "{log}");
+    if !log.contains("budgets need cgroup v2") {
+        // A pure v2 host can write memory.high: no warning then.
+        assert!(
+            Path::new("/sys/fs/cgroup/cgroup.controllers").exists(),
+            "{log}"
+        );
+    }
+    let holding = status["holding"].as_array().unwrap();
+    assert!(
+        holding.iter().any(|h| h["file"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!("{id}/cgroup.freeze"))
+            && h["original"] == "0"),
+        "{status}"
+    );
+    let freeze = status["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["action"] == "freeze")
+        .unwrap_or_else(|| panic!("no freeze recorded: {status}"));
+    assert_eq!(freeze["step"], 3);
+    assert_eq!(freeze["name"], name.as_str());
+    assert!(
+        freeze["reason"].as_str().unwrap().contains("critical"),
+        "{freeze}"
+    );
+    assert_eq!(
+        (freeze["before"].as_str(), freeze["after"].as_str()),
+        (Some("0"), Some("1"))
+    );
+    assert_eq!(
+        thawed_at_exit, "0",
+        "SIGTERM must thaw what the daemon froze"
+    );
+
+    assert!(frozen_again);
+    assert_eq!(left_frozen, "1", "SIGKILL leaves the freeze in place");
+    assert!(restore.success(), "guardian restore failed: {restore_err}");
+    assert_eq!(after_restore, "0", "guardian restore thaws it");
+    let restored: Value = serde_json::from_str(&restored).unwrap();
+    assert_eq!(restored["restored"][0]["action"], "thaw");
+    assert_eq!(restored["left"].as_array().unwrap().len(), 0);
+}
+
+#[test]
+fn restore_refuses_while_the_daemon_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let state: PathBuf = dir.path().to_path_buf();
+    std::fs::write(
+        state.join("guardian.pid"),
+        format!("{}\n", std::process::id()),
+    )
+    .unwrap();
+    let (status, _, stderr) = run_guardian(&["restore", "--state-dir", state.to_str().unwrap()]);
+    assert_eq!(status.code(), Some(2));
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("is running"), "{stderr}");
+}
