@@ -17,6 +17,14 @@ use support::{container_cgroup, docker, require_docker, run_guardian, unique, Da
 const IMAGE: &str = "guardian-test/memload";
 const MIB: u64 = 1 << 20;
 
+/// A daemon here acts on every container with a `guardian.budget` label on the test engine, so
+/// these tests take turns.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn take_turn() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn idle_container(name: &str, labels: &[&str]) -> String {
     let mut args = vec!["run", "-d", "--name", name];
     for l in labels {
@@ -47,6 +55,7 @@ fn wait_freeze(unified_dir: &Path, want: &str, timeout: Duration) -> bool {
 #[test]
 fn budgets_come_from_labels_rules_and_profiles_and_ps_says_which() {
     require_docker();
+    let _turn = take_turn();
     let by_label = unique("label");
     let by_rule = unique("rule");
     let by_profile = unique("profile");
@@ -123,6 +132,7 @@ fn budgets_come_from_labels_rules_and_profiles_and_ps_says_which() {
 #[test]
 fn critical_pressure_freezes_the_budgeted_container_and_every_freeze_is_put_back() {
     require_docker();
+    let _turn = take_turn();
     let name = unique("freeze");
     let id = idle_container(&name, &["guardian.budget=64m"]);
     let (_, unified_dir) = container_cgroup(&id);
@@ -205,6 +215,53 @@ fn critical_pressure_freezes_the_budgeted_container_and_every_freeze_is_put_back
     let restored: Value = serde_json::from_str(&restored).unwrap();
     assert_eq!(restored["restored"][0]["action"], "thaw");
     assert_eq!(restored["left"].as_array().unwrap().len(), 0);
+}
+
+#[test]
+fn dry_run_records_what_it_would_do_and_writes_nothing() {
+    require_docker();
+    let _turn = take_turn();
+    let name = unique("dryrun");
+    let id = idle_container(&name, &["guardian.budget=64m"]);
+    let (_, unified_dir) = container_cgroup(&id);
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let config = dir.path().join("guardian.toml");
+    std::fs::write(
+        &config,
+        "[enforce]\nreserve = \"1t\"\ncritical_reserve = \"1t\"\nprofiles = []\n",
+    )
+    .unwrap();
+    let daemon = Daemon::start(
+        &state,
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--no-metrics",
+            "--dry-run",
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut status = daemon.status();
+    while Instant::now() < deadline && status["actions"].as_array().is_none_or(|a| a.is_empty()) {
+        std::thread::sleep(Duration::from_millis(100));
+        status = daemon.status();
+    }
+    let frozen = freeze_state(&unified_dir);
+    let (exit, log) = daemon.stop(Signal::SIGTERM);
+    docker(&["rm", "-f", &name]);
+    assert!(exit.success(), "{log}");
+    let actions = status["actions"].as_array().unwrap();
+    let freeze = actions
+        .iter()
+        .find(|a| a["action"] == "freeze" && a["name"] == name.as_str())
+        .unwrap_or_else(|| panic!("no dry-run freeze recorded: {status}\n{log}"));
+    assert_eq!(freeze["dry_run"], true);
+    assert_eq!(frozen, "0", "a dry run never writes");
+    assert!(
+        status["holding"].as_array().unwrap().is_empty(),
+        "nothing journaled: {status}"
+    );
 }
 
 #[test]

@@ -105,6 +105,8 @@ pub struct EnforceConfig {
     /// The host PSI trigger: pressure when tasks stall this long within `psi_window`.
     pub psi_stall: Dur,
     pub psi_window: Dur,
+    /// A guarded group's task stalled in memcg reclaim this long (eBPF) wakes the ladder.
+    pub stall_wake: Dur,
     /// Each step under pressure lowers memory.high by this fraction of its distance to the floor.
     pub step: f64,
     /// At least this much per step.
@@ -137,6 +139,7 @@ impl Default for EnforceConfig {
             psi_full: 30.0,
             psi_stall: Dur(Duration::from_millis(150)),
             psi_window: Dur(Duration::from_secs(2)),
+            stall_wake: Dur(Duration::from_millis(10)),
             step: 0.25,
             min_step: SizeText(Bytes(8 * MIB)),
             floor: SizeText(Bytes(32 * MIB)),

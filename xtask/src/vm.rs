@@ -54,7 +54,8 @@ mb() { echo $(( $(cat /sys/fs/cgroup/$1/memory.current) / 1048576 )); }
 DN=0
 start_daemon() {
   DN=$((DN+1)); LOG=/tmp/daemon-$DN.log
-  guardian daemon --config $1 --state-dir /tmp/g --no-metrics > $LOG 2>&1 &
+  # Nice -10, as the systemd unit runs it: it must act while the workloads thrash.
+  sh -c 'renice -n -10 -p $$ >/dev/null; exec guardian daemon --config "$0" --state-dir /tmp/g --no-metrics' $1 > $LOG 2>&1 &
   DAEMON=$!
   wait_grep $LOG "enforcing budgets" 600 || { echo "daemon $DN did not start"; cat $LOG; }
 }
@@ -124,7 +125,7 @@ check with_guardian_no_oom_kill sh -c "[ $KILLS -eq 0 ]"
 check leak_capped_at_its_budget grep -q 'subject=/leak action=set_high step=1 before=max after=134217728' $LOG
 check page_cache_job_squeezed_under_pressure_and_still_running sh -c "grep -q 'subject=/cache action=set_high step=2' $LOG && [ $CACHE_ALIVE = yes ]"
 kill -TERM $DAEMON; wait $DAEMON
-grep -ho 'trigger=[a-z.]* reaction_us=[0-9]*' /tmp/daemon-*.log | sed 's/^/VMBENCH /'
+grep -ho 'trigger=[a-z.]* reaction_us=[0-9]* write_us=[0-9]*' /tmp/daemon-*.log | sed 's/^/VMBENCH /'
 echo "VMTEST END"
 poweroff -f
 "#;
@@ -219,36 +220,45 @@ pub fn run() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The enforcement ladder's reaction times in the guest (`VMBENCH trigger=T reaction_us=N`
-/// lines: from the wake-up to the memory.high write done), per trigger, for docs/benchmarks.md.
+/// The enforcement ladder's reaction times in the guest (`VMBENCH trigger=T reaction_us=N
+/// write_us=W` lines: from the wake-up to the write issued, and the write itself, which reclaims
+/// synchronously when memory.high goes down), per trigger, for docs/benchmarks.md.
 fn print_reactions(serial: &str) {
-    let mut by_trigger: std::collections::BTreeMap<&str, Vec<u64>> = Default::default();
+    type Times = (Vec<u64>, Vec<u64>);
+    let mut by_trigger: std::collections::BTreeMap<String, Times> = Default::default();
     for line in serial.lines() {
         let Some((_, rest)) = line.trim_end_matches('\r').split_once("VMBENCH ") else {
             continue;
         };
         let mut trigger = None;
-        let mut us = None;
+        let mut reaction = None;
+        let mut write = None;
         for field in rest.split_whitespace() {
             match field.split_once('=') {
-                Some(("trigger", t)) => trigger = Some(t),
-                Some(("reaction_us", n)) => us = n.parse::<u64>().ok(),
+                Some(("trigger", t)) => trigger = Some(t.to_string()),
+                Some(("reaction_us", n)) => reaction = n.parse::<u64>().ok(),
+                Some(("write_us", n)) => write = n.parse::<u64>().ok(),
                 _ => {}
             }
         }
-        if let (Some(t), Some(us)) = (trigger, us) {
-            by_trigger.entry(t).or_default().push(us);
+        if let (Some(t), Some(r), Some(w)) = (trigger, reaction, write) {
+            let entry = by_trigger.entry(t).or_default();
+            entry.0.push(r);
+            entry.1.push(w);
         }
     }
-    for (trigger, mut v) in by_trigger {
+    let pct = |v: &mut Vec<u64>, p: f64| {
         v.sort_unstable();
-        let pct = |p: f64| v[((v.len() - 1) as f64 * p).round() as usize];
+        v[((v.len() - 1) as f64 * p).round() as usize]
+    };
+    for (trigger, (mut reaction, mut write)) in by_trigger {
         println!(
-            "vm-test: reaction (wake-up to write) after {trigger}: n={} p50={} us p99={} us max={} us",
-            v.len(),
-            pct(0.5),
-            pct(0.99),
-            v[v.len() - 1]
+            "vm-test: after {trigger}: n={} reaction (wake-up to write issued) p50={} us p99={} us; write itself p50={} us p99={} us",
+            reaction.len(),
+            pct(&mut reaction, 0.5),
+            pct(&mut reaction, 0.99),
+            pct(&mut write, 0.5),
+            pct(&mut write, 0.99),
         );
     }
 }

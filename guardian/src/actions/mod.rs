@@ -5,7 +5,7 @@
 
 use std::{
     path::{Path, PathBuf},
-    time::SystemTime,
+    time::{Duration, Instant, SystemTime},
 };
 
 use tracing::{info, warn};
@@ -43,12 +43,14 @@ pub struct Target<'a> {
     pub unified_rel: Option<&'a Path>,
 }
 
-/// A write made: which file, and its content before and after.
+/// A write made: which file, its content before and after, and how long the write itself
+/// took (lowering memory.high reclaims synchronously inside the write).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Written {
     pub file: PathBuf,
     pub before: String,
     pub after: String,
+    pub took: Duration,
 }
 
 fn now_ms() -> i64 {
@@ -125,6 +127,7 @@ impl Executor {
         value: &str,
     ) -> Result<Written, ActionError> {
         let before = read_trimmed(&file)?;
+        let mut took = Duration::ZERO;
         if !self.dry_run {
             store.journal_insert(&JournalEntry {
                 file: file.display().to_string(),
@@ -132,12 +135,15 @@ impl Executor {
                 subject: subject.to_string(),
                 at_ms: now_ms(),
             })?;
+            let start = Instant::now();
             write(&file, value)?;
+            took = start.elapsed();
         }
         Ok(Written {
             file,
             before,
             after: value.to_string(),
+            took,
         })
     }
 
@@ -151,16 +157,21 @@ impl Executor {
                 file,
                 after: before.clone(),
                 before,
+                took: Duration::ZERO,
             });
         };
+        let mut took = Duration::ZERO;
         if !self.dry_run {
+            let start = Instant::now();
             write(&file, &original)?;
+            took = start.elapsed();
             store.journal_remove(&key)?;
         }
         Ok(Written {
             file,
             before,
             after: original,
+            took,
         })
     }
 
@@ -185,6 +196,7 @@ impl Executor {
     /// `cgroup.kill` (Linux 5.14+) kills every task of the group at once, frozen or not.
     fn kill(&self, t: &Target) -> Result<Written, ActionError> {
         let file = self.unified_file(t, "cgroup.kill")?;
+        let start = Instant::now();
         if !self.dry_run {
             write(&file, "1")?;
         }
@@ -192,6 +204,7 @@ impl Executor {
             file,
             before: String::new(),
             after: "1".to_string(),
+            took: start.elapsed(),
         })
     }
 
@@ -228,6 +241,7 @@ impl Executor {
                         reason: format!("guardian {trigger}: put back what it changed"),
                         trigger: trigger.to_string(),
                         reaction_us: None,
+                        write_us: Some(w.took.as_micros() as u64),
                         dry_run: self.dry_run,
                     });
                 }

@@ -22,8 +22,10 @@ pub struct ActionRecord {
     pub reason: String,
     /// What woke the policy: `memory.events`, `psi`, `poll`, `startup`, `shutdown`.
     pub trigger: String,
-    /// From the wake-up to the write done, in microseconds.
+    /// From the wake-up (for eBPF: the kernel's timestamp) to the write issued, in microseconds.
     pub reaction_us: Option<u64>,
+    /// How long the write itself took: lowering memory.high reclaims inside the write.
+    pub write_us: Option<u64>,
     pub dry_run: bool,
 }
 

@@ -62,8 +62,8 @@ impl Store {
         self.conn
             .execute(
                 "INSERT INTO actions (at_ms, subject, name, action, file, before, after, step,
-                    reason, trigger, reaction_us, dry_run)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                    reason, trigger, reaction_us, write_us, dry_run)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
                 params![
                     a.at_ms,
                     a.subject,
@@ -76,6 +76,7 @@ impl Store {
                     a.reason,
                     a.trigger,
                     a.reaction_us.map(|v| v as i64),
+                    a.write_us.map(|v| v as i64),
                     a.dry_run
                 ],
             )
@@ -89,7 +90,7 @@ impl Store {
             .conn
             .prepare(
                 "SELECT at_ms, subject, name, action, file, before, after, step, reason, trigger,
-                    reaction_us, dry_run
+                    reaction_us, write_us, dry_run
                  FROM (SELECT * FROM actions WHERE at_ms >= ?1 ORDER BY id DESC LIMIT ?2)
                  ORDER BY id",
             )
@@ -108,7 +109,8 @@ impl Store {
                     reason: r.get(8)?,
                     trigger: r.get(9)?,
                     reaction_us: r.get::<_, Option<i64>>(10)?.map(|v| v.max(0) as u64),
-                    dry_run: r.get(11)?,
+                    write_us: r.get::<_, Option<i64>>(11)?.map(|v| v.max(0) as u64),
+                    dry_run: r.get(12)?,
                 })
             })
             .map_err(|e| self.err(e))?;

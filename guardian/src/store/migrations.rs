@@ -57,6 +57,7 @@ const MIGRATIONS: &[&str] = &[
         reason TEXT NOT NULL,
         trigger TEXT NOT NULL,
         reaction_us INTEGER,
+        write_us INTEGER,
         dry_run INTEGER NOT NULL
     );
     CREATE INDEX actions_by_time ON actions (at_ms);",

@@ -28,6 +28,9 @@ use crate::{
     store::Store,
 };
 
+/// Reclaim stalls come in bursts; one evaluation per this long is enough.
+const STALL_DEBOUNCE: Duration = Duration::from_millis(50);
+
 /// What woke the ladder, and when: the reaction time runs from here to the write.
 #[derive(Clone, Copy, Debug)]
 pub struct Wake {
@@ -72,6 +75,7 @@ pub struct Enforcement {
     wake_tx: mpsc::Sender<Wake>,
     psi_window: Duration,
     last_psi: Option<Instant>,
+    last_eval: Option<Instant>,
     level: Level,
     actions_total: BTreeMap<&'static str, u64>,
 }
@@ -136,6 +140,7 @@ impl Enforcement {
             wake_tx,
             psi_window: config.psi_window.0,
             last_psi: None,
+            last_eval: None,
             level: Level::Calm,
             actions_total: BTreeMap::new(),
         };
@@ -264,8 +269,35 @@ impl Enforcement {
         }
     }
 
+    /// A reclaim stall seen by eBPF (`ts_ns` on the kernel's monotonic clock) in the unified
+    /// group at `path`: wakes the ladder when a guarded group stalled, at most every 50 ms, with
+    /// the reaction time counted from the kernel's timestamp.
+    pub fn on_reclaim_stall(&mut self, path: &Path, ts_ns: u64, store: &Store) {
+        let guarded = self.tracked.values().any(|t| {
+            t.unified_rel
+                .as_deref()
+                .is_some_and(|u| path.starts_with(u))
+        });
+        if !guarded || self.last_eval.is_some_and(|t| t.elapsed() < STALL_DEBOUNCE) {
+            return;
+        }
+        let now_ns = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+            .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+            .unwrap_or(ts_ns);
+        let ago = Duration::from_nanos(now_ns.saturating_sub(ts_ns));
+        let at = Instant::now().checked_sub(ago).unwrap_or_else(Instant::now);
+        self.evaluate(
+            Wake {
+                trigger: "ebpf",
+                at,
+            },
+            store,
+        );
+    }
+
     /// One pass of the ladder: read, decide, write, record.
     pub fn evaluate(&mut self, wake: Wake, store: &Store) {
+        self.last_eval = Some(Instant::now());
         if wake.trigger == "psi" {
             self.last_psi = Some(wake.at);
         }
@@ -315,7 +347,8 @@ impl Enforcement {
             };
             match self.executor.apply(store, &target, d.act) {
                 Ok(w) => {
-                    let reaction = wake.at.elapsed();
+                    // Until the write was issued; the write's own reclaim is reported apart.
+                    let reaction = wake.at.elapsed().saturating_sub(w.took);
                     let record = ActionRecord {
                         at_ms: now_ms(),
                         subject: d.key.clone(),
@@ -328,6 +361,7 @@ impl Enforcement {
                         reason: d.reason.clone(),
                         trigger: wake.trigger.to_string(),
                         reaction_us: Some(reaction.as_micros() as u64),
+                        write_us: Some(w.took.as_micros() as u64),
                         dry_run: self.executor.dry_run(),
                     };
                     info!(
@@ -338,6 +372,7 @@ impl Enforcement {
                         after = %record.after,
                         trigger = %wake.trigger,
                         reaction_us = reaction.as_micros() as u64,
+                        write_us = w.took.as_micros() as u64,
                         dry_run = record.dry_run,
                         "{}",
                         d.reason

@@ -115,7 +115,12 @@ pub async fn run(args: DaemonArgs, _output: Output) -> anyhow::Result<ExitCode> 
     );
 
     let mut probes = match Probes::load(ProbeOptions {
-        stall_threshold: Duration::from_secs(3600),
+        // Reclaim stalls this long wake the enforcement ladder; without it none are streamed.
+        stall_threshold: if config.enforce.enabled {
+            config.enforce.stall_wake.0
+        } else {
+            Duration::from_secs(3600)
+        },
     }) {
         Ok(p) => Some(p),
         Err(e) => {
@@ -201,11 +206,18 @@ pub async fn run(args: DaemonArgs, _output: Output) -> anyhow::Result<ExitCode> 
             result = ebpf::next_batch_if_loaded(probes.as_mut(), &mut batch) => {
                 result.context("reading the eBPF ring buffers")?;
                 for record in batch.drain(..) {
-                    if let KernelEvent::Oom(e) = record {
-                        oom_kills_total += 1;
-                        let cgroup = index.resolve(CgroupId(e.victim_cgroup_id.max(e.trigger_cgroup_id)));
-                        let who = table.by_cgroup(&cgroup).map(|c| c.display_name());
-                        warn!(pid = e.victim_pid, container = who.as_deref().unwrap_or("-"), "OOM kill");
+                    match record {
+                        KernelEvent::Oom(e) => {
+                            oom_kills_total += 1;
+                            let cgroup = index.resolve(CgroupId(e.victim_cgroup_id.max(e.trigger_cgroup_id)));
+                            let who = table.by_cgroup(&cgroup).map(|c| c.display_name());
+                            warn!(pid = e.victim_pid, container = who.as_deref().unwrap_or("-"), "OOM kill");
+                        }
+                        KernelEvent::Stall(e) => {
+                            if let (Some(enf), Some(path)) = (enforcement.as_mut(), index.resolve(CgroupId(e.cgroup_id)).path) {
+                                enf.on_reclaim_stall(&path, e.ts_ns, &store);
+                            }
+                        }
                     }
                 }
             }
