@@ -80,6 +80,35 @@ pub struct Config {
     pub enforce: EnforceConfig,
     /// `[[budget]]` rules, first match wins (after a container's own `guardian.budget` label).
     pub budget: Vec<BudgetRule>,
+    /// OOM post-mortems.
+    pub incidents: IncidentsConfig,
+}
+
+/// OOM post-mortem reports.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IncidentsConfig {
+    /// Where report files go (default `<state_dir>/reports`).
+    pub dir: Option<PathBuf>,
+    /// A shell command run for every incident with the Markdown report's path as `$1` (and in
+    /// `GUARDIAN_REPORT`), e.g. `notify-send "OOM kill" "$1"` or a chat webhook.
+    pub hook: Option<String>,
+    /// Arguments of the victim's command line holding one of these words lose their value.
+    pub redact: Vec<String>,
+}
+
+impl Default for IncidentsConfig {
+    fn default() -> Self {
+        Self {
+            dir: None,
+            hook: None,
+            redact: [
+                "password", "passwd", "secret", "token", "apikey", "api_key", "api-key",
+            ]
+            .map(String::from)
+            .to_vec(),
+        }
+    }
 }
 
 /// The enforcement ladder's knobs.
@@ -164,6 +193,7 @@ impl Default for Config {
             metrics: MetricsConfig::default(),
             enforce: EnforceConfig::default(),
             budget: Vec::new(),
+            incidents: IncidentsConfig::default(),
         }
     }
 }

@@ -8,7 +8,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use guardian_common::{oom_field, OomEvent, StallEvent, COMM_LEN};
+use guardian_common::StallEvent;
 use tokio::{
     signal::unix::{signal, SignalKind},
     sync::mpsc,
@@ -18,16 +18,17 @@ use tracing::{info, warn};
 use super::{parse_duration, Output};
 use crate::{
     model::{
-        Bytes, CgroupId, CgroupRef, ContainerChange, ContainerRef, ContainerTable, Event, MemcgOom,
-        OomKill, OomTask, Pressure, ReclaimStall, RssBreakdown, Source, StallSummary,
+        CgroupId, CgroupRef, ContainerChange, ContainerRef, ContainerTable, Event, MemcgOom,
+        OomTask, Pressure, ReclaimStall, StallSummary,
     },
     sources::{
         cgroup::{
-            parse_kv, parse_pressure, pid_cgroups, read_memory, CgroupError, CgroupIndex,
-            FileWatch, Hierarchy, PsiKind, PsiTrigger, V1OomNotifier,
+            parse_kv, parse_pressure, CgroupError, CgroupIndex, FileWatch, Hierarchy, PsiKind,
+            PsiTrigger, V1OomNotifier,
         },
         docker::{self, DockerUpdate},
-        ebpf::{self, KernelEvent, ProbeOptions, Probes},
+        ebpf::{self, comm_string, KernelEvent, ProbeOptions, Probes},
+        oom,
     },
 };
 
@@ -137,7 +138,7 @@ pub async fn run(args: EventsArgs, output: Output) -> anyhow::Result<ExitCode> {
                 for record in batch.drain(..) {
                     let event = match record {
                         KernelEvent::Oom(e) => {
-                            let mut kill = oom_kill(&e, &mut index);
+                            let mut kill = oom::enrich(&e, &mut index);
                             kill.container = kill.victim.cgroup.as_ref().and_then(|c| identity.container(c));
                             Event::OomKill(kill)
                         }
@@ -471,113 +472,6 @@ fn notice_event(notice: Notice, identity: &Identity) -> Option<Event> {
             info!("stopped watching: {what}");
             None
         }
-    }
-}
-
-fn comm_string(comm: &[u8; COMM_LEN]) -> String {
-    let end = comm.iter().position(|&b| b == 0).unwrap_or(COMM_LEN);
-    String::from_utf8_lossy(&comm[..end]).into_owned()
-}
-
-/// Turns the kernel's record into an [`OomKill`], filling what the tracepoint lacks from /proc
-/// while the victim may still be there, and saying where each fact came from.
-fn oom_kill(e: &OomEvent, index: &mut CgroupIndex) -> OomKill {
-    let has = |bit| e.present & bit != 0;
-    // /proc is read only for what the tracepoint lacks (6.1 has pid only): while the victim is
-    // exiting, its status can block on the address space being torn down.
-    let needs_proc = !(has(oom_field::COMM) && has(oom_field::RSS) && has(oom_field::UID));
-    let proc_status = needs_proc
-        .then(|| {
-            procfs::process::Process::new(e.victim_pid as i32)
-                .and_then(|p| p.status())
-                .ok()
-        })
-        .flatten();
-
-    let (victim_cgroup, cgroup_source) = if has(oom_field::VICTIM_CGROUP) {
-        (index.resolve(CgroupId(e.victim_cgroup_id)), Source::Kernel)
-    } else {
-        let from_proc = pid_cgroups(e.victim_pid)
-            .ok()
-            .and_then(|c| c.unified)
-            .and_then(|rel| index.id_of(&rel).ok());
-        match from_proc {
-            Some(id) => (index.resolve(id), Source::Procfs),
-            None => (
-                index.resolve(CgroupId(e.trigger_cgroup_id)),
-                Source::Trigger,
-            ),
-        }
-    };
-
-    let (comm, comm_source) = if has(oom_field::COMM) {
-        (Some(comm_string(&e.victim_comm)), Source::Tracepoint)
-    } else if let Some(s) = &proc_status {
-        (Some(s.name.clone()), Source::Procfs)
-    } else {
-        (None, Source::Unavailable)
-    };
-
-    let rss = if has(oom_field::RSS) {
-        Some(RssBreakdown {
-            total_vm: Bytes::from_kib(e.total_vm_kb),
-            anon_rss: Bytes::from_kib(e.anon_rss_kb),
-            file_rss: Bytes::from_kib(e.file_rss_kb),
-            shmem_rss: Bytes::from_kib(e.shmem_rss_kb),
-            pgtables: has(oom_field::PGTABLES).then(|| Bytes::from_kib(e.pgtables_kb)),
-            source: Source::Tracepoint,
-        })
-    } else {
-        proc_status.as_ref().map(|s| RssBreakdown {
-            total_vm: Bytes::from_kib(s.vmsize.unwrap_or(0)),
-            anon_rss: Bytes::from_kib(s.rssanon.unwrap_or(0)),
-            file_rss: Bytes::from_kib(s.rssfile.unwrap_or(0)),
-            shmem_rss: Bytes::from_kib(s.rssshmem.unwrap_or(0)),
-            pgtables: s.vmpte.map(Bytes::from_kib),
-            source: Source::Procfs,
-        })
-    };
-
-    let uid = if has(oom_field::UID) {
-        Some(e.uid)
-    } else {
-        proc_status.as_ref().map(|s| s.ruid)
-    };
-    let oom_score_adj = if has(oom_field::OOM_SCORE_ADJ) {
-        Some(e.oom_score_adj)
-    } else {
-        std::fs::read_to_string(format!("/proc/{}/oom_score_adj", e.victim_pid))
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-    };
-
-    let memory = victim_cgroup
-        .memory_path
-        .as_deref()
-        .and_then(|mem| read_memory(index.hierarchy(), mem, victim_cgroup.path.as_deref()).ok());
-    let trigger_cgroup = index.resolve(CgroupId(e.trigger_cgroup_id));
-
-    OomKill {
-        time: now_rfc3339(ebpf::wall_time(e.ts_ns)),
-        ktime_ns: e.ts_ns,
-        victim: OomTask {
-            pid: e.victim_pid,
-            comm,
-            cgroup: Some(victim_cgroup),
-        },
-        container: None,
-        comm_source,
-        cgroup_source,
-        rss,
-        uid,
-        oom_score_adj,
-        trigger: OomTask {
-            pid: e.trigger_pid,
-            comm: Some(comm_string(&e.trigger_comm)),
-            cgroup: Some(trigger_cgroup),
-        },
-        trigger_tgid: e.trigger_tgid,
-        memory,
     }
 }
 

@@ -1,11 +1,12 @@
 //! The `guardian` command line: one file per subcommand.
 
-mod daemon;
+pub(crate) mod daemon;
 mod doctor;
 mod events;
 mod preflight;
 mod profile;
 mod ps;
+mod report;
 mod restore;
 mod stack;
 mod status;
@@ -46,6 +47,8 @@ pub enum Command {
     Daemon(daemon::DaemonArgs),
     /// Show what the daemon is recording, what it holds changed, and its latest actions.
     Status(status::StatusArgs),
+    /// OOM post-mortems: list them, show one (md, json, html), or report a CI run's kills.
+    Report(report::ReportArgs),
     /// Put back every memory.high and freeze a stopped (or crashed) daemon left changed.
     Restore(restore::RestoreArgs),
     /// Turn recorded peaks into limits: a compose override and a profile file.
@@ -75,6 +78,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Daemon(args) => daemon::run(args, cli.output).await,
             Command::Status(args) => status::run(args, cli.output).await,
             Command::Restore(args) => restore::run(args, cli.output).await,
+            Command::Report(args) => report::run(args, cli.output).await,
             Command::Profile(args) => profile::run(args, cli.output).await,
             Command::Preflight(args) => preflight::run(args, cli.output).await,
             Command::Up(args) => up::run(args, cli.output).await,

@@ -88,7 +88,7 @@ impl Container {
 }
 
 /// The identity an event carries about its container.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct ContainerRef {
     /// Short (12-hex) id.
     pub id: String,

@@ -2,12 +2,12 @@
 
 use std::path::PathBuf;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{Bytes, CgroupId, ContainerRef, MemoryReading, PressureStats};
 
 /// Where a fact came from, so a reader can judge it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Source {
     /// Read in the kernel by guardian's eBPF program, at the moment of the event.
@@ -41,7 +41,7 @@ pub struct OomTask {
 }
 
 /// Memory of the victim when it was chosen, in bytes.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RssBreakdown {
     pub total_vm: Bytes,
     pub anon_rss: Bytes,

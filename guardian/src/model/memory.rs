@@ -66,7 +66,7 @@ impl std::str::FromStr for Bytes {
 }
 
 /// One line of a PSI file: `some avg10=0.00 avg60=0.00 avg300=0.00 total=0`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct PsiLine {
     pub avg10: f64,
     pub avg60: f64,
@@ -76,7 +76,7 @@ pub struct PsiLine {
 }
 
 /// The contents of a `memory.pressure` (or `/proc/pressure/memory`) file.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct PressureStats {
     pub some: PsiLine,
     pub full: PsiLine,

@@ -4,6 +4,7 @@ mod action;
 mod budget;
 mod container;
 mod event;
+mod incident;
 mod memory;
 mod recorder;
 mod usage;
@@ -18,6 +19,7 @@ pub use event::{
     CgroupRef, ContainerChange, Event, MemcgOom, OomKill, OomTask, Pressure, ReclaimStall,
     RssBreakdown, Source, StallSummary,
 };
+pub use incident::{Incident, Neighbour, Point, StallBrief, TriggerTask, Victim};
 pub use memory::{Bytes, MemoryReading, PressureStats, PsiLine};
 pub use recorder::{rfc3339_ms, Flush, LiveRun, Recorder};
 pub use usage::{RunRecord, Sample};

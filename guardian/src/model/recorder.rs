@@ -1,7 +1,7 @@
 //! The daemon's record of every running container: peaks, working set, start-up peak and a
 //! downsampled timeline, kept in memory between flushes to the store. No I/O.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 use super::{Bytes, CgroupRef, Container, MemoryReading, RunRecord, Sample};
 
@@ -12,6 +12,8 @@ pub struct LiveRun {
     pub cgroup: Option<CgroupRef>,
     /// The latest reading, for status and metrics.
     pub last: Option<MemoryReading>,
+    /// Usage at every sampling round of the last [`RECENT_MS`], for post-mortems.
+    pub recent: VecDeque<(i64, Bytes)>,
     last_timeline_ms: Option<i64>,
     dirty: bool,
 }
@@ -22,6 +24,22 @@ impl LiveRun {
     pub fn full_reading_due(&self, now_ms: i64, interval_ms: i64) -> bool {
         self.last_timeline_ms
             .is_none_or(|t| now_ms - t >= interval_ms)
+    }
+}
+
+/// How much usage history each live run keeps in memory for post-mortems.
+pub const RECENT_MS: i64 = 60_000;
+
+impl LiveRun {
+    fn push_recent(&mut self, now_ms: i64, usage: Bytes) {
+        self.recent.push_back((now_ms, usage));
+        while self
+            .recent
+            .front()
+            .is_some_and(|(t, _)| now_ms - t > RECENT_MS)
+        {
+            self.recent.pop_front();
+        }
     }
 }
 
@@ -73,6 +91,7 @@ impl Recorder {
             },
             cgroup: None,
             last: None,
+            recent: VecDeque::new(),
             last_timeline_ms: None,
             dirty: true,
         });
@@ -140,7 +159,20 @@ impl Recorder {
             ));
         }
         live.last = Some(reading.clone());
+        live.push_recent(now_ms, reading.usage);
         live.dirty = true;
+    }
+
+    /// Folds a usage reading (taken every sampling round) into the recent history.
+    pub fn observe_usage(&mut self, id: &str, usage: Bytes, now_ms: i64) {
+        if let Some(live) = self.live.get_mut(id) {
+            live.push_recent(now_ms, usage);
+        }
+    }
+
+    /// The live run of a container.
+    pub fn get(&self, id: &str) -> Option<&LiveRun> {
+        self.live.get(id)
     }
 
     /// Folds the cheap reading, the kernel's high-water mark, into a run.

@@ -1,5 +1,6 @@
 //! Decisions as pure functions of recorded facts: no files, no kernel.
 
 pub mod enforce;
+pub mod postmortem;
 pub mod profile;
 pub mod staging;

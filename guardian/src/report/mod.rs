@@ -1,3 +1,4 @@
 //! What guardian writes for people and tools: profile files and compose overrides.
 
+pub mod incident;
 pub mod profile;

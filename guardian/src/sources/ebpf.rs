@@ -9,7 +9,7 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use guardian_common::{
-    OomEvent, ProbeConfig, StallEvent, StallStats, DROP_OOM, DROP_STALL, STALL_BUCKETS,
+    OomEvent, ProbeConfig, StallEvent, StallStats, COMM_LEN, DROP_OOM, DROP_STALL, STALL_BUCKETS,
 };
 use tokio::io::unix::AsyncFd;
 
@@ -306,4 +306,10 @@ pub fn monotonic_ns() -> u64 {
     let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
         .expect("CLOCK_MONOTONIC is always available on Linux");
     ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64
+}
+
+/// A kernel `comm` (NUL-padded, 16 bytes) as text.
+pub fn comm_string(comm: &[u8; COMM_LEN]) -> String {
+    let end = comm.iter().position(|&b| b == 0).unwrap_or(COMM_LEN);
+    String::from_utf8_lossy(&comm[..end]).into_owned()
 }

@@ -5,6 +5,8 @@ pub mod compose;
 pub mod docker;
 pub mod ebpf;
 pub mod host;
+pub mod kmsg;
+pub mod oom;
 pub mod tracefs;
 
 use std::os::fd::AsRawFd;

@@ -61,6 +61,15 @@ const MIGRATIONS: &[&str] = &[
         dry_run INTEGER NOT NULL
     );
     CREATE INDEX actions_by_time ON actions (at_ms);",
+    // 3: OOM incidents, each the full post-mortem as JSON.
+    "CREATE TABLE incidents (
+        id TEXT PRIMARY KEY,
+        at_ms INTEGER NOT NULL,
+        name TEXT NOT NULL,
+        container_id TEXT,
+        report TEXT NOT NULL
+    );
+    CREATE INDEX incidents_by_time ON incidents (at_ms);",
 ];
 
 /// The schema version this guardian writes.

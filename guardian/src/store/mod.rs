@@ -1,6 +1,7 @@
 //! The embedded store: one SQLite file in WAL mode under the state directory, so the daemon
 //! needs no server and a SIGKILL at any moment leaves the last committed flush intact.
 
+mod incidents;
 mod journal;
 mod migrations;
 

@@ -240,6 +240,13 @@ impl Enforcement {
         }
     }
 
+    /// The budget of a guarded container or cgroup.
+    pub fn budget_of(&self, key: &str) -> Option<Bytes> {
+        self.tracked
+            .get(key)
+            .and_then(|t| t.guard.budget.as_ref().map(|b| b.bytes))
+    }
+
     /// Guards the cgroups named by `cgroup = ...` rules while they exist.
     fn refresh_cgroup_rules(&mut self, store: &Store) {
         let rules: Vec<BudgetRule> = self
@@ -281,10 +288,7 @@ impl Enforcement {
         if !guarded || self.last_eval.is_some_and(|t| t.elapsed() < STALL_DEBOUNCE) {
             return;
         }
-        let now_ns = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
-            .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
-            .unwrap_or(ts_ns);
-        let ago = Duration::from_nanos(now_ns.saturating_sub(ts_ns));
+        let ago = Duration::from_nanos(crate::sources::ebpf::monotonic_ns().saturating_sub(ts_ns));
         let at = Instant::now().checked_sub(ago).unwrap_or_else(Instant::now);
         self.evaluate(
             Wake {

@@ -3,6 +3,7 @@
 //! and applies events in order.
 
 mod enforcement;
+mod incidents;
 
 use std::{
     collections::HashMap,
@@ -21,16 +22,20 @@ use tokio::{
 };
 use tracing::{error, info, warn};
 
-use self::enforcement::{Enforcement, Wake};
+use self::{
+    enforcement::{Enforcement, Wake},
+    incidents::Incidents,
+};
 use super::{parse_duration, Output, UsageError};
 use crate::{
     config::{Config, Dur},
     metrics::{self, StallSeries},
     model::{CgroupId, CgroupRef, Container, ContainerTable, Recorder},
     sources::{
-        cgroup::{read_high_water, read_memory, CgroupIndex, Hierarchy},
+        cgroup::{read_high_water, read_memory, read_usage, CgroupIndex, Hierarchy},
         docker::{self, DockerUpdate},
         ebpf::{self, KernelEvent, ProbeOptions, Probes},
+        kmsg, oom,
     },
     store::Store,
 };
@@ -72,7 +77,7 @@ pub fn pid_file(state_dir: &std::path::Path) -> PathBuf {
     state_dir.join("guardian.pid")
 }
 
-pub(super) fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
@@ -143,6 +148,9 @@ pub async fn run(args: DaemonArgs, _output: Output) -> anyhow::Result<ExitCode> 
         info!("enforcement off: observing only");
         None
     };
+    let mut incidents = Incidents::start(&config.incidents, &config.state_dir, &store);
+    let (kmsg_tx, mut kmsg_rx) = mpsc::channel::<kmsg::KillLine>(64);
+    kmsg::watch(kmsg_tx);
     let mut enforce_tick = tokio::time::interval(config.enforce.interval.0);
     enforce_tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
 
@@ -179,6 +187,8 @@ pub async fn run(args: DaemonArgs, _output: Output) -> anyhow::Result<ExitCode> 
             _ = terminate.recv() => break,
             _ = sample_tick.tick() => {
                 sample(&hierarchy, &mut recorder);
+                incidents.sample_host(now_ms());
+                incidents.flush_due(&store, false);
                 let stalls = stall_series(probes.as_ref(), &mut index, &table);
                 let mut text = metrics::render(recorder.live(), &stalls, oom_kills_total);
                 if let Some(e) = &enforcement {
@@ -209,9 +219,15 @@ pub async fn run(args: DaemonArgs, _output: Output) -> anyhow::Result<ExitCode> 
                     match record {
                         KernelEvent::Oom(e) => {
                             oom_kills_total += 1;
-                            let cgroup = index.resolve(CgroupId(e.victim_cgroup_id.max(e.trigger_cgroup_id)));
-                            let who = table.by_cgroup(&cgroup).map(|c| c.display_name());
-                            warn!(pid = e.victim_pid, container = who.as_deref().unwrap_or("-"), "OOM kill");
+                            let kill = oom::enrich(&e, &mut index);
+                            let cgroup_id = kill.victim.cgroup.as_ref().map(|c| c.id);
+                            let stalls = probes.as_ref().and_then(|p| {
+                                p.stall_totals().into_iter().find(|(id, _)| Some(*id) == cgroup_id).map(|(_, t)| t)
+                            });
+                            let budget = kill.victim.cgroup.as_ref()
+                                .and_then(|c| table.by_cgroup(c))
+                                .and_then(|c| enforcement.as_ref()?.budget_of(&c.id));
+                            incidents.on_oom(&kill, &table, &recorder, stalls, budget);
                         }
                         KernelEvent::Stall(e) => {
                             if let (Some(enf), Some(path)) = (enforcement.as_mut(), index.resolve(CgroupId(e.cgroup_id)).path) {
@@ -221,7 +237,17 @@ pub async fn run(args: DaemonArgs, _output: Output) -> anyhow::Result<ExitCode> 
                     }
                 }
             }
+            Some(line) = kmsg_rx.recv() => incidents.on_kill_line(line),
             Some(update) = docker_rx.recv() => {
+                match &update {
+                    DockerUpdate::Event(e) => {
+                        if let Some(c) = &e.container {
+                            incidents.on_docker(&e.action, c, &recorder, &store);
+                        }
+                    }
+                    DockerUpdate::Connected { containers, .. } => incidents.on_inventory(containers, &store),
+                    DockerUpdate::Lost(_) => {}
+                }
                 apply(update, &mut table, &mut recorder, &hierarchy, &mut docker_lost);
                 if let Some(e) = enforcement.as_mut() {
                     e.sync_containers(&table, &store);
@@ -235,6 +261,7 @@ pub async fn run(args: DaemonArgs, _output: Output) -> anyhow::Result<ExitCode> 
     if let Some(e) = enforcement.as_mut() {
         e.shutdown(&store);
     }
+    incidents.flush_due(&store, true);
     sample(&hierarchy, &mut recorder);
     flush(&mut store, &mut recorder);
     let _ = std::fs::remove_file(&pid_path);
@@ -264,8 +291,13 @@ fn sample(hierarchy: &Hierarchy, recorder: &mut Recorder) {
             if let Ok(reading) = read_memory(hierarchy, memory, cg.path.as_deref()) {
                 recorder.observe(&id, &reading, now);
             }
-        } else if let Ok(high) = read_high_water(hierarchy, memory) {
-            recorder.observe_peak(&id, high, now);
+        } else {
+            if let Ok(high) = read_high_water(hierarchy, memory) {
+                recorder.observe_peak(&id, high, now);
+            }
+            if let Ok(usage) = read_usage(hierarchy, memory) {
+                recorder.observe_usage(&id, usage, now);
+            }
         }
     }
 }

@@ -1,0 +1,475 @@
+//! The daemon's OOM incidents: captured the moment the kernel reports a kill (the victim's cgroup
+//! and /proc vanish soon after), completed for two seconds by the other sources (the kernel log
+//! line, Docker's `oom`/`die` events), then stored, written as reports and announced.
+
+use std::{
+    collections::VecDeque,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use tracing::{info, warn};
+
+use super::now_ms;
+use crate::{
+    config::IncidentsConfig,
+    model::{
+        Bytes, Container, ContainerTable, Incident, LiveRun, Neighbour, OomKill, Point, Recorder,
+        StallBrief, TriggerTask, Victim,
+    },
+    policy::postmortem,
+    report::incident::{reconcile, write_files},
+    sources::{ebpf::StallTotals, host, kmsg::KillLine, oom},
+    store::Store,
+};
+
+/// How long an incident waits for its other sources before it is written.
+const GATHER: Duration = Duration::from_secs(2);
+/// How long an unmatched kernel log line waits for its eBPF event.
+const LINE_KEEP: Duration = Duration::from_secs(10);
+/// The window a report covers.
+const WINDOW_MS: i64 = 60_000;
+
+struct Pending {
+    incident: Incident,
+    /// Full container id, for matching Docker's events.
+    container_id: Option<String>,
+    due: Instant,
+}
+
+/// Incidents being gathered, and the host's recent MemAvailable.
+pub struct Incidents {
+    dir: PathBuf,
+    hook: Option<String>,
+    redact: Vec<String>,
+    host: VecDeque<(i64, Bytes)>,
+    host_total: Option<Bytes>,
+    pending: Vec<Pending>,
+    lines: VecDeque<(Instant, KillLine)>,
+}
+
+fn rfc3339(ms: i64) -> String {
+    humantime::format_rfc3339_millis(
+        std::time::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64),
+    )
+    .to_string()
+}
+
+fn incident_id(at_ms: i64, name: &str, pid: Option<u32>) -> String {
+    let stamp: String = humantime::format_rfc3339_seconds(
+        std::time::UNIX_EPOCH + Duration::from_millis(at_ms.max(0) as u64),
+    )
+    .to_string()
+    .chars()
+    .filter(|c| *c != '-' && *c != ':')
+    .collect();
+    let slug: String = name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    format!(
+        "{stamp}-{slug}-{}",
+        pid.map_or_else(|| "x".to_string(), |p| p.to_string())
+    )
+}
+
+fn relative(series: &VecDeque<(i64, Bytes)>, at_ms: i64) -> Vec<Point> {
+    series
+        .iter()
+        .filter(|(t, _)| at_ms - t <= WINDOW_MS && *t <= at_ms + 1000)
+        .map(|(t, b)| Point {
+            t_ms: t - at_ms,
+            bytes: *b,
+        })
+        .collect()
+}
+
+fn run_name(run: &LiveRun) -> String {
+    match (&run.record.project, &run.record.service) {
+        (Some(p), Some(s)) => format!("{p}/{s}"),
+        _ => run.record.name.clone(),
+    }
+}
+
+impl Incidents {
+    /// Sets up the report directory and finishes what a crash left: stored incidents get their
+    /// files, half-written files go.
+    pub fn start(config: &IncidentsConfig, state_dir: &Path, store: &Store) -> Self {
+        let dir = config
+            .dir
+            .clone()
+            .unwrap_or_else(|| state_dir.join("reports"));
+        match reconcile(&dir, store) {
+            Ok(0) => {}
+            Ok(n) => {
+                info!(count = n, dir = %dir.display(), "wrote reports a previous guardian left unwritten")
+            }
+            Err(e) => warn!("checking reports: {e}"),
+        }
+        let host_total = <procfs::Meminfo as procfs::Current>::current()
+            .ok()
+            .map(|m| Bytes(m.mem_total));
+        Self {
+            dir,
+            hook: config.hook.clone(),
+            redact: config.redact.clone(),
+            host: VecDeque::new(),
+            host_total,
+            pending: Vec::new(),
+            lines: VecDeque::new(),
+        }
+    }
+
+    /// Records the host's MemAvailable (every sampling round).
+    pub fn sample_host(&mut self, now_ms: i64) {
+        if let Ok(a) = host::mem_available() {
+            self.host.push_back((now_ms, a));
+        }
+        while self
+            .host
+            .front()
+            .is_some_and(|(t, _)| now_ms - t > WINDOW_MS)
+        {
+            self.host.pop_front();
+        }
+    }
+
+    /// A kill from eBPF: capture everything at once.
+    pub fn on_oom(
+        &mut self,
+        kill: &OomKill,
+        table: &ContainerTable,
+        recorder: &Recorder,
+        stalls: Option<StallTotals>,
+        budget: Option<Bytes>,
+    ) {
+        let pid = kill.victim.pid;
+        if self
+            .pending
+            .iter()
+            .any(|p| p.incident.victim.pid == Some(pid))
+        {
+            return;
+        }
+        let at_ms = now_ms();
+        let cgroup = kill.victim.cgroup.as_ref();
+        let container = cgroup.and_then(|c| table.by_cgroup(c)).cloned();
+        let cgroup_path = cgroup
+            .and_then(|c| c.path.clone().or_else(|| c.memory_path.clone()))
+            .map(|p| p.display().to_string());
+        let name = container
+            .as_ref()
+            .map(Container::display_name)
+            .or_else(|| cgroup_path.clone())
+            .unwrap_or_else(|| "unknown".to_string());
+        let run = container.as_ref().and_then(|c| recorder.get(&c.id));
+        let memory = kill.memory.as_ref();
+        let trigger_container = kill
+            .trigger
+            .cgroup
+            .as_ref()
+            .and_then(|c| table.by_cgroup(c))
+            .map(Container::display_name);
+        let mut incident = self.blank(at_ms, name.clone(), Some(pid), container.as_ref(), run);
+        incident.cgroup = cgroup_path;
+        incident.victim = Victim {
+            pid: Some(pid),
+            comm: kill.victim.comm.clone(),
+            cmdline: oom::cmdline(pid, &self.redact),
+            rss: kill.rss.clone(),
+            oom_score_adj: kill.oom_score_adj,
+        };
+        incident.trigger = Some(TriggerTask {
+            pid: kill.trigger_tgid,
+            comm: kill.trigger.comm.clone(),
+            container: trigger_container,
+        });
+        incident.limit = memory
+            .and_then(|m| m.limit)
+            .or(container.as_ref().and_then(|c| c.memory_limit));
+        incident.memory_high = memory.and_then(|m| m.high);
+        incident.peak = memory.and_then(|m| m.peak).or(run.map(|r| r.record.peak));
+        incident.working_set = memory.map(|m| m.working_set);
+        incident.pressure = memory.and_then(|m| m.pressure);
+        incident.budget = budget;
+        incident.reclaim_stalls = stalls.map(|s| StallBrief {
+            count: s.count,
+            total_ms: s.total_ns as f64 / 1e6,
+            max_ms: s.max_ns as f64 / 1e6,
+        });
+        incident.sources.push("ebpf".into());
+        incident.neighbours = recorder
+            .live()
+            .filter(|l| {
+                container
+                    .as_ref()
+                    .is_none_or(|c| c.id != l.record.container_id)
+            })
+            .filter_map(|l| {
+                let usage = l
+                    .recent
+                    .back()
+                    .map(|(_, u)| *u)
+                    .or(l.last.as_ref().map(|m| m.usage))?;
+                Some(Neighbour {
+                    name: run_name(l),
+                    usage,
+                    peak: l.record.peak,
+                    limit: l.record.memory_limit,
+                    timeline: relative(&l.recent, at_ms),
+                })
+            })
+            .collect();
+        incident
+            .neighbours
+            .sort_by_key(|n| std::cmp::Reverse(n.usage));
+        incident.neighbours.truncate(5);
+        if let Some(i) = self.lines.iter().position(|(_, l)| l.pid == pid) {
+            let (_, line) = self.lines.remove(i).expect("position is in range");
+            apply_line(&mut incident, &line);
+        }
+        self.pending.push(Pending {
+            incident,
+            container_id: container.map(|c| c.id),
+            due: Instant::now() + GATHER,
+        });
+    }
+
+    /// An incident with identity, timelines and nothing else yet.
+    fn blank(
+        &self,
+        at_ms: i64,
+        name: String,
+        pid: Option<u32>,
+        container: Option<&Container>,
+        run: Option<&LiveRun>,
+    ) -> Incident {
+        Incident {
+            id: incident_id(at_ms, &name, pid),
+            time: rfc3339(at_ms),
+            at_ms,
+            kind: None,
+            kind_evidence: None,
+            name,
+            container: container.map(Container::to_ref),
+            cgroup: None,
+            victim: Victim::default(),
+            trigger: None,
+            limit: container.and_then(|c| c.memory_limit),
+            budget: None,
+            memory_high: None,
+            peak: run.map(|r| r.record.peak).filter(|p| p.0 > 0),
+            exit_code: None,
+            timeline: run.map(|r| relative(&r.recent, at_ms)).unwrap_or_default(),
+            working_set: None,
+            pressure: None,
+            reclaim_stalls: None,
+            host_available: relative(&self.host, at_ms),
+            host_total: self.host_total,
+            neighbours: Vec::new(),
+            actions: Vec::new(),
+            suggested_limit: None,
+            suggestion: String::new(),
+            next_step: String::new(),
+            sources: Vec::new(),
+            kernel_line: None,
+            notes: Vec::new(),
+        }
+    }
+
+    /// The OOM killer's log line: tells which killer acted.
+    pub fn on_kill_line(&mut self, line: KillLine) {
+        if let Some(p) = self
+            .pending
+            .iter_mut()
+            .find(|p| p.incident.victim.pid == Some(line.pid))
+        {
+            apply_line(&mut p.incident, &line);
+            return;
+        }
+        self.lines.push_back((Instant::now(), line));
+        while self
+            .lines
+            .front()
+            .is_some_and(|(t, _)| t.elapsed() > LINE_KEEP)
+        {
+            self.lines.pop_front();
+        }
+    }
+
+    /// Docker's `oom` and `die` events: confirm an incident, or make one when no kernel event
+    /// came (eBPF off, or the kill happened before guardian watched the container).
+    pub fn on_docker(&mut self, action: &str, c: &Container, recorder: &Recorder, store: &Store) {
+        if action != "oom" && !(action == "die" && c.oom_killed) {
+            return;
+        }
+        if let Some(p) = self.pending.iter_mut().find(|p| {
+            p.container_id.as_deref() == Some(c.id.as_str())
+                || p.incident
+                    .cgroup
+                    .as_deref()
+                    .is_some_and(|g| g.contains(&c.id))
+        }) {
+            if p.container_id.is_none() {
+                p.container_id = Some(c.id.clone());
+                p.incident.container = Some(c.to_ref());
+                p.incident.name = c.display_name();
+                p.incident.limit = p.incident.limit.or(c.memory_limit);
+            }
+            if action == "die" {
+                p.incident.exit_code = c.exit_code;
+            }
+            if !p.incident.sources.iter().any(|s| s == "docker") {
+                p.incident.sources.push("docker".into());
+            }
+            return;
+        }
+        let recent = store
+            .has_incident_for(&c.to_ref().id, now_ms() - WINDOW_MS)
+            .unwrap_or(false);
+        if recent || action != "die" {
+            return;
+        }
+        self.from_docker_state(c, recorder.get(&c.id), "guardian saw no kernel event for this kill (eBPF was off, or the container died before guardian mapped it); this report is from Docker's record");
+    }
+
+    /// At (re)connection: containers OOM-killed in the last ten minutes that have no report
+    /// yet — killed while guardian was not running or not connected.
+    pub fn on_inventory(&mut self, containers: &[Container], store: &Store) {
+        let since = now_ms() - 10 * WINDOW_MS;
+        for c in containers
+            .iter()
+            .filter(|c| c.oom_killed && c.state != "running")
+        {
+            let finished = c
+                .finished_at
+                .as_deref()
+                .and_then(crate::model::rfc3339_ms)
+                .unwrap_or(0);
+            if finished < since
+                || store
+                    .has_incident_for(&c.to_ref().id, since)
+                    .unwrap_or(true)
+                || self
+                    .pending
+                    .iter()
+                    .any(|p| p.container_id.as_deref() == Some(c.id.as_str()))
+            {
+                continue;
+            }
+            self.from_docker_state(
+                c,
+                None,
+                "killed while guardian was not watching; this report has what Docker recorded",
+            );
+        }
+    }
+
+    fn from_docker_state(&mut self, c: &Container, run: Option<&LiveRun>, note: &str) {
+        let at_ms = c
+            .finished_at
+            .as_deref()
+            .and_then(crate::model::rfc3339_ms)
+            .unwrap_or_else(now_ms);
+        let mut incident = self.blank(at_ms, c.display_name(), None, Some(c), run);
+        incident.exit_code = c.exit_code;
+        incident.sources.push("docker state".into());
+        incident.notes.push(note.to_string());
+        self.pending.push(Pending {
+            incident,
+            container_id: Some(c.id.clone()),
+            due: Instant::now() + GATHER / 4,
+        });
+    }
+
+    /// Writes the incidents whose gathering time is over.
+    pub fn flush_due(&mut self, store: &Store, force: bool) {
+        let now = Instant::now();
+        let (due, waiting): (Vec<Pending>, Vec<Pending>) = std::mem::take(&mut self.pending)
+            .into_iter()
+            .partition(|p| force || p.due <= now);
+        self.pending = waiting;
+        for p in due {
+            self.finish(p.incident, store);
+        }
+    }
+
+    fn finish(&self, mut i: Incident, store: &Store) {
+        if i.kind.is_none() {
+            if let Some((kind, why)) = postmortem::kind_from_counters(i.peak, i.limit) {
+                i.kind = Some(kind);
+                i.kind_evidence = Some(why.to_string());
+            }
+        }
+        i.actions = store
+            .actions(i.at_ms - WINDOW_MS, 50)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|a| a.at_ms <= i.at_ms + 1000)
+            .collect();
+        let (limit, why) = postmortem::suggest(&i);
+        i.suggested_limit = limit;
+        i.suggestion = why;
+        i.next_step = postmortem::next_step(&i);
+        if let Err(e) = store.put_incident(&i) {
+            warn!(incident = %i.id, "storing the incident failed: {e}");
+            return;
+        }
+        match write_files(&self.dir, &i) {
+            Ok(path) => {
+                warn!(
+                    incident = %i.id,
+                    name = %i.name,
+                    kind = ?i.kind,
+                    report = %path.display(),
+                    "OOM kill: {}",
+                    i.next_step
+                );
+                if let Some(hook) = &self.hook {
+                    run_hook(hook, &path);
+                }
+            }
+            Err(e) => {
+                warn!(incident = %i.id, "writing the report files failed (the store has it; the next start writes them): {e}")
+            }
+        }
+    }
+}
+
+fn apply_line(i: &mut Incident, line: &KillLine) {
+    i.kind = Some(line.kind);
+    i.kind_evidence = Some("kernel log".into());
+    i.kernel_line = Some(line.text.clone());
+    if i.victim.comm.is_none() {
+        i.victim.comm = Some(line.comm.clone());
+    }
+    if !i.sources.iter().any(|s| s == "kernel log") {
+        i.sources.push("kernel log".into());
+    }
+}
+
+/// Runs the configured hook with the report's path; its outcome is logged, never waited on by
+/// the daemon's loop.
+fn run_hook(hook: &str, report: &Path) {
+    let child = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(hook)
+        .arg("guardian-hook")
+        .arg(report)
+        .env("GUARDIAN_REPORT", report)
+        .kill_on_drop(false)
+        .spawn();
+    match child {
+        Ok(mut child) => {
+            let hook = hook.to_string();
+            tokio::spawn(async move {
+                match child.wait().await {
+                    Ok(s) if s.success() => {}
+                    Ok(s) => warn!(hook = %hook, "the incident hook failed: {s}"),
+                    Err(e) => warn!(hook = %hook, "the incident hook: {e}"),
+                }
+            });
+        }
+        Err(e) => warn!(hook = %hook, "could not run the incident hook: {e}"),
+    }
+}

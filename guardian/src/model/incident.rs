@@ -1,0 +1,100 @@
+//! An OOM incident: one kill, with what led to it, as the post-mortem report shows it.
+
+use serde::{Deserialize, Serialize};
+
+use super::{ActionRecord, Bytes, ContainerRef, PressureStats, RssBreakdown};
+use crate::sources::kmsg::OomKind;
+
+/// A point of a timeline: milliseconds relative to the kill (negative = before) and a value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Point {
+    pub t_ms: i64,
+    pub bytes: Bytes,
+}
+
+/// The killed process.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Victim {
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+    /// Truncated; never the environment.
+    pub cmdline: Option<String>,
+    pub rss: Option<RssBreakdown>,
+    pub oom_score_adj: Option<i16>,
+}
+
+/// The task whose allocation made the kernel kill.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TriggerTask {
+    pub pid: u32,
+    pub comm: Option<String>,
+    /// The container it ran in, if any.
+    pub container: Option<String>,
+}
+
+/// Another container's memory around the kill.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Neighbour {
+    pub name: String,
+    pub usage: Bytes,
+    pub peak: Bytes,
+    pub limit: Option<Bytes>,
+    pub timeline: Vec<Point>,
+}
+
+/// Reclaim stalls of the victim's cgroup (eBPF), since guardian attached.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StallBrief {
+    pub count: u64,
+    pub total_ms: f64,
+    pub max_ms: f64,
+}
+
+/// One OOM kill and its context, deduplicated across the eBPF event, the kernel log line,
+/// Docker's `oom` event and the cgroup's counters.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Incident {
+    /// `YYYYmmddTHHMMSS-<name>-<pid>`: sortable and safe as a file name.
+    pub id: String,
+    /// RFC 3339 time of the kill.
+    pub time: String,
+    pub at_ms: i64,
+    /// `None` when neither the kernel log nor the counters could tell.
+    pub kind: Option<OomKind>,
+    /// How the kind was known: "kernel log", "reached its limit", "below its limit".
+    pub kind_evidence: Option<String>,
+    /// How a person names it: `project/service`, the container name, or the cgroup path.
+    pub name: String,
+    pub container: Option<ContainerRef>,
+    pub cgroup: Option<String>,
+    pub victim: Victim,
+    pub trigger: Option<TriggerTask>,
+    /// The container's limit, guardian's budget and memory.high at the time.
+    pub limit: Option<Bytes>,
+    pub budget: Option<Bytes>,
+    pub memory_high: Option<Bytes>,
+    /// The kernel's high-water mark of the group.
+    pub peak: Option<Bytes>,
+    pub exit_code: Option<i64>,
+    /// The group's usage over the last 60 s (sampled by the daemon).
+    pub timeline: Vec<Point>,
+    pub working_set: Option<Bytes>,
+    pub pressure: Option<PressureStats>,
+    pub reclaim_stalls: Option<StallBrief>,
+    /// The host's MemAvailable over the same window.
+    pub host_available: Vec<Point>,
+    pub host_total: Option<Bytes>,
+    /// The five largest other containers.
+    pub neighbours: Vec<Neighbour>,
+    /// What guardian did in the window.
+    pub actions: Vec<ActionRecord>,
+    pub suggested_limit: Option<Bytes>,
+    pub suggestion: String,
+    pub next_step: String,
+    /// Which sources saw it: ebpf, kernel log, docker, docker state.
+    pub sources: Vec<String>,
+    /// The OOM killer's own line.
+    pub kernel_line: Option<String>,
+    /// What guardian could not know, in words (e.g. it was not watching yet).
+    pub notes: Vec<String>,
+}

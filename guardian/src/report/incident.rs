@@ -1,0 +1,442 @@
+//! OOM post-mortems as files: Markdown for people and CI logs, JSON for machines, HTML with an
+//! SVG timeline (memory against limit, budget and memory.high over the last 60 s, the kill
+//! marked). Written atomically: a temporary file renamed into place.
+
+use std::{
+    fmt::Write as _,
+    io::Write as _,
+    path::{Path, PathBuf},
+};
+
+use crate::{
+    model::{Bytes, Incident, Point},
+    sources::kmsg::OomKind,
+    store::{Store, StoreError},
+};
+
+/// The report formats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Md,
+    Json,
+    Html,
+}
+
+impl Format {
+    pub const ALL: [Format; 3] = [Format::Md, Format::Json, Format::Html];
+
+    fn ext(self) -> &'static str {
+        match self {
+            Format::Md => "md",
+            Format::Json => "json",
+            Format::Html => "html",
+        }
+    }
+}
+
+/// The report in `format`.
+pub fn render(i: &Incident, format: Format) -> String {
+    match format {
+        Format::Md => markdown(i),
+        Format::Json => serde_json::to_string_pretty(i).expect("incidents always serialize"),
+        Format::Html => html(i),
+    }
+}
+
+/// The path of an incident's report in `dir`.
+pub fn path(dir: &Path, id: &str, format: Format) -> PathBuf {
+    dir.join(format!("{id}.{}", format.ext()))
+}
+
+fn write_atomic(path: &Path, text: &str) -> std::io::Result<()> {
+    let tmp = path.with_extension(format!(
+        "{}.tmp",
+        path.extension().and_then(|e| e.to_str()).unwrap_or("")
+    ));
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Writes the three reports of `i` into `dir`; returns the Markdown one's path.
+pub fn write_files(dir: &Path, i: &Incident) -> std::io::Result<PathBuf> {
+    std::fs::create_dir_all(dir)?;
+    for f in Format::ALL {
+        write_atomic(&path(dir, &i.id, f), &render(i, f))?;
+    }
+    Ok(path(dir, &i.id, Format::Md))
+}
+
+/// After a crash: drops half-written temporary files and writes the reports of stored incidents
+/// that have none yet. The store is the truth; files follow it.
+pub fn reconcile(dir: &Path, store: &Store) -> Result<usize, StoreError> {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.path().extension().is_some_and(|x| x == "tmp") {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+    let mut written = 0;
+    for i in store.incidents(0)? {
+        if Format::ALL.iter().any(|f| !path(dir, &i.id, *f).exists())
+            && write_files(dir, &i).is_ok()
+        {
+            written += 1;
+        }
+    }
+    Ok(written)
+}
+
+fn show(b: Option<Bytes>) -> String {
+    b.map_or_else(|| "-".to_string(), |b| b.to_string())
+}
+
+fn kind_words(i: &Incident) -> &'static str {
+    match i.kind {
+        Some(OomKind::Cgroup) => "cgroup OOM: it hit its own limit",
+        Some(OomKind::Global) => "global OOM: the host ran out of memory",
+        None => "OOM kill (kind unknown)",
+    }
+}
+
+/// Up to `n` points spread over the series, always with the last.
+fn thin(points: &[Point], n: usize) -> Vec<Point> {
+    if points.len() <= n {
+        return points.to_vec();
+    }
+    let step = points.len() as f64 / n as f64;
+    let mut out: Vec<Point> = (0..n).map(|k| points[(k as f64 * step) as usize]).collect();
+    if out.last() != points.last() {
+        *out.last_mut().expect("n > 0") = *points.last().expect("not empty");
+    }
+    out
+}
+
+fn markdown(i: &Incident) -> String {
+    let mut o = String::new();
+    let victim = match (&i.victim.comm, i.victim.pid) {
+        (Some(c), Some(p)) => format!("`{c}` (pid {p})"),
+        (None, Some(p)) => format!("pid {p}"),
+        (Some(c), None) => format!("`{c}`"),
+        (None, None) => "its main process".to_string(),
+    };
+    let _ = writeln!(o, "# OOM kill: {} ({})\n", i.name, kind_words(i));
+    let where_ = match &i.container {
+        Some(c) => format!("container `{}`, image `{}`", c.name, c.image),
+        None => format!("cgroup `{}`", i.cgroup.as_deref().unwrap_or("?")),
+    };
+    let _ = writeln!(
+        o,
+        "**{}**: the kernel killed {victim} in **{}** ({where_}).\n",
+        i.time, i.name
+    );
+    let _ = writeln!(o, "**Next step:** {}\n", i.next_step);
+    let _ = writeln!(o, "| | |\n|---|---|");
+    let _ = writeln!(
+        o,
+        "| Kind | {}{} |",
+        kind_words(i),
+        i.kind_evidence
+            .as_deref()
+            .map(|e| format!(" ({e})"))
+            .unwrap_or_default()
+    );
+    let _ = writeln!(o, "| Limit | {} |", show(i.limit));
+    let _ = writeln!(o, "| Peak (kernel high-water mark) | {} |", show(i.peak));
+    let _ = writeln!(
+        o,
+        "| guardian budget / memory.high | {} / {} |",
+        show(i.budget),
+        show(i.memory_high)
+    );
+    let _ = writeln!(
+        o,
+        "| Suggested limit | {} ({}) |",
+        show(i.suggested_limit),
+        i.suggestion
+    );
+    if let Some(r) = &i.victim.rss {
+        let _ = writeln!(
+            o,
+            "| Victim memory | anon {}, file {}, shmem {} (of {} virtual) |",
+            r.anon_rss, r.file_rss, r.shmem_rss, r.total_vm
+        );
+    }
+    if let Some(adj) = i.victim.oom_score_adj {
+        let _ = writeln!(o, "| oom_score_adj | {adj} |");
+    }
+    if let Some(c) = &i.victim.cmdline {
+        let _ = writeln!(
+            o,
+            "| Command | `{}` |",
+            c.replace('|', "\\|").replace('`', "'")
+        );
+    }
+    if let Some(t) = &i.trigger {
+        let _ = writeln!(
+            o,
+            "| Triggered by | {} (pid {}){} |",
+            t.comm.as_deref().unwrap_or("?"),
+            t.pid,
+            t.container
+                .as_deref()
+                .map(|c| format!(" in {c}"))
+                .unwrap_or_default()
+        );
+    }
+    if let Some(p) = &i.pressure {
+        let _ = writeln!(
+            o,
+            "| Memory pressure (avg10) | some {:.1}%, full {:.1}% |",
+            p.some.avg10, p.full.avg10
+        );
+    }
+    if let Some(s) = &i.reclaim_stalls {
+        let _ = writeln!(
+            o,
+            "| Reclaim stalls | {} stalls, {:.1} ms in all, longest {:.1} ms |",
+            s.count, s.total_ms, s.max_ms
+        );
+    }
+    if let Some(code) = i.exit_code {
+        let _ = writeln!(o, "| Exit code | {code} |");
+    }
+    let _ = writeln!(o, "\n## Last 60 s\n");
+    if i.timeline.is_empty() {
+        let _ = writeln!(
+            o,
+            "No samples: guardian was not recording this container before the kill."
+        );
+    } else {
+        let _ = writeln!(
+            o,
+            "| t (s) | {} usage | host MemAvailable |\n|---:|---:|---:|",
+            i.name
+        );
+        for p in thin(&i.timeline, 12) {
+            let host = i
+                .host_available
+                .iter()
+                .min_by_key(|h| (h.t_ms - p.t_ms).abs())
+                .map(|h| h.bytes.to_string())
+                .unwrap_or_else(|| "-".into());
+            let _ = writeln!(
+                o,
+                "| {:.1} | {} | {host} |",
+                p.t_ms as f64 / 1000.0,
+                p.bytes
+            );
+        }
+    }
+    if !i.neighbours.is_empty() {
+        let _ = writeln!(o, "\n## Who else was using memory\n\n| container | usage | peak | limit |\n|---|---:|---:|---:|");
+        for n in &i.neighbours {
+            let _ = writeln!(
+                o,
+                "| {} | {} | {} | {} |",
+                n.name,
+                n.usage,
+                n.peak,
+                show(n.limit)
+            );
+        }
+    }
+    let _ = writeln!(o, "\n## What guardian did\n");
+    if i.actions.is_empty() {
+        let _ = writeln!(o, "Nothing in the last 60 s.");
+    }
+    for a in &i.actions {
+        let _ = writeln!(
+            o,
+            "- {} {} on {}: {} -> {} ({})",
+            humantime::format_rfc3339_seconds(
+                std::time::UNIX_EPOCH + std::time::Duration::from_millis(a.at_ms.max(0) as u64)
+            ),
+            a.action,
+            a.name,
+            a.before,
+            a.after,
+            a.reason
+        );
+    }
+    let _ = writeln!(o, "\n## Evidence\n\n- Seen by: {}", i.sources.join(", "));
+    if let Some(l) = &i.kernel_line {
+        let _ = writeln!(o, "- Kernel log: `{l}`");
+    }
+    for n in &i.notes {
+        let _ = writeln!(o, "- {n}");
+    }
+    let _ = writeln!(o, "- Report id: `{}`", i.id);
+    o
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// The timeline chart: usage against limit, budget and memory.high, the kill at t = 0.
+pub fn svg(i: &Incident) -> String {
+    const W: f64 = 720.0;
+    const H: f64 = 260.0;
+    const L: f64 = 70.0;
+    const R: f64 = 20.0;
+    const T: f64 = 20.0;
+    const B: f64 = 40.0;
+    let mib = |b: Bytes| b.0 as f64 / (1u64 << 20) as f64;
+    let top = [i.limit, i.budget, i.memory_high, i.peak]
+        .into_iter()
+        .flatten()
+        .chain(i.timeline.iter().map(|p| p.bytes))
+        .map(mib)
+        .fold(1.0, f64::max)
+        * 1.1;
+    let t0 = i.timeline.first().map_or(-60_000, |p| p.t_ms.min(-1000)) as f64;
+    let x = |t_ms: i64| L + (t_ms as f64 - t0) / (0.0 - t0) * (W - L - R);
+    let y = |v: f64| T + (1.0 - v / top) * (H - T - B);
+    let mut s = String::new();
+    let _ = write!(
+        s,
+        r##"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" font-family="sans-serif" font-size="12"><rect width="{W}" height="{H}" fill="#ffffff"/>"##
+    );
+    let _ = write!(
+        s,
+        r##"<line x1="{L}" y1="{}" x2="{}" y2="{}" stroke="#333"/><line x1="{L}" y1="{T}" x2="{L}" y2="{}" stroke="#333"/>"##,
+        H - B,
+        W - R,
+        H - B,
+        H - B
+    );
+    for k in 0..=4 {
+        let v = top / 4.0 * k as f64;
+        let _ = write!(
+            s,
+            r##"<text x="{}" y="{}" text-anchor="end">{v:.0} MiB</text>"##,
+            L - 6.0,
+            y(v) + 4.0
+        );
+    }
+    let _ = write!(
+        s,
+        r##"<text x="{L}" y="{}">{:.0} s</text><text x="{}" y="{}" text-anchor="end">0 s (kill)</text>"##,
+        H - B + 16.0,
+        t0 / 1000.0,
+        W - R,
+        H - B + 16.0
+    );
+    for (label, value, color) in [
+        ("limit", i.limit, "#c0392b"),
+        ("budget", i.budget, "#e67e22"),
+        ("memory.high", i.memory_high, "#2980b9"),
+    ] {
+        if let Some(v) = value {
+            let yy = y(mib(v));
+            let _ = write!(
+                s,
+                r##"<line x1="{L}" y1="{yy:.1}" x2="{}" y2="{yy:.1}" stroke="{color}" stroke-dasharray="6 4"/><text x="{}" y="{:.1}" fill="{color}">{label} {}</text>"##,
+                W - R,
+                L + 4.0,
+                yy - 4.0,
+                esc(&v.to_string())
+            );
+        }
+    }
+    if !i.timeline.is_empty() {
+        let pts: Vec<String> = i
+            .timeline
+            .iter()
+            .map(|p| format!("{:.1},{:.1}", x(p.t_ms), y(mib(p.bytes))))
+            .collect();
+        let _ = write!(
+            s,
+            r##"<polyline fill="none" stroke="#27ae60" stroke-width="2" points="{}"/>"##,
+            pts.join(" ")
+        );
+        let _ = write!(
+            s,
+            r##"<text x="{}" y="{}" fill="#27ae60">usage of {}</text>"##,
+            L + 4.0,
+            T + 12.0,
+            esc(&i.name)
+        );
+    }
+    let kx = x(0);
+    let _ = write!(
+        s,
+        r##"<line x1="{kx:.1}" y1="{T}" x2="{kx:.1}" y2="{}" stroke="#000" stroke-width="2"/><text x="{:.1}" y="{}" text-anchor="end" font-weight="bold">OOM kill</text></svg>"##,
+        H - B,
+        kx - 4.0,
+        T + 28.0
+    );
+    s
+}
+
+fn html(i: &Incident) -> String {
+    let md = markdown(i);
+    let mut rows = String::new();
+    // The summary table of the Markdown, as HTML rows.
+    for line in md
+        .lines()
+        .filter(|l| l.starts_with("| ") && !l.starts_with("| |"))
+    {
+        let cells: Vec<&str> = line.trim_matches('|').split(" | ").map(str::trim).collect();
+        if cells.len() == 2 {
+            let _ = write!(
+                rows,
+                "<tr><th>{}</th><td>{}</td></tr>",
+                esc(cells[0]),
+                esc(cells[1]).replace('`', "")
+            );
+        }
+    }
+    let mut neighbours = String::new();
+    for n in &i.neighbours {
+        let _ = write!(
+            neighbours,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(&n.name),
+            n.usage,
+            n.peak,
+            esc(&show(n.limit))
+        );
+    }
+    let mut actions = String::new();
+    for a in &i.actions {
+        let _ = write!(
+            actions,
+            "<li>{} on {}: {} &rarr; {} ({})</li>",
+            esc(&a.action),
+            esc(&a.name),
+            esc(&a.before),
+            esc(&a.after),
+            esc(&a.reason)
+        );
+    }
+    format!(
+        r#"<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>OOM kill: {name}</title>
+<style>body{{font-family:sans-serif;max-width:760px;margin:2em auto;color:#222}}th{{text-align:left;padding-right:1em;vertical-align:top}}td,th{{border-bottom:1px solid #eee;padding:3px}}.next{{background:#fdf2e9;padding:.6em;border-left:4px solid #e67e22}}</style>
+</head><body>
+<h1>OOM kill: {name}</h1>
+<p><strong>{time}</strong>: {kind}.</p>
+<p class="next"><strong>Next step:</strong> {next}</p>
+<figure>{svg}<figcaption>Memory of {name} over the last 60 s against its limit, budget and memory.high; the kill at 0 s.</figcaption></figure>
+<table>{rows}</table>
+<h2>Who else was using memory</h2><table><tr><th>container</th><th>usage</th><th>peak</th><th>limit</th></tr>{neighbours}</table>
+<h2>What guardian did</h2><ul>{actions}</ul>
+<p>Seen by: {sources}. Report id: {id}.</p>
+</body></html>
+"#,
+        name = esc(&i.name),
+        time = esc(&i.time),
+        kind = esc(kind_words(i)),
+        next = esc(&i.next_step),
+        svg = svg(i),
+        sources = esc(&i.sources.join(", ")),
+        id = esc(&i.id),
+    )
+}
