@@ -7,13 +7,17 @@ use anyhow::{bail, Context as _};
 use crate::run_status;
 
 /// Debian packages the end-to-end tests use: a Docker engine with compose (the private test
-/// engine), a static busybox (test images, the VM's initramfs), qemu and cpio (the cgroup v2 VM).
+/// engine), a static busybox (test images, the VM's initramfs), qemu and cpio (the cgroup v2 VM),
+/// and real renderers for the post-mortem reports (librsvg's rsvg-convert for the SVG, Chromium
+/// headless for the HTML).
 const DEBIAN_PACKAGES: &[&str] = &[
     "docker.io",
     "docker-compose",
     "busybox-static",
     "qemu-system-x86",
     "cpio",
+    "librsvg2-bin",
+    "chromium",
 ];
 
 pub fn run() -> anyhow::Result<()> {

@@ -337,9 +337,9 @@ pub fn svg(i: &Incident) -> String {
             let yy = y(mib(v));
             let _ = write!(
                 s,
-                r##"<line x1="{L}" y1="{yy:.1}" x2="{}" y2="{yy:.1}" stroke="{color}" stroke-dasharray="6 4"/><text x="{}" y="{:.1}" fill="{color}">{label} {}</text>"##,
+                r##"<line x1="{L}" y1="{yy:.1}" x2="{}" y2="{yy:.1}" stroke="{color}" stroke-dasharray="6 4"/><text x="{:.1}" y="{:.1}" fill="{color}" text-anchor="middle">{label} {}</text>"##,
                 W - R,
-                L + 4.0,
+                (L + W - R) / 2.0,
                 yy - 4.0,
                 esc(&v.to_string())
             );
@@ -358,9 +358,9 @@ pub fn svg(i: &Incident) -> String {
         );
         let _ = write!(
             s,
-            r##"<text x="{}" y="{}" fill="#27ae60">usage of {}</text>"##,
-            L + 4.0,
-            T + 12.0,
+            r##"<text x="{:.1}" y="{}" fill="#27ae60" text-anchor="middle">— usage of {}</text>"##,
+            (L + W - R) / 2.0,
+            H - 8.0,
             esc(&i.name)
         );
     }
