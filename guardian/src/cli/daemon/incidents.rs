@@ -330,7 +330,7 @@ impl Incidents {
         if recent || action != "die" {
             return;
         }
-        self.from_docker_state(c, recorder.get(&c.id), "guardian saw no kernel event for this kill (eBPF was off, or the container died before guardian mapped it); this report is from Docker's record");
+        self.add_from_docker_state(c, recorder.get(&c.id), "guardian saw no kernel event for this kill (eBPF was off, or the container died before guardian mapped it); this report is from Docker's record");
     }
 
     /// At (re)connection: containers OOM-killed in the last ten minutes that have no report
@@ -357,7 +357,7 @@ impl Incidents {
             {
                 continue;
             }
-            self.from_docker_state(
+            self.add_from_docker_state(
                 c,
                 None,
                 "killed while guardian was not watching; this report has what Docker recorded",
@@ -365,7 +365,7 @@ impl Incidents {
         }
     }
 
-    fn from_docker_state(&mut self, c: &Container, run: Option<&LiveRun>, note: &str) {
+    fn add_from_docker_state(&mut self, c: &Container, run: Option<&LiveRun>, note: &str) {
         let at_ms = c
             .finished_at
             .as_deref()
