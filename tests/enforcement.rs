@@ -265,6 +265,64 @@ fn dry_run_records_what_it_would_do_and_writes_nothing() {
 }
 
 #[test]
+fn with_allow_kill_a_frozen_container_is_killed_when_critical_pressure_lasts() {
+    require_docker();
+    let _turn = take_turn();
+    let name = unique("kill");
+    let id = idle_container(&name, &["guardian.budget=64m"]);
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let config = dir.path().join("guardian.toml");
+    std::fs::write(
+        &config,
+        "[enforce]\nreserve = \"1t\"\ncritical_reserve = \"1t\"\nstep_interval = \"200ms\"\nkill_after = \"1s\"\nrelax_after = \"1h\"\nprofiles = []\n",
+    )
+    .unwrap();
+    let daemon = Daemon::start(
+        &state,
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--no-metrics",
+            "--allow-kill",
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut state_now = String::new();
+    while Instant::now() < deadline {
+        state_now = docker(&["inspect", "-f", "{{.State.Status}}", &id]);
+        if state_now == "exited" {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let status = daemon.status();
+    let (exit, log) = daemon.stop(Signal::SIGTERM);
+    docker(&["rm", "-f", &name]);
+    assert!(exit.success(), "{log}");
+    assert_eq!(
+        state_now, "exited",
+        "the container was not killed; log:\n{log}"
+    );
+    let actions = status["actions"].as_array().unwrap();
+    let kill = actions
+        .iter()
+        .find(|a| a["action"] == "kill" && a["name"] == name.as_str())
+        .unwrap_or_else(|| panic!("no kill recorded: {status}"));
+    assert_eq!(kill["step"], 4);
+    assert!(
+        kill["reason"].as_str().unwrap().contains("--allow-kill"),
+        "{kill}"
+    );
+    let freeze_at = actions
+        .iter()
+        .find(|a| a["action"] == "freeze" && a["name"] == name.as_str())
+        .map(|a| a["at_ms"].as_i64().unwrap())
+        .expect("frozen before it was killed");
+    assert!(freeze_at <= kill["at_ms"].as_i64().unwrap());
+}
+
+#[test]
 fn restore_refuses_while_the_daemon_runs() {
     let dir = tempfile::tempdir().unwrap();
     let state: PathBuf = dir.path().to_path_buf();

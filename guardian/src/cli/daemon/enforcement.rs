@@ -301,6 +301,10 @@ impl Enforcement {
 
     /// One pass of the ladder: read, decide, write, record.
     pub fn evaluate(&mut self, wake: Wake, store: &Store) {
+        // Nothing has a budget and no rule names a cgroup: nothing to read or decide.
+        if self.tracked.is_empty() && self.rules.iter().all(|r| r.cgroup.is_none()) {
+            return;
+        }
         self.last_eval = Some(Instant::now());
         if wake.trigger == "psi" {
             self.last_psi = Some(wake.at);

@@ -32,7 +32,7 @@ use crate::{
     metrics::{self, StallSeries},
     model::{CgroupId, CgroupRef, Container, ContainerTable, Recorder},
     sources::{
-        cgroup::{read_high_water, read_memory, read_usage, CgroupIndex, Hierarchy},
+        cgroup::{read_memory, CgroupIndex, Hierarchy, UsageCounters},
         docker::{self, DockerUpdate},
         ebpf::{self, KernelEvent, ProbeOptions, Probes},
         kmsg, oom,
@@ -174,6 +174,7 @@ pub async fn run(args: DaemonArgs, _output: Output) -> anyhow::Result<ExitCode> 
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
     let mut batch = Vec::new();
+    let mut counters = HashMap::new();
     info!(
         state_dir = %config.state_dir.display(),
         sample_interval = ?config.sample_interval.0,
@@ -186,7 +187,7 @@ pub async fn run(args: DaemonArgs, _output: Output) -> anyhow::Result<ExitCode> 
             _ = interrupt.recv() => break,
             _ = terminate.recv() => break,
             _ = sample_tick.tick() => {
-                sample(&hierarchy, &mut recorder);
+                sample(&hierarchy, &mut recorder, &mut counters);
                 incidents.sample_host(now_ms());
                 incidents.flush_due(&store, false);
                 let stalls = stall_series(probes.as_ref(), &mut index, &table);
@@ -262,17 +263,21 @@ pub async fn run(args: DaemonArgs, _output: Output) -> anyhow::Result<ExitCode> 
         e.shutdown(&store);
     }
     incidents.flush_due(&store, true);
-    sample(&hierarchy, &mut recorder);
+    sample(&hierarchy, &mut recorder, &mut counters);
     flush(&mut store, &mut recorder);
     let _ = std::fs::remove_file(&pid_path);
     info!("guardian daemon stopped");
     Ok(ExitCode::SUCCESS)
 }
 
-/// Reads every recorded container's cgroup once: the kernel's high-water mark each round,
-/// everything else when a timeline point is due. That keeps 200 idle containers cheap while
-/// no peak is ever missed.
-fn sample(hierarchy: &Hierarchy, recorder: &mut Recorder) {
+/// Reads every recorded container's cgroup once: usage and the kernel's high-water mark each
+/// round (two reads of files kept open), everything else when a timeline point is due. That keeps
+/// 200 idle containers cheap while no peak is ever missed.
+fn sample(
+    hierarchy: &Hierarchy,
+    recorder: &mut Recorder,
+    counters: &mut HashMap<String, UsageCounters>,
+) {
     let now = now_ms();
     let interval = recorder.timeline_interval_ms();
     let targets: Vec<(String, CgroupRef, bool)> = recorder
@@ -282,6 +287,7 @@ fn sample(hierarchy: &Hierarchy, recorder: &mut Recorder) {
             Some((l.record.container_id.clone(), l.cgroup.clone()?, full))
         })
         .collect();
+    counters.retain(|id, _| targets.iter().any(|(t, ..)| t == id));
     for (id, cg, full) in targets {
         let Some(memory) = cg.memory_path.as_deref() else {
             continue;
@@ -291,12 +297,23 @@ fn sample(hierarchy: &Hierarchy, recorder: &mut Recorder) {
             if let Ok(reading) = read_memory(hierarchy, memory, cg.path.as_deref()) {
                 recorder.observe(&id, &reading, now);
             }
-        } else {
-            if let Ok(high) = read_high_water(hierarchy, memory) {
-                recorder.observe_peak(&id, high, now);
+            continue;
+        }
+        if !counters.contains_key(&id) {
+            match UsageCounters::open(hierarchy, memory) {
+                Ok(c) => {
+                    counters.insert(id.clone(), c);
+                }
+                Err(_) => continue,
             }
-            if let Ok(usage) = read_usage(hierarchy, memory) {
+        }
+        match counters.get(&id).map(UsageCounters::read) {
+            Some(Ok((usage, high))) => {
+                recorder.observe_peak(&id, high, now);
                 recorder.observe_usage(&id, usage, now);
+            }
+            _ => {
+                counters.remove(&id);
             }
         }
     }

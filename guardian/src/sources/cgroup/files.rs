@@ -140,6 +140,71 @@ pub fn read_usage(hierarchy: &Hierarchy, memory_rel: &Path) -> Result<Bytes, Cgr
     read_u64(&hierarchy.memory_dir(memory_rel).join(file)).map(Bytes)
 }
 
+/// A memory cgroup's usage and high-water mark with their files kept open, so each sampling
+/// round is two `pread`s rather than two path walks, opens and closes (cgroupfs regenerates the
+/// content on every read at offset 0).
+#[derive(Debug)]
+pub struct UsageCounters {
+    usage: (PathBuf, std::fs::File),
+    high_water: (PathBuf, std::fs::File),
+}
+
+impl UsageCounters {
+    /// Opens the counters of the group at `memory_rel`.
+    pub fn open(hierarchy: &Hierarchy, memory_rel: &Path) -> Result<Self, CgroupError> {
+        let dir = hierarchy.memory_dir(memory_rel);
+        let (usage, high) = if hierarchy.memory_is_v2() {
+            let peak = dir.join("memory.peak");
+            let high = if peak.exists() {
+                peak
+            } else {
+                dir.join("memory.current")
+            };
+            (dir.join("memory.current"), high)
+        } else {
+            (
+                dir.join("memory.usage_in_bytes"),
+                dir.join("memory.max_usage_in_bytes"),
+            )
+        };
+        let open = |p: PathBuf| {
+            std::fs::File::open(&p)
+                .map(|f| (p.clone(), f))
+                .map_err(|e| CgroupError::read(&p, e))
+        };
+        Ok(Self {
+            usage: open(usage)?,
+            high_water: open(high)?,
+        })
+    }
+
+    /// The usage and the high-water mark now; `Gone` once the group was removed.
+    pub fn read(&self) -> Result<(Bytes, Bytes), CgroupError> {
+        Ok((pread_u64(&self.usage)?, pread_u64(&self.high_water)?))
+    }
+}
+
+fn pread_u64((path, file): &(PathBuf, std::fs::File)) -> Result<Bytes, CgroupError> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = [0u8; 32];
+    let n = file.read_at(&mut buf, 0).map_err(|e| {
+        // A removed cgroup's open files fail with ENODEV.
+        if e.raw_os_error() == Some(libc::ENODEV) {
+            CgroupError::Gone { path: path.clone() }
+        } else {
+            CgroupError::read(path, e)
+        }
+    })?;
+    let text = String::from_utf8_lossy(&buf[..n]);
+    text.trim()
+        .parse()
+        .map(Bytes)
+        .map_err(|_| CgroupError::Parse {
+            path: path.clone(),
+            content: text.into_owned(),
+        })
+}
+
 fn read_v2(dir: &Path) -> Result<MemoryReading, CgroupError> {
     let usage = Bytes(read_u64(&dir.join("memory.current"))?);
     let stat_text = read(&dir.join("memory.stat"))?;

@@ -7,7 +7,9 @@ mod ids;
 mod notify;
 mod psi;
 
-pub use files::{parse_kv, parse_pressure, read_high_water, read_memory, read_usage};
+pub use files::{
+    parse_kv, parse_pressure, read_high_water, read_memory, read_usage, UsageCounters,
+};
 pub use ids::{pid_cgroups, CgroupIndex, ProcCgroups};
 pub use notify::{FileWatch, V1OomNotifier};
 pub use psi::{PsiKind, PsiTrigger};
