@@ -274,3 +274,63 @@ fn bad_stacks_get_one_line_errors() {
     assert_eq!(status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("no compose tool found"), "{stderr}");
 }
+
+#[test]
+fn ctrl_c_stops_starting_services_and_leaves_the_started_ones_running() {
+    require_docker();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("compose.yml");
+    std::fs::write(&file, STACK).unwrap();
+    let project = unique("ctrlc");
+    let state = tempfile::tempdir().unwrap();
+    let child = std::process::Command::new(support::guardian_bin())
+        .args(["up", "--output", "json", "-f"])
+        .arg(&file)
+        .args(["-p", &project, "--state-dir"])
+        .arg(state.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Interrupt once the first wave (db, cache) exists: app1-3 wait for db to be ready.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let running = || {
+        support::docker(&[
+            "ps",
+            "-q",
+            "--filter",
+            &format!("label=com.docker.compose.project={project}"),
+        ])
+        .lines()
+        .count()
+    };
+    while running() == 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let left_running = running();
+    down(&project, &file);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let summary: Value = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("{e}: {stdout} {}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(summary["interrupted"], true);
+    assert_eq!(out.status.code(), Some(1), "not all services are ready");
+    let services = summary["services"].as_array().unwrap();
+    let waiting: Vec<&str> = services
+        .iter()
+        .filter(|s| s["state"] == "waiting")
+        .map(|s| s["service"].as_str().unwrap())
+        .collect();
+    assert!(waiting.contains(&"app1"), "{summary}");
+    let started = services.iter().filter(|s| s["order"].is_u64()).count();
+    assert!(started >= 1, "{summary}");
+    assert_eq!(
+        left_running, started,
+        "what was started is left running, nothing else"
+    );
+}

@@ -1,6 +1,9 @@
 //! `guardian up`: start a compose stack in waves that fit in memory. Each service is started
 //! with the user's compose tool once its dependencies are ready (healthy, or started if they
-//! have no healthcheck, and settled) and its expected start-up peak fits the headroom.
+//! have no healthcheck, and settled) and its expected start-up peak fits the headroom. A service
+//! past its start-up peak (its usage well below its high-water mark) no longer holds headroom
+//! for growth, so the next wave need not wait for it to settle; services admitted together
+//! start in one compose call.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -21,7 +24,7 @@ use super::{
 };
 use crate::{
     model::{rfc3339_ms, Bytes, Container, RunRecord},
-    policy::staging::{admit, levels, Need},
+    policy::staging::{admit, levels, Need, NeedSource},
     sources::{
         cgroup::{read_high_water, read_usage, Hierarchy},
         docker::DockerClient,
@@ -73,6 +76,8 @@ struct ServiceRun {
     /// The kernel's high-water mark of its memory when it became ready.
     startup_peak: Option<Bytes>,
     usage: Option<Bytes>,
+    /// Past its start-up spike: it holds no headroom for growth any more.
+    past_peak: bool,
     /// It did not fit the headroom even alone and started alone.
     over_budget: bool,
     #[serde(skip)]
@@ -116,6 +121,7 @@ pub async fn run(args: UpArgs, output: Output) -> anyhow::Result<ExitCode> {
             ready_ms: None,
             startup_peak: None,
             usage: None,
+            past_peak: false,
             over_budget: false,
             container: None,
             samples: VecDeque::new(),
@@ -166,12 +172,14 @@ pub async fn run(args: UpArgs, output: Output) -> anyhow::Result<ExitCode> {
             .filter(|r| depends_on[&r.service].iter().all(|d| ready(d, &runs)))
             .map(|r| r.service.clone())
             .collect();
-        let in_flight = runs
-            .iter()
-            .filter(|r| matches!(r.state, State::Starting | State::Settling))
-            .count();
+        let in_flight = runs.iter().filter(|r| growing(r)).count();
         let headroom = headroom(&runs, args.stack.available, args.stack.reserve)?;
-        for a in admit(&candidates, &needs, in_flight, headroom, args.max_parallel) {
+        let wave = admit(&candidates, &needs, in_flight, headroom, args.max_parallel);
+        if !wave.is_empty() {
+            let names: Vec<&str> = wave.iter().map(|a| a.service.as_str()).collect();
+            start_services(&stack, &names).await?;
+        }
+        for a in wave {
             let run = runs
                 .iter_mut()
                 .find(|r| r.service == a.service)
@@ -179,7 +187,6 @@ pub async fn run(args: UpArgs, output: Output) -> anyhow::Result<ExitCode> {
             if a.alone_over_budget {
                 warn!(service = %a.service, need = %run.need.startup.unwrap_or_default(), headroom = %headroom, "does not fit even alone; starting it alone");
             }
-            start_service(&stack, &a.service).await?;
             started += 1;
             run.state = State::Starting;
             run.order = Some(started);
@@ -228,7 +235,7 @@ fn headroom(
     };
     let growth: u64 = runs
         .iter()
-        .filter(|r| matches!(r.state, State::Starting | State::Settling))
+        .filter(|r| growing(r))
         .map(|r| {
             r.need
                 .startup
@@ -238,18 +245,24 @@ fn headroom(
     Ok(Bytes(base.saturating_sub(reserve.0).saturating_sub(growth)))
 }
 
-async fn start_service(stack: &Stack, service: &str) -> anyhow::Result<()> {
-    let mut cmd = stack.tool.command(
-        &stack.files,
-        &["-p", &stack.project, "up", "-d", "--no-deps", service],
-    );
+/// A started service that may still grow toward its start-up peak.
+fn growing(r: &ServiceRun) -> bool {
+    matches!(r.state, State::Starting | State::Settling) && !r.past_peak
+}
+
+/// Starts a wave with one call of the user's compose tool.
+async fn start_services(stack: &Stack, services: &[&str]) -> anyhow::Result<()> {
+    let mut args = vec!["-p", stack.project.as_str(), "up", "-d", "--no-deps"];
+    args.extend_from_slice(services);
+    let mut cmd = stack.tool.command(&stack.files, &args);
+    let names = services.join(", ");
     let out = tokio::task::spawn_blocking(move || cmd.output())
         .await?
-        .with_context(|| format!("starting {service} with the compose tool"))?;
+        .with_context(|| format!("starting {names} with the compose tool"))?;
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         anyhow::bail!(
-            "compose could not start {service}: {}",
+            "compose could not start {names}: {}",
             stderr.lines().last().unwrap_or("").trim()
         );
     }
@@ -299,6 +312,15 @@ async fn observe(
         let running_since = *run.running_since.get_or_insert(now);
         if let Some(mem) = &memory {
             if let Ok(usage) = read_usage(hierarchy, mem) {
+                if let Ok(high) = read_high_water(hierarchy, mem) {
+                    // Only a recorded start-up peak says how high the spike goes; a limit
+                    // is a ceiling it may never reach.
+                    let expected = run
+                        .need
+                        .startup
+                        .filter(|_| run.need.source == NeedSource::Recorded);
+                    run.past_peak |= past_peak(usage, high, expected);
+                }
                 run.usage = Some(usage);
                 run.samples.push_back((now, usage.0));
                 while run
@@ -338,6 +360,14 @@ async fn observe(
         }
     }
     Ok(())
+}
+
+/// Past the start-up spike: usage has fallen to 80 % of the high-water mark or less, and the
+/// mark reached at least 90 % of the recorded start-up peak (so an early dip does not count).
+fn past_peak(usage: Bytes, high_water: Bytes, expected: Option<Bytes>) -> bool {
+    const MIN_SPIKE: u64 = 8 << 20;
+    let reached = expected.is_none_or(|e| high_water.0 >= e.0 / 10 * 9);
+    reached && high_water.0 >= MIN_SPIKE && usage.0 <= high_water.0 / 5 * 4
 }
 
 /// Writes each ready service's start-up peak to the store, so the next `up` stages better.

@@ -112,8 +112,9 @@ pub struct Admission {
 ///
 /// `candidates` have all their dependencies ready; `in_flight` is how many started services are
 /// not ready yet; `headroom` is what may still be used (available − reserve − what the
-/// in-flight services are still expected to grow). Services with a known start-up need are
-/// admitted while they fit; unknown ones while fewer than `max_parallel` are in flight. When
+/// in-flight services are still expected to grow). Services with a recorded start-up peak are
+/// admitted while they fit, however many are in flight; the others (a limit or nothing to go
+/// by) while they fit and fewer than `max_parallel` are in flight. When
 /// nothing is in flight, the first candidate always starts, so the stack never deadlocks.
 pub fn admit(
     candidates: &[String],
@@ -125,7 +126,12 @@ pub fn admit(
     let mut out = Vec::new();
     let mut flying = in_flight;
     for service in candidates {
-        if flying >= max_parallel {
+        let recorded = needs
+            .get(service)
+            .is_some_and(|n| n.source == NeedSource::Recorded && n.startup.is_some());
+        // A recorded start-up peak is what memory admission needs; a limit is only a ceiling,
+        // so without history --max-parallel bounds the wave too.
+        if !recorded && flying >= max_parallel {
             break;
         }
         match needs.get(service).and_then(|n| n.startup) {
@@ -295,6 +301,8 @@ mod tests {
         );
         // Something is starting: wait for it.
         assert!(admit(&all, &needs, 1, Bytes(50 * MIB), 8).is_empty());
+        // Known needs are limited by memory, not by --max-parallel.
+        assert_eq!(admit(&all, &needs, 3, Bytes(250 * MIB), 2).len(), 2);
     }
 
     #[test]
