@@ -34,6 +34,18 @@ fn idle_container(name: &str, labels: &[&str]) -> String {
     docker(&args)
 }
 
+/// A config whose critical reserve is larger than any host, so the ladder sees critical
+/// pressure at once; `extra` adds `[enforce]` lines. Returns the config path.
+fn critical_config(dir: &Path, extra: &str) -> PathBuf {
+    let config = dir.join("guardian.toml");
+    std::fs::write(
+        &config,
+        format!("[enforce]\nreserve = \"1t\"\ncritical_reserve = \"1t\"\nprofiles = []\n{extra}"),
+    )
+    .unwrap();
+    config
+}
+
 fn freeze_state(unified_dir: &Path) -> String {
     std::fs::read_to_string(unified_dir.join("cgroup.freeze"))
         .unwrap()
@@ -138,13 +150,10 @@ fn critical_pressure_freezes_the_budgeted_container_and_every_freeze_is_put_back
     let (_, unified_dir) = container_cgroup(&id);
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
-    let config = dir.path().join("guardian.toml");
-    // A critical reserve larger than any host: the ladder sees critical pressure at once.
-    std::fs::write(
-        &config,
-        "[enforce]\nreserve = \"1t\"\ncritical_reserve = \"1t\"\nstep_interval = \"200ms\"\nrelax_after = \"1h\"\nprofiles = []\n",
-    )
-    .unwrap();
+    let config = critical_config(
+        dir.path(),
+        "step_interval = \"200ms\"\nrelax_after = \"1h\"\n",
+    );
     let args = ["--config", config.to_str().unwrap(), "--no-metrics"];
 
     // A clean stop thaws it.
@@ -226,12 +235,7 @@ fn dry_run_records_what_it_would_do_and_writes_nothing() {
     let (_, unified_dir) = container_cgroup(&id);
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
-    let config = dir.path().join("guardian.toml");
-    std::fs::write(
-        &config,
-        "[enforce]\nreserve = \"1t\"\ncritical_reserve = \"1t\"\nprofiles = []\n",
-    )
-    .unwrap();
+    let config = critical_config(dir.path(), "");
     let daemon = Daemon::start(
         &state,
         &[
@@ -272,12 +276,10 @@ fn with_allow_kill_a_frozen_container_is_killed_when_critical_pressure_lasts() {
     let id = idle_container(&name, &["guardian.budget=64m"]);
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
-    let config = dir.path().join("guardian.toml");
-    std::fs::write(
-        &config,
-        "[enforce]\nreserve = \"1t\"\ncritical_reserve = \"1t\"\nstep_interval = \"200ms\"\nkill_after = \"1s\"\nrelax_after = \"1h\"\nprofiles = []\n",
-    )
-    .unwrap();
+    let config = critical_config(
+        dir.path(),
+        "step_interval = \"200ms\"\nkill_after = \"1s\"\nrelax_after = \"1h\"\n",
+    );
     let daemon = Daemon::start(
         &state,
         &[
