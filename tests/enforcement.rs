@@ -280,12 +280,15 @@ fn with_allow_kill_a_frozen_container_is_killed_when_critical_pressure_lasts() {
         dir.path(),
         "step_interval = \"200ms\"\nkill_after = \"1s\"\nrelax_after = \"1h\"\n",
     );
+    let port = 20000 + (std::process::id() % 20000) as u16 + 1;
+    let listen = format!("127.0.0.1:{port}");
     let daemon = Daemon::start(
         &state,
         &[
             "--config",
             config.to_str().unwrap(),
-            "--no-metrics",
+            "--metrics-listen",
+            &listen,
             "--allow-kill",
         ],
     );
@@ -299,12 +302,31 @@ fn with_allow_kill_a_frozen_container_is_killed_when_critical_pressure_lasts() {
         std::thread::sleep(Duration::from_millis(100));
     }
     let status = daemon.status();
+    // The metrics snapshot is rendered every sampling round (100 ms here).
+    std::thread::sleep(Duration::from_millis(300));
+    let metrics = {
+        use std::io::{Read, Write};
+        let mut conn = std::net::TcpStream::connect(&listen).unwrap();
+        conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut body = String::new();
+        conn.read_to_string(&mut body).unwrap();
+        body
+    };
     let (exit, log) = daemon.stop(Signal::SIGTERM);
     docker(&["rm", "-f", &name]);
     assert!(exit.success(), "{log}");
     assert_eq!(
         state_now, "exited",
         "the container was not killed; log:\n{log}"
+    );
+    assert!(
+        metrics.contains("guardian_actions_total{action=\"kill\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("guardian_host_memory_level 2"),
+        "{metrics}"
     );
     let actions = status["actions"].as_array().unwrap();
     let kill = actions

@@ -362,12 +362,12 @@ async fn observe(
     Ok(())
 }
 
-/// Past the start-up spike: usage has fallen to 80 % of the high-water mark or less, and the
-/// mark reached at least 90 % of the recorded start-up peak (so an early dip does not count).
-fn past_peak(usage: Bytes, high_water: Bytes, expected: Option<Bytes>) -> bool {
-    const MIN_SPIKE: u64 = 8 << 20;
-    let reached = expected.is_none_or(|e| high_water.0 >= e.0 / 10 * 9);
-    reached && high_water.0 >= MIN_SPIKE && usage.0 <= high_water.0 / 5 * 4
+/// Past the start-up spike: the high-water mark reached at least 90 % of the recorded start-up
+/// peak and usage has fallen to 80 % of it or less. Without a recorded peak nothing says which
+/// rise was the spike (container set-up alone leaves a mark), so such a service holds its
+/// headroom until it has settled.
+fn past_peak(usage: Bytes, high_water: Bytes, recorded: Option<Bytes>) -> bool {
+    recorded.is_some_and(|e| high_water.0 >= e.0 / 10 * 9) && usage.0 <= high_water.0 / 5 * 4
 }
 
 /// Writes each ready service's start-up peak to the store, so the next `up` stages better.
