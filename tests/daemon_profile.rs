@@ -355,15 +355,7 @@ fn metrics_endpoint_serves_per_container_series() {
         "--hold-ms",
         "20000",
     ]);
-    let scrape = || {
-        use std::io::{Read, Write};
-        let mut conn = std::net::TcpStream::connect(&listen).unwrap();
-        conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-            .unwrap();
-        let mut body = String::new();
-        conn.read_to_string(&mut body).unwrap();
-        body
-    };
+    let scrape = || support::scrape_metrics(&listen);
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut body = String::new();
     let series = format!("guardian_container_memory_working_set_bytes{{container=\"{name}\"");

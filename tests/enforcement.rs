@@ -304,15 +304,7 @@ fn with_allow_kill_a_frozen_container_is_killed_when_critical_pressure_lasts() {
     let status = daemon.status();
     // The metrics snapshot is rendered every sampling round (100 ms here).
     std::thread::sleep(Duration::from_millis(300));
-    let metrics = {
-        use std::io::{Read, Write};
-        let mut conn = std::net::TcpStream::connect(&listen).unwrap();
-        conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-            .unwrap();
-        let mut body = String::new();
-        conn.read_to_string(&mut body).unwrap();
-        body
-    };
+    let metrics = support::scrape_metrics(&listen);
     let (exit, log) = daemon.stop(Signal::SIGTERM);
     docker(&["rm", "-f", &name]);
     assert!(exit.success(), "{log}");

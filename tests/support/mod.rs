@@ -423,3 +423,14 @@ impl Drop for Daemon {
         let _ = self.child.wait();
     }
 }
+
+/// The daemon's Prometheus page at `listen` (one plain HTTP/1.1 GET).
+pub fn scrape_metrics(listen: &str) -> String {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(listen).unwrap();
+    conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut body = String::new();
+    conn.read_to_string(&mut body).unwrap();
+    body
+}

@@ -7,7 +7,7 @@ use std::{fmt::Write as _, path::PathBuf, process::ExitCode, time::Duration};
 use super::{parse_duration, Output, UsageError};
 use crate::{
     model::Incident,
-    report::incident::{render, Format},
+    report::incident::{render, show, Format},
     store::Store,
 };
 
@@ -111,10 +111,6 @@ pub async fn run(args: ReportArgs, output: Output) -> anyhow::Result<ExitCode> {
             })
         }
     }
-}
-
-fn show(b: Option<crate::model::Bytes>) -> String {
-    b.map_or_else(|| "-".into(), |b| b.to_string())
 }
 
 fn print_list(incidents: &[Incident]) {

@@ -4,6 +4,7 @@
 use crate::{
     model::{Bytes, Incident},
     policy::profile::{recommend, ServiceUsage},
+    report::profile::compose_size,
     sources::kmsg::OomKind,
 };
 
@@ -83,11 +84,6 @@ pub fn next_step(i: &Incident) -> String {
             i.name
         ),
     }
-}
-
-/// A size as compose reads it (whole MiB, or GiB when exact).
-fn compose_size(b: Bytes) -> String {
-    crate::report::profile::compose_size(b)
 }
 
 #[cfg(test)]

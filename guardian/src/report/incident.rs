@@ -89,7 +89,8 @@ pub fn reconcile(dir: &Path, store: &Store) -> Result<usize, StoreError> {
     Ok(written)
 }
 
-fn show(b: Option<Bytes>) -> String {
+/// An optional size for a table cell, `-` when unknown.
+pub fn show(b: Option<Bytes>) -> String {
     b.map_or_else(|| "-".to_string(), |b| b.to_string())
 }
 
