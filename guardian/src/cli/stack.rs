@@ -78,7 +78,10 @@ impl Stack {
         self.model
             .services
             .iter()
-            .map(|(name, svc)| (name.clone(), svc.depends_on.clone()))
+            .map(|(name, svc)| {
+                let deps = svc.depends_on.iter().map(|d| d.service.clone()).collect();
+                (name.clone(), deps)
+            })
             .collect()
     }
 

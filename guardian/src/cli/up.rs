@@ -1,9 +1,11 @@
 //! `guardian up`: start a compose stack in waves that fit in memory. Each service is started
-//! with the user's compose tool once its dependencies are ready (healthy, or started if they
-//! have no healthcheck, and settled) and its expected start-up peak fits the headroom. A service
-//! past its start-up peak (its usage well below its high-water mark) no longer holds headroom
-//! for growth, so the next wave need not wait for it to settle; services admitted together
-//! start in one compose call.
+//! with the user's compose tool once its dependencies meet their compose condition (started,
+//! healthy, or completed successfully) *and* their memory is calm, and its expected start-up
+//! peak fits the headroom. Memory is calm once the service is healthy (or running, with no
+//! healthcheck) and has settled (moved less than --settle-delta for --settle), or, with a
+//! recorded start-up peak, as soon as it is past that peak (usage well below the high-water
+//! mark): then it holds no headroom for growth and the next wave need not wait for it to be
+//! healthy. Services admitted together start in one compose call.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -27,6 +29,7 @@ use crate::{
     policy::staging::{admit, levels, Need, NeedSource},
     sources::{
         cgroup::{read_high_water, read_usage, Hierarchy},
+        compose::{Condition, Dependency},
         docker::DockerClient,
     },
     store::Store,
@@ -56,9 +59,14 @@ pub struct UpArgs {
 #[serde(rename_all = "snake_case", tag = "state", content = "reason")]
 enum State {
     Waiting,
+    /// Started, not healthy yet (or not running yet).
     Starting,
+    /// Healthy (or running, with no healthcheck), memory not calm yet.
     Settling,
+    /// Healthy and calm: ready.
     Healthy,
+    /// Exited with code 0, as one-shot services (migrations, seeds) do.
+    Completed,
     Failed(String),
 }
 
@@ -72,12 +80,18 @@ struct ServiceRun {
     order: Option<usize>,
     /// Milliseconds from the start of `guardian up`.
     started_ms: Option<u64>,
+    /// When its memory became calm (settled, or past its recorded start-up peak).
+    calm_ms: Option<u64>,
+    /// When it became ready (healthy and calm) or completed.
     ready_ms: Option<u64>,
     /// The kernel's high-water mark of its memory when it became ready.
     startup_peak: Option<Bytes>,
     usage: Option<Bytes>,
-    /// Past its start-up spike: it holds no headroom for growth any more.
-    past_peak: bool,
+    /// The high-water mark so far.
+    peak: Option<Bytes>,
+    /// Healthy and settled, or past its recorded start-up spike: it holds no headroom for
+    /// growth any more.
+    calm: bool,
     /// It did not fit the headroom even alone and started alone.
     over_budget: bool,
     #[serde(skip)]
@@ -109,7 +123,12 @@ pub async fn run(args: UpArgs, output: Output) -> anyhow::Result<ExitCode> {
     let needs = stack.needs(&args.stack.state_dir, args.stack.profile.as_deref())?;
     let hierarchy = Hierarchy::detect()?;
     let client = DockerClient::connect(hierarchy.clone()).await?;
-    let depends_on = stack.depends_on();
+    let depends_on: HashMap<&str, &[Dependency]> = stack
+        .model
+        .services
+        .iter()
+        .map(|(name, svc)| (name.as_str(), svc.depends_on.as_slice()))
+        .collect();
     let mut runs: Vec<ServiceRun> = order
         .iter()
         .map(|s| ServiceRun {
@@ -118,10 +137,12 @@ pub async fn run(args: UpArgs, output: Output) -> anyhow::Result<ExitCode> {
             need: needs.get(s).copied().unwrap_or_default(),
             order: None,
             started_ms: None,
+            calm_ms: None,
             ready_ms: None,
             startup_peak: None,
             usage: None,
-            past_peak: false,
+            peak: None,
+            calm: false,
             over_budget: false,
             container: None,
             samples: VecDeque::new(),
@@ -147,29 +168,32 @@ pub async fn run(args: UpArgs, output: Output) -> anyhow::Result<ExitCode> {
         }
         observe(&client, &hierarchy, &stack.project, &mut runs, &args, t0).await?;
 
-        let ready = |s: &String, runs: &[ServiceRun]| {
-            runs.iter()
-                .any(|r| &r.service == s && r.state == State::Healthy)
-        };
-        let failed = |s: &String, runs: &[ServiceRun]| {
-            runs.iter()
-                .any(|r| &r.service == s && matches!(r.state, State::Failed(_)))
+        let failed = |d: &Dependency, runs: &[ServiceRun]| {
+            runs.iter().any(|r| {
+                r.service == d.service
+                    && (matches!(r.state, State::Failed(_))
+                        || (d.condition == Condition::Healthy && r.state == State::Completed))
+            })
         };
         // A service whose dependency failed will never start.
         for i in 0..runs.len() {
             if runs[i].state == State::Waiting {
-                if let Some(dep) = depends_on[&runs[i].service]
+                if let Some(dep) = depends_on[runs[i].service.as_str()]
                     .iter()
                     .find(|d| failed(d, &runs))
                 {
-                    runs[i].state = State::Failed(format!("dependency {dep} failed"));
+                    runs[i].state = State::Failed(format!("dependency {} failed", dep.service));
                 }
             }
         }
         let candidates: Vec<String> = runs
             .iter()
             .filter(|r| r.state == State::Waiting)
-            .filter(|r| depends_on[&r.service].iter().all(|d| ready(d, &runs)))
+            .filter(|r| {
+                depends_on[r.service.as_str()]
+                    .iter()
+                    .all(|d| satisfied(d, &runs))
+            })
             .map(|r| r.service.clone())
             .collect();
         let in_flight = runs.iter().filter(|r| growing(r)).count();
@@ -195,16 +219,21 @@ pub async fn run(args: UpArgs, output: Output) -> anyhow::Result<ExitCode> {
             run.started_ms = Some(t0.elapsed().as_millis() as u64);
         }
         display.show(&runs);
-        let done = runs
-            .iter()
-            .all(|r| matches!(r.state, State::Healthy | State::Failed(_)));
+        let done = runs.iter().all(|r| {
+            matches!(
+                r.state,
+                State::Healthy | State::Completed | State::Failed(_)
+            )
+        });
         if done {
             break;
         }
     }
 
     record_startup_peaks(&args.stack.state_dir, &stack.project, &runs);
-    let all_ready = runs.iter().all(|r| r.state == State::Healthy);
+    let all_ready = runs
+        .iter()
+        .all(|r| matches!(r.state, State::Healthy | State::Completed));
     let summary = Summary {
         project: stack.project.clone(),
         all_ready,
@@ -247,7 +276,22 @@ fn headroom(
 
 /// A started service that may still grow toward its start-up peak.
 fn growing(r: &ServiceRun) -> bool {
-    matches!(r.state, State::Starting | State::Settling) && !r.past_peak
+    matches!(r.state, State::Starting | State::Settling) && !r.calm
+}
+
+/// Whether `dep` meets its compose condition and its memory is calm.
+fn satisfied(dep: &Dependency, runs: &[ServiceRun]) -> bool {
+    runs.iter()
+        .find(|r| r.service == dep.service)
+        .is_some_and(|r| match dep.condition {
+            Condition::Started => {
+                r.state == State::Completed
+                    || (r.calm
+                        && matches!(r.state, State::Starting | State::Settling | State::Healthy))
+            }
+            Condition::Healthy => r.state == State::Healthy,
+            Condition::CompletedSuccessfully => r.state == State::Completed,
+        })
 }
 
 /// Starts a wave with one call of the user's compose tool.
@@ -297,6 +341,11 @@ async fn observe(
         };
         run.container = Some(c.clone());
         if c.state == "exited" || c.state == "dead" {
+            if c.exit_code == Some(0) && !c.oom_killed {
+                run.state = State::Completed;
+                run.ready_ms = Some(t0.elapsed().as_millis() as u64);
+                continue;
+            }
             let why = if c.oom_killed { " (OOM-killed)" } else { "" };
             run.state = State::Failed(format!(
                 "exited with code {}{why}",
@@ -310,6 +359,7 @@ async fn observe(
         let memory = c.cgroup.as_ref().and_then(|cg| cg.memory_path.clone());
         let now = Instant::now();
         let running_since = *run.running_since.get_or_insert(now);
+        let mut past = false;
         if let Some(mem) = &memory {
             if let Ok(usage) = read_usage(hierarchy, mem) {
                 if let Ok(high) = read_high_water(hierarchy, mem) {
@@ -319,7 +369,8 @@ async fn observe(
                         .need
                         .startup
                         .filter(|_| run.need.source == NeedSource::Recorded);
-                    run.past_peak |= past_peak(usage, high, expected);
+                    past = past_peak(usage, high, expected);
+                    run.peak = Some(high);
                 }
                 run.usage = Some(usage);
                 run.samples.push_back((now, usage.0));
@@ -332,21 +383,26 @@ async fn observe(
                 }
             }
         }
+        let (lo, hi) = run
+            .samples
+            .iter()
+            .fold((u64::MAX, 0), |(lo, hi), (_, v)| (lo.min(*v), hi.max(*v)));
+        let settled =
+            now - running_since >= args.settle && hi.saturating_sub(lo) <= args.settle_delta.0;
         let healthy = match c.health.as_deref() {
             Some(h) => h == "healthy",
             None => true,
         };
+        // Flat memory alone is not calm: a long spike is flat too, until it ends.
+        if !run.calm && (past || (healthy && settled)) {
+            run.calm = true;
+            run.calm_ms = Some(t0.elapsed().as_millis() as u64);
+        }
         if !healthy {
             run.state = State::Starting;
         } else {
             run.state = State::Settling;
-            let (lo, hi) = run
-                .samples
-                .iter()
-                .fold((u64::MAX, 0), |(lo, hi), (_, v)| (lo.min(*v), hi.max(*v)));
-            let settled =
-                now - running_since >= args.settle && hi.saturating_sub(lo) <= args.settle_delta.0;
-            if settled {
+            if run.calm {
                 run.state = State::Healthy;
                 run.ready_ms = Some(t0.elapsed().as_millis() as u64);
                 run.startup_peak = memory
@@ -436,6 +492,7 @@ impl Display {
             State::Starting => "starting".into(),
             State::Settling => "settling".into(),
             State::Healthy => "ready".into(),
+            State::Completed => "completed".into(),
             State::Failed(why) => format!("FAILED: {why}"),
         }
     }
@@ -452,7 +509,7 @@ impl Display {
                     r.service,
                     Self::label(&r.state),
                     show(r.usage),
-                    show(r.startup_peak)
+                    show(r.peak)
                 );
             }
             self.drawn = runs.len();
@@ -482,7 +539,7 @@ impl Display {
                 summary
                     .services
                     .iter()
-                    .filter(|r| r.state == State::Healthy)
+                    .filter(|r| matches!(r.state, State::Healthy | State::Completed))
                     .count(),
                 summary.services.len(),
                 summary.elapsed_ms as f64 / 1000.0,

@@ -33,9 +33,26 @@ pub struct ComposeServiceModel {
     /// `deploy.resources.reservations.memory`, else `mem_reservation`.
     pub memory_reservation: Option<Bytes>,
     /// Services this one waits for (`depends_on`, list or map form).
-    pub depends_on: Vec<String>,
-    /// Whether it has a healthcheck (then "ready" means healthy).
-    pub healthcheck: bool,
+    pub depends_on: Vec<Dependency>,
+}
+
+/// One `depends_on` entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Dependency {
+    pub service: String,
+    pub condition: Condition,
+}
+
+/// What a dependent waits for, as compose defines `depends_on.<service>.condition`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Condition {
+    /// `service_started` (and the list form): the container runs.
+    #[default]
+    Started,
+    /// `service_healthy`: its healthcheck passes.
+    Healthy,
+    /// `service_completed_successfully`: it exited with code 0.
+    CompletedSuccessfully,
 }
 
 /// The resolved stack.
@@ -151,24 +168,40 @@ pub fn parse_config(file: &Path, yaml: &str) -> Result<ComposeModel, ComposeErro
         let depends_on = match svc.get("depends_on") {
             Some(serde_yaml::Value::Sequence(list)) => list
                 .iter()
-                .filter_map(|v| v.as_str().map(str::to_string))
+                .filter_map(|v| v.as_str())
+                .map(|service| Dependency {
+                    service: service.to_string(),
+                    condition: Condition::Started,
+                })
                 .collect(),
             Some(serde_yaml::Value::Mapping(map)) => map
-                .keys()
-                .filter_map(|k| k.as_str().map(str::to_string))
-                .collect(),
+                .iter()
+                .filter_map(|(k, v)| Some((k.as_str()?, v)))
+                .map(|(service, v)| {
+                    let condition = match v.get("condition").and_then(|c| c.as_str()) {
+                        None | Some("service_started") => Ok(Condition::Started),
+                        Some("service_healthy") => Ok(Condition::Healthy),
+                        Some("service_completed_successfully") => {
+                            Ok(Condition::CompletedSuccessfully)
+                        }
+                        Some(other) => Err(invalid(format!(
+                            "service {name:?}: unknown depends_on condition {other:?}"
+                        ))),
+                    }?;
+                    Ok(Dependency {
+                        service: service.to_string(),
+                        condition,
+                    })
+                })
+                .collect::<Result<_, ComposeError>>()?,
             _ => Vec::new(),
         };
-        let healthcheck = svc
-            .get("healthcheck")
-            .is_some_and(|h| !h.get("disable").and_then(|d| d.as_bool()).unwrap_or(false));
         model.services.insert(
             name.to_string(),
             ComposeServiceModel {
                 memory_limit: limit,
                 memory_reservation: reservation,
                 depends_on,
-                healthcheck,
             },
         );
     }
@@ -207,19 +240,40 @@ mod tests {
     }
 
     #[test]
-    fn depends_on_in_both_forms_and_healthchecks() {
+    fn depends_on_in_both_forms_with_conditions() {
         // As docker-compose 1.29.2 prints `config` (the map form), and the list form.
         let yaml = include_str!("fixtures/compose-config-1.29.2.yml");
         let m = parse_config(Path::new("c.yml"), yaml).unwrap();
-        assert_eq!(m.services["app"].depends_on, ["db"]);
-        assert!(m.services["db"].healthcheck && !m.services["app"].healthcheck);
+        let names = |m: &ComposeModel, s: &str| -> Vec<(String, Condition)> {
+            m.services[s]
+                .depends_on
+                .iter()
+                .map(|d| (d.service.clone(), d.condition))
+                .collect()
+        };
+        assert_eq!(names(&m, "app"), [("db".into(), Condition::Healthy)]);
+        assert_eq!(names(&m, "web"), [("app".into(), Condition::Started)]);
         assert_eq!(m.services["db"].memory_limit, Some(Bytes(256 << 20)));
         let list = parse_config(
             Path::new("c.yml"),
             "services:\n  a:\n    depends_on: [b, c]\n",
         )
         .unwrap();
-        assert_eq!(list.services["a"].depends_on, ["b", "c"]);
+        assert_eq!(
+            names(&list, "a"),
+            [
+                ("b".into(), Condition::Started),
+                ("c".into(), Condition::Started)
+            ]
+        );
+        let unknown = parse_config(
+            Path::new("c.yml"),
+            "services:\n  a:\n    depends_on:\n      b:\n        condition: service_ready\n  b: {}\n",
+        );
+        assert!(unknown
+            .unwrap_err()
+            .to_string()
+            .contains("unknown depends_on condition \"service_ready\""));
     }
 
     #[test]

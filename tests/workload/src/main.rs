@@ -6,8 +6,12 @@
 //!                                                   write a file, then read it again and again
 //!   faults     --size 256m --rounds 20              map, touch and unmap: page-fault heavy
 //!   spike      --base 16m --spike 64m --spike-ms 50 --hold-ms 2000 [--delay-ms 300]
+//!              [--ready-ms 0 --ready-file /tmp/ready]
 //!                                                   hold base, add a short spike, free it, hold
-//!                                                   (--delay-ms 0: a start-up spike, then settle)
+//!                                                   (--delay-ms 0: a start-up spike, then settle;
+//!                                                   --ready-ms N: create the ready file N ms
+//!                                                   after start, as a service that accepts
+//!                                                   connections once its init is done)
 //!   staircase  --step 8m --every-ms 500 --max 64m --hold-ms 0
 //!                                                   a leak: one step more every interval
 //!   sawtooth   --max 64m --step 4m --every-ms 100 --cycles 3
@@ -173,6 +177,12 @@ fn spike(opts: &Opts) -> Result<(), String> {
     let spike_ms = opts.num("spike-ms", 50)?;
     let hold = opts.num("hold-ms", 2000)?;
     let delay = opts.num("delay-ms", 300)?;
+    let ready = opts.num("ready-ms", 0)?;
+    let ready_file = opts
+        .0
+        .get("ready-file")
+        .map_or("/tmp/ready", String::as_str);
+    let born = Instant::now();
     let mut resident = vec![0u8; base];
     touch(&mut resident);
     std::thread::sleep(Duration::from_millis(delay));
@@ -182,6 +192,11 @@ fn spike(opts: &Opts) -> Result<(), String> {
     std::thread::sleep(Duration::from_millis(spike_ms).saturating_sub(start.elapsed()));
     drop(burst);
     eprintln!("memload spike: {extra} bytes for {:?}", start.elapsed());
+    if ready > 0 {
+        std::thread::sleep(Duration::from_millis(ready).saturating_sub(born.elapsed()));
+        File::create(ready_file).map_err(|e| format!("{ready_file}: {e}"))?;
+        eprintln!("memload spike: ready after {:?}", born.elapsed());
+    }
     std::thread::sleep(Duration::from_millis(hold));
     std::hint::black_box(&resident);
     Ok(())
