@@ -416,3 +416,55 @@ fn a_one_shot_service_that_completes_lets_its_dependents_start() {
         "{summary}"
     );
 }
+
+#[test]
+fn services_too_big_for_the_budget_start_one_at_a_time_instead_of_never() {
+    require_docker();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("compose.yml");
+    let service = "    image: guardian-test/memload\n    command: memload spike --delay-ms 0 --base 4m --spike 8m --spike-ms 100 --hold-ms 600000\n    mem_limit: 256m\n";
+    std::fs::write(
+        &file,
+        format!("version: \"2.4\"\nservices:\n  big1:\n{service}  big2:\n{service}"),
+    )
+    .unwrap();
+    let project = unique("toobig");
+    let state = tempfile::tempdir().unwrap();
+    // Each is expected to need its 256 MiB limit; the budget is 64 MiB.
+    let (status, stdout, stderr) = run_guardian(&[
+        "up",
+        "--output",
+        "json",
+        "-f",
+        file.to_str().unwrap(),
+        "-p",
+        &project,
+        "--state-dir",
+        state.path().to_str().unwrap(),
+        "--available",
+        "64m",
+        "--reserve",
+        "0",
+    ]);
+    down(&project, &file);
+    assert!(status.success(), "{stderr}\n{stdout}");
+    let summary: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(summary["all_ready"], true, "{summary}");
+    let services = summary["services"].as_array().unwrap();
+    assert!(
+        services.iter().all(|s| s["over_budget"] == true),
+        "{summary}"
+    );
+    assert_eq!(
+        stderr.matches("does not fit even alone").count(),
+        2,
+        "one warning per service: {stderr}"
+    );
+    // Alone: the second started only once the first was ready.
+    let mut by_order: Vec<&Value> = services.iter().collect();
+    by_order.sort_by_key(|s| s["order"].as_u64());
+    assert!(
+        by_order[1]["started_ms"].as_u64().unwrap() >= by_order[0]["ready_ms"].as_u64().unwrap(),
+        "{summary}"
+    );
+}
