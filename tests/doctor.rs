@@ -14,7 +14,7 @@ const CGROUP2_SUPER_MAGIC: i64 = 0x63677270;
 fn fs_magic(path: &str) -> Option<i64> {
     nix::sys::statfs::statfs(path)
         .ok()
-        .map(|s| s.filesystem_type().0 as i64)
+        .map(|s| s.filesystem_type().0)
 }
 
 fn doctor_json(cmd: &mut Command) -> (bool, Value) {

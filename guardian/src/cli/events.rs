@@ -140,7 +140,7 @@ pub async fn run(args: EventsArgs, output: Output) -> anyhow::Result<ExitCode> {
                         KernelEvent::Oom(e) => {
                             let mut kill = oom::enrich(&e, &mut index);
                             kill.container = kill.victim.cgroup.as_ref().and_then(|c| identity.container(c));
-                            Event::OomKill(kill)
+                            Event::OomKill(Box::new(kill))
                         }
                         KernelEvent::Stall(e) => {
                             let mut stall = reclaim_stall(&e, &mut index);

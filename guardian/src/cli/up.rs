@@ -55,9 +55,10 @@ pub struct UpArgs {
     timeout: Duration,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
 #[serde(rename_all = "snake_case", tag = "state", content = "reason")]
 enum State {
+    #[default]
     Waiting,
     /// Started, not healthy yet (or not running yet).
     Starting,
@@ -70,7 +71,7 @@ enum State {
     Failed(String),
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Default, Serialize)]
 struct ServiceRun {
     service: String,
     #[serde(flatten)]
@@ -133,21 +134,8 @@ pub async fn run(args: UpArgs, output: Output) -> anyhow::Result<ExitCode> {
         .iter()
         .map(|s| ServiceRun {
             service: s.clone(),
-            state: State::Waiting,
             need: needs.get(s).copied().unwrap_or_default(),
-            order: None,
-            started_ms: None,
-            calm_ms: None,
-            ready_ms: None,
-            startup_peak: None,
-            usage: None,
-            peak: None,
-            calm: false,
-            over_budget: false,
-            container: None,
-            samples: VecDeque::new(),
-            started_at: None,
-            running_since: None,
+            ..Default::default()
         })
         .collect();
     let mut display = Display::new(output);
@@ -551,5 +539,69 @@ impl Display {
             ),
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    fn run(service: &str, state: State, calm: bool) -> ServiceRun {
+        ServiceRun {
+            service: service.into(),
+            state,
+            calm,
+            ..Default::default()
+        }
+    }
+
+    fn dep(service: &str, condition: Condition) -> Dependency {
+        Dependency {
+            service: service.into(),
+            condition,
+        }
+    }
+
+    #[test]
+    fn a_dependency_counts_once_its_compose_condition_holds_and_its_memory_is_calm() {
+        let runs = [
+            run("spiking", State::Starting, false),
+            run("past-peak", State::Starting, true),
+            run("healthy-settling", State::Settling, false),
+            run("ready", State::Healthy, true),
+            run("migrated", State::Completed, false),
+            run("waiting", State::Waiting, false),
+        ];
+        let met = |service: &str, condition| satisfied(&dep(service, condition), &runs);
+        // Started: running is not enough while it is still in its spike.
+        assert!(!met("spiking", Condition::Started));
+        assert!(met("past-peak", Condition::Started));
+        assert!(!met("healthy-settling", Condition::Started));
+        assert!(met("ready", Condition::Started));
+        assert!(met("migrated", Condition::Started));
+        assert!(!met("waiting", Condition::Started));
+        // Healthy: only ready (healthy and calm).
+        assert!(!met("past-peak", Condition::Healthy));
+        assert!(!met("healthy-settling", Condition::Healthy));
+        assert!(met("ready", Condition::Healthy));
+        // Completed successfully: only a service that exited 0.
+        assert!(!met("ready", Condition::CompletedSuccessfully));
+        assert!(met("migrated", Condition::CompletedSuccessfully));
+        assert!(!met("unknown", Condition::Started));
+    }
+
+    #[test]
+    fn past_the_peak_only_against_a_recorded_peak_reached_and_left() {
+        let recorded = Some(Bytes(128 * MIB));
+        // Reached 90 % of the recorded peak and fell to 80 % of the mark or less.
+        assert!(past_peak(Bytes(8 * MIB), Bytes(120 * MIB), recorded));
+        // Still on the spike (flat at the top is not past it).
+        assert!(!past_peak(Bytes(119 * MIB), Bytes(120 * MIB), recorded));
+        // The spike has not come yet: the mark is far below the recorded peak.
+        assert!(!past_peak(Bytes(8 * MIB), Bytes(20 * MIB), recorded));
+        // No history: nothing says which rise was the spike.
+        assert!(!past_peak(Bytes(8 * MIB), Bytes(120 * MIB), None));
     }
 }

@@ -142,7 +142,7 @@ pub struct StallSummary {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Event {
-    OomKill(OomKill),
+    OomKill(Box<OomKill>),
     ReclaimStall(ReclaimStall),
     Pressure(Pressure),
     MemcgOom(MemcgOom),

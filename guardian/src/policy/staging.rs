@@ -124,8 +124,7 @@ pub fn admit(
     max_parallel: usize,
 ) -> Vec<Admission> {
     let mut out = Vec::new();
-    let mut flying = in_flight;
-    for service in candidates {
+    for (flying, service) in (in_flight..).zip(candidates) {
         let recorded = needs
             .get(service)
             .is_some_and(|n| n.source == NeedSource::Recorded && n.startup.is_some());
@@ -155,7 +154,6 @@ pub fn admit(
                 alone_over_budget: false,
             }),
         }
-        flying += 1;
     }
     out
 }

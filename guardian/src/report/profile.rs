@@ -108,7 +108,7 @@ pub fn budgets_from(paths: &[std::path::PathBuf]) -> (Vec<ProfileBudget>, Vec<Pr
 pub fn compose_size(b: Bytes) -> String {
     const MIB: u64 = 1 << 20;
     const GIB: u64 = 1 << 30;
-    if b.0 >= GIB && b.0 % GIB == 0 {
+    if b.0 >= GIB && b.0.is_multiple_of(GIB) {
         format!("{}g", b.0 / GIB)
     } else {
         format!("{}m", b.0.div_ceil(MIB))

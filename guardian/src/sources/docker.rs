@@ -74,7 +74,7 @@ pub enum DockerUpdate {
         api_version: String,
         containers: Vec<Container>,
     },
-    Event(ContainerEvent),
+    Event(Box<ContainerEvent>),
     /// The engine is unreachable; retrying with back-off.
     Lost(String),
 }
@@ -257,7 +257,7 @@ impl DockerClient {
                 id,
                 container,
             };
-            if tx.send(DockerUpdate::Event(event)).await.is_err() {
+            if tx.send(DockerUpdate::Event(Box::new(event))).await.is_err() {
                 return Ok(());
             }
         }

@@ -46,7 +46,9 @@ impl PsiTrigger {
         match Self::arm_exact(file, kind, stall, window) {
             Err(CgroupError::PsiRefused { source, .. })
                 if source.raw_os_error() == Some(libc::EINVAL)
-                    && window.as_micros() % UNPRIVILEGED_WINDOW.as_micros() != 0 =>
+                    && !window
+                        .as_micros()
+                        .is_multiple_of(UNPRIVILEGED_WINDOW.as_micros()) =>
             {
                 let rounded = UNPRIVILEGED_WINDOW
                     * window.as_micros().div_ceil(UNPRIVILEGED_WINDOW.as_micros()) as u32;
