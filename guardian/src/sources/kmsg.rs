@@ -67,6 +67,85 @@ pub fn parse_kill_line(record: &str) -> Option<KillLine> {
     })
 }
 
+/// A kill still in the kernel's log buffer, with the memory cgroup of the killed task: from the
+/// OOM report's summary line (`oom-kill:constraint=…,task_memcg=…,task=…,pid=…`), which the
+/// kernel rate-limits with the rest of the report (ten per 5 s), so a burst of kills may leave
+/// some without one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoggedKill {
+    /// The killed task's memory cgroup, as the kernel names it.
+    pub task_memcg: String,
+    /// Its "Killed process" line when the buffer still has it, else one made from the summary.
+    pub line: KillLine,
+}
+
+/// Parses one OOM summary record; `None` for any other line.
+pub fn parse_summary_line(record: &str) -> Option<LoggedKill> {
+    let text = record
+        .split_once(';')
+        .map_or(record, |(_, t)| t)
+        .lines()
+        .next()?
+        .trim();
+    let fields = &text[text.find("oom-kill:")? + "oom-kill:".len()..];
+    let field = |key: &str| {
+        fields
+            .split(',')
+            .find_map(|f| f.strip_prefix(key)?.strip_prefix('='))
+    };
+    let kind = match field("constraint")? {
+        "CONSTRAINT_MEMCG" => OomKind::Cgroup,
+        _ => OomKind::Global,
+    };
+    Some(LoggedKill {
+        task_memcg: field("task_memcg")?.to_string(),
+        line: KillLine {
+            pid: field("pid")?.parse().ok()?,
+            comm: field("task")?.to_string(),
+            kind,
+            text: text.to_string(),
+        },
+    })
+}
+
+/// The kills still in the kernel's log buffer that name their task's memory cgroup, oldest
+/// first; empty without /dev/kmsg. Reads the buffer once, without waiting for new records.
+pub fn logged_kills() -> Vec<LoggedKill> {
+    let Ok(mut file) = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open("/dev/kmsg")
+    else {
+        return Vec::new();
+    };
+    let mut kills: Vec<LoggedKill> = Vec::new();
+    let mut buf = vec![0u8; 8192];
+    loop {
+        match file.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                let record = String::from_utf8_lossy(&buf[..n]);
+                if let Some(kill) = parse_summary_line(&record) {
+                    kills.push(kill);
+                } else if let Some(line) = parse_kill_line(&record) {
+                    // The kill line follows its summary: it has the sizes.
+                    if let Some(k) = kills
+                        .iter_mut()
+                        .rev()
+                        .find(|k| k.line.pid == line.pid && k.line.text.contains("oom-kill:"))
+                    {
+                        k.line = line;
+                    }
+                }
+            }
+            // Records overwritten while we read: go on with the next one.
+            Err(e) if e.raw_os_error() == Some(libc::EPIPE) => continue,
+            Err(_) => break,
+        }
+    }
+    kills
+}
+
 /// Streams the kill lines the kernel logs from now on. Without /dev/kmsg (no permission, a
 /// container) it says so once and sends nothing.
 pub fn watch(tx: mpsc::Sender<KillLine>) {
@@ -143,5 +222,19 @@ mod tests {
             (874, "my app", OomKind::Global)
         );
         assert!(parse_kill_line("6,1,2,-;memload invoked oom-killer: gfp_mask=0xcc0").is_none());
+    }
+
+    #[test]
+    fn summary_lines_name_the_killed_tasks_cgroup() {
+        // As 6.18 writes it for a container of the test engine (ids shortened).
+        let k = parse_summary_line("6,9001,9148938248,-;oom-kill:constraint=CONSTRAINT_MEMCG,nodemask=(null),cpuset=44eb,mems_allowed=0,oom_memcg=/ci/guardian-test-docker/44eb,task_memcg=/ci/guardian-test-docker/44eb,task=memload,pid=18489,uid=0").unwrap();
+        assert_eq!(k.task_memcg, "/ci/guardian-test-docker/44eb");
+        assert_eq!(
+            (k.line.pid, k.line.comm.as_str(), k.line.kind),
+            (18489, "memload", OomKind::Cgroup)
+        );
+        let global = parse_summary_line("[ 87.5] oom-kill:constraint=CONSTRAINT_NONE,nodemask=(null),cpuset=/,mems_allowed=0,global_oom,task_memcg=/system.slice/x.service,task=x,pid=874,uid=0").unwrap();
+        assert_eq!(global.line.kind, OomKind::Global);
+        assert!(parse_summary_line("Memory cgroup out of memory: Killed process 1 (x)").is_none());
     }
 }

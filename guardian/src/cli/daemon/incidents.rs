@@ -19,7 +19,12 @@ use crate::{
     },
     policy::postmortem,
     report::incident::{reconcile, write_files},
-    sources::{ebpf::StallTotals, host, kmsg::KillLine, oom},
+    sources::{
+        ebpf::StallTotals,
+        host,
+        kmsg::{self, KillLine},
+        oom,
+    },
     store::Store,
 };
 
@@ -330,17 +335,32 @@ impl Incidents {
         if recent || action != "die" {
             return;
         }
-        self.add_from_docker_state(c, recorder.get(&c.id), "guardian saw no kernel event for this kill (eBPF was off, or the container died before guardian mapped it); this report is from Docker's record");
+        self.add_from_docker_state(c, recorder.get(&c.id), None, "guardian saw no kernel event for this kill (eBPF was off, or the container died before guardian mapped it); this report is from Docker's record");
     }
 
     /// At (re)connection: containers OOM-killed in the last ten minutes that have no report
-    /// yet — killed while guardian was not running or not connected.
+    /// yet — killed while guardian was not running or not connected. Docker's OOMKilled flag
+    /// is one witness (it misses kills now and then when several happen at once); the kernel's
+    /// log buffer, which names the killed task's cgroup, is the other.
     pub fn on_inventory(&mut self, containers: &[Container], store: &Store) {
         let since = now_ms() - 10 * WINDOW_MS;
-        for c in containers
+        let stopped: Vec<&Container> = containers
             .iter()
-            .filter(|c| c.oom_killed && c.state != "running")
-        {
+            .filter(|c| c.state != "running" && c.state != "created")
+            .collect();
+        let logged = if stopped.is_empty() {
+            Vec::new()
+        } else {
+            kmsg::logged_kills()
+        };
+        for c in stopped {
+            let kernel = logged
+                .iter()
+                .rev()
+                .find(|k| k.task_memcg.contains(c.id.as_str()));
+            if !c.oom_killed && kernel.is_none() {
+                continue;
+            }
             let finished = c
                 .finished_at
                 .as_deref()
@@ -360,12 +380,23 @@ impl Incidents {
             self.add_from_docker_state(
                 c,
                 None,
-                "killed while guardian was not watching; this report has what Docker recorded",
+                kernel.map(|k| &k.line),
+                if kernel.is_some() {
+                    "killed while guardian was not watching; this report has what Docker and the kernel's log recorded"
+                } else {
+                    "killed while guardian was not watching; this report has what Docker recorded"
+                },
             );
         }
     }
 
-    fn add_from_docker_state(&mut self, c: &Container, run: Option<&LiveRun>, note: &str) {
+    fn add_from_docker_state(
+        &mut self,
+        c: &Container,
+        run: Option<&LiveRun>,
+        kernel: Option<&KillLine>,
+        note: &str,
+    ) {
         let at_ms = c
             .finished_at
             .as_deref()
@@ -374,6 +405,10 @@ impl Incidents {
         let mut incident = self.blank(at_ms, c.display_name(), None, Some(c), run);
         incident.exit_code = c.exit_code;
         incident.sources.push("docker state".into());
+        if let Some(line) = kernel {
+            incident.victim.pid = Some(line.pid);
+            apply_line(&mut incident, line);
+        }
         incident.notes.push(note.to_string());
         self.pending.push(Pending {
             incident,
