@@ -138,8 +138,8 @@ pub async fn run(args: UpArgs, output: Output) -> anyhow::Result<ExitCode> {
             ..Default::default()
         })
         .collect();
-    let mut display = Display::new(output);
     let t0 = Instant::now();
+    let mut display = Display::new(output, t0);
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut started = 0usize;
     let mut interrupted = false;
@@ -459,24 +459,27 @@ fn record_startup_peaks(state_dir: &std::path::Path, project: &str, runs: &[Serv
 /// Live progress: a table redrawn in place on a terminal, one line per change otherwise.
 struct Display {
     output: Output,
+    t0: Instant,
     tty: bool,
     drawn: usize,
-    last: HashMap<String, State>,
+    last: HashMap<String, (State, bool)>,
 }
 
 impl Display {
-    fn new(output: Output) -> Self {
+    fn new(output: Output, t0: Instant) -> Self {
         Self {
             output,
+            t0,
             tty: output == Output::Human && std::io::stdout().is_terminal(),
             drawn: 0,
             last: HashMap::new(),
         }
     }
 
-    fn label(state: &State) -> String {
-        match state {
+    fn label(r: &ServiceRun) -> String {
+        match &r.state {
             State::Waiting => "waiting".into(),
+            State::Starting if r.calm => "starting, past its start-up peak".into(),
             State::Starting => "starting".into(),
             State::Settling => "settling".into(),
             State::Healthy => "ready".into(),
@@ -495,7 +498,7 @@ impl Display {
                 println!(
                     "\x1b[2K{:<20} {:<28} now {:>9}  peak {:>9}",
                     r.service,
-                    Self::label(&r.state),
+                    Self::label(r),
                     show(r.usage),
                     show(r.peak)
                 );
@@ -504,14 +507,19 @@ impl Display {
             return;
         }
         for r in runs {
-            if self.last.get(&r.service) != Some(&r.state) {
-                self.last.insert(r.service.clone(), r.state.clone());
+            let now = (r.state.clone(), r.calm);
+            if self.last.get(&r.service) != Some(&now) {
+                self.last.insert(r.service.clone(), now);
                 if self.output == Output::Human && r.state != State::Waiting {
+                    let memory = match r.usage {
+                        Some(now) => format!(" (memory {now}, peak {})", show(r.peak)),
+                        None => String::new(),
+                    };
                     println!(
-                        "{}: {} (memory {})",
+                        "[{:>5.1}s] {}: {}{memory}",
+                        self.t0.elapsed().as_secs_f64(),
                         r.service,
-                        Self::label(&r.state),
-                        show(r.usage)
+                        Self::label(r),
                     );
                 }
             }
