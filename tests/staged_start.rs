@@ -223,6 +223,39 @@ fn staged_start_lowers_the_host_peak_and_respects_depends_on() {
         .unwrap()
         .iter()
         .all(|s| s["source"] == "recorded"));
+    // A CI job that names each run's project anew still finds the peaks by service and image.
+    let renamed = format!("{staged}-next");
+    let (status, stdout, stderr) = run_guardian(&[
+        "preflight",
+        "--output",
+        "json",
+        "-f",
+        f,
+        "-p",
+        &renamed,
+        "--state-dir",
+        state_arg,
+        "--available",
+        "400m",
+        "--reserve",
+        "0",
+    ]);
+    assert!(status.success(), "{stdout}{stderr}");
+    let elsewhere: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(
+        elsewhere["services"],
+        report["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                let mut s = s.clone();
+                s["source"] = "recorded_elsewhere".into();
+                s
+            })
+            .collect::<Value>(),
+        "the same needs, marked as recorded for another project"
+    );
     let (status, stdout, _) = run_guardian(&[
         "preflight",
         "-f",

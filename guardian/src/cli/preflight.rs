@@ -110,6 +110,7 @@ fn print(r: &Report) {
     for row in &r.services {
         let from = match row.need.source {
             NeedSource::Recorded => "recorded",
+            NeedSource::RecordedElsewhere => "other project",
             NeedSource::Limit => "limit",
             NeedSource::Reservation => "reservation",
             NeedSource::Unknown => "UNKNOWN",

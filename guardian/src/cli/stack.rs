@@ -4,13 +4,14 @@
 use std::{
     collections::{BTreeMap, HashMap},
     path::{Path, PathBuf},
+    time::SystemTime,
 };
 
 use super::UsageError;
 use crate::{
-    model::Bytes,
+    model::{Bytes, RunRecord},
     policy::{
-        profile::summarize,
+        profile::{summarize, ServiceUsage},
         staging::{Need, NeedSource},
     },
     report::profile::ProfileFile,
@@ -86,24 +87,23 @@ impl Stack {
     }
 
     /// What each service is expected to need: recorded start-up and steady peaks (a profile
-    /// file, else the store), else its compose limit, else its reservation, else unknown.
+    /// file, else the store), else its compose limit, else its reservation, else unknown. A
+    /// service with nothing recorded under this project's name takes what was recorded for it
+    /// under another ([`NeedSource::RecordedElsewhere`]).
     pub fn needs(
         &self,
         state_dir: &Path,
         profile: Option<&Path>,
     ) -> anyhow::Result<HashMap<String, Need>> {
-        let mut recorded: HashMap<String, (Bytes, Bytes)> = HashMap::new();
+        let mut recorded: HashMap<String, (Bytes, Bytes, NeedSource)> = HashMap::new();
+        let mut elsewhere: Vec<ServiceUsage> = Vec::new();
         if let Some(path) = profile {
             let file = ProfileFile::read(path).map_err(|e| UsageError(e.to_string()))?;
             for r in file.services {
                 if r.usage.project.as_deref().is_none_or(|p| p == self.project) {
-                    recorded.insert(
-                        r.usage.service.clone(),
-                        (
-                            r.usage.startup_peak,
-                            steady(r.usage.typical_working_set, r.usage.peak),
-                        ),
-                    );
+                    recorded.insert(r.usage.service.clone(), of(&r.usage, NeedSource::Recorded));
+                } else {
+                    elsewhere.push(r.usage);
                 }
             }
         } else if let Ok(store) = Store::open_existing(state_dir) {
@@ -112,11 +112,43 @@ impl Stack {
                 ..Default::default()
             })?;
             for u in summarize(&runs) {
-                recorded.insert(
-                    u.service.clone(),
-                    (u.startup_peak, steady(u.typical_working_set, u.peak)),
-                );
+                recorded.insert(u.service.clone(), of(&u, NeedSource::Recorded));
             }
+            let missing: Vec<(&String, &String)> = self
+                .model
+                .services
+                .iter()
+                .filter(|(name, _)| !recorded.contains_key(*name))
+                .filter_map(|(name, svc)| Some((name, svc.image.as_ref()?)))
+                .collect();
+            if !missing.is_empty() {
+                let month_ago = SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as i64)
+                    - 30 * 24 * 3600 * 1000;
+                let mut same: Vec<RunRecord> = store
+                    .runs(&RunFilter {
+                        since_ms: Some(month_ago),
+                        ..Default::default()
+                    })?
+                    .into_iter()
+                    .filter(|r| {
+                        missing.iter().any(|(name, image)| {
+                            r.service.as_ref() == Some(*name) && &r.image == *image
+                        })
+                    })
+                    .collect();
+                // One summary per service, whatever project each run had.
+                for r in &mut same {
+                    r.project = None;
+                }
+                elsewhere = summarize(&same);
+            }
+        }
+        for u in elsewhere {
+            recorded
+                .entry(u.service.clone())
+                .or_insert_with(|| of(&u, NeedSource::RecordedElsewhere));
         }
         Ok(self
             .model
@@ -124,10 +156,10 @@ impl Stack {
             .iter()
             .map(|(name, svc)| {
                 let need = match recorded.get(name) {
-                    Some((startup, steady)) if startup.0 > 0 || steady.0 > 0 => Need {
+                    Some((startup, steady, source)) if startup.0 > 0 || steady.0 > 0 => Need {
                         startup: Some(if startup.0 > 0 { *startup } else { *steady }),
                         steady: Some(*steady),
-                        source: NeedSource::Recorded,
+                        source: *source,
                     },
                     _ => match (svc.memory_limit, svc.memory_reservation) {
                         (Some(limit), _) => Need {
@@ -147,6 +179,15 @@ impl Stack {
             })
             .collect())
     }
+}
+
+/// A service's recorded start-up peak and steady need.
+fn of(u: &ServiceUsage, source: NeedSource) -> (Bytes, Bytes, NeedSource) {
+    (
+        u.startup_peak,
+        steady(u.typical_working_set, u.peak),
+        source,
+    )
 }
 
 /// What a service holds once settled: its typical working set where recorded, else its peak.

@@ -26,7 +26,7 @@ use super::{
 };
 use crate::{
     model::{rfc3339_ms, Bytes, Container, RunRecord},
-    policy::staging::{admit, levels, Need, NeedSource},
+    policy::staging::{admit, levels, Need},
     sources::{
         cgroup::{read_high_water, read_usage, Hierarchy},
         compose::{Condition, Dependency},
@@ -353,10 +353,7 @@ async fn observe(
                 if let Ok(high) = read_high_water(hierarchy, mem) {
                     // Only a recorded start-up peak says how high the spike goes; a limit
                     // is a ceiling it may never reach.
-                    let expected = run
-                        .need
-                        .startup
-                        .filter(|_| run.need.source == NeedSource::Recorded);
+                    let expected = run.need.startup.filter(|_| run.need.is_recorded());
                     past = past_peak(usage, high, expected);
                     run.peak = Some(high);
                 }

@@ -28,12 +28,27 @@ pub struct Need {
     pub source: NeedSource,
 }
 
+impl Need {
+    /// A start-up peak guardian recorded (for this project or another): what memory admission
+    /// needs. A limit or reservation is only a ceiling.
+    pub fn is_recorded(&self) -> bool {
+        matches!(
+            self.source,
+            NeedSource::Recorded | NeedSource::RecordedElsewhere
+        ) && self.startup.is_some()
+    }
+}
+
 /// Where a [`Need`] came from.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum NeedSource {
     /// Start-up and steady peaks recorded by guardian.
     Recorded,
+    /// Recorded for the same service under another project name: in the store, with the same
+    /// image; in a profile file, any entry of that service when none has this project's name.
+    /// CI jobs often name each run's project anew (`-p ci-$RUN_ID`).
+    RecordedElsewhere,
     /// The compose limit.
     Limit,
     /// The compose reservation.
@@ -125,9 +140,7 @@ pub fn admit(
 ) -> Vec<Admission> {
     let mut out = Vec::new();
     for (flying, service) in (in_flight..).zip(candidates) {
-        let recorded = needs
-            .get(service)
-            .is_some_and(|n| n.source == NeedSource::Recorded && n.startup.is_some());
+        let recorded = needs.get(service).is_some_and(Need::is_recorded);
         // A recorded start-up peak is what memory admission needs; a limit is only a ceiling,
         // so without history --max-parallel bounds the wave too.
         if !recorded && flying >= max_parallel {

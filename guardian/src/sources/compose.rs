@@ -34,6 +34,8 @@ pub struct ComposeServiceModel {
     pub memory_reservation: Option<Bytes>,
     /// Services this one waits for (`depends_on`, list or map form).
     pub depends_on: Vec<Dependency>,
+    /// `image`, as written (absent for a service that is only built).
+    pub image: Option<String>,
 }
 
 /// One `depends_on` entry.
@@ -202,6 +204,10 @@ pub fn parse_config(file: &Path, yaml: &str) -> Result<ComposeModel, ComposeErro
                 memory_limit: limit,
                 memory_reservation: reservation,
                 depends_on,
+                image: svc
+                    .get("image")
+                    .and_then(|i| i.as_str())
+                    .map(str::to_string),
             },
         );
     }
@@ -236,7 +242,13 @@ mod tests {
         assert_eq!(m.services["db"].memory_limit, Some(Bytes(64 << 20)));
         assert_eq!(m.services["db"].memory_reservation, Some(Bytes(32 << 20)));
         assert_eq!(m.services["web"].memory_limit, Some(Bytes(1 << 30)));
-        assert_eq!(m.services["cache"], ComposeServiceModel::default());
+        assert_eq!(
+            m.services["cache"],
+            ComposeServiceModel {
+                image: Some("z".into()),
+                ..Default::default()
+            }
+        );
     }
 
     #[test]
