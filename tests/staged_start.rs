@@ -14,8 +14,8 @@ use support::{compose, output, require_docker, run_guardian, unique};
 
 const MIB: u64 = 1 << 20;
 
-/// Five services that each spike by 120 MiB for 1.5 s while starting, settle at 8 MiB and are
-/// healthy 5 s after they start; app1 waits for db healthy and cache started, app2 and app3 for
+/// Five services that each spike by 120 MiB for 3 s while starting, settle at 8 MiB and are
+/// healthy 6 s after they start; app1 waits for db healthy and cache started, app2 and app3 for
 /// db started.
 const STACK: &str = include_str!("stacks/spiky-5.yml");
 
@@ -172,7 +172,7 @@ fn staged_start_lowers_the_host_peak_and_respects_depends_on() {
         );
     }
     assert!(ms("db", "ready_ms") >= ms("db", "calm_ms"), "{summary}");
-    // Each start-up peak was recorded: the spike, not the settled 16 MiB.
+    // Each start-up peak was recorded: the spike, not the settled 8 MiB.
     for s in services {
         assert!(s["startup_peak"].as_u64().unwrap() > 100 * MIB, "{s}");
     }
@@ -334,6 +334,13 @@ fn bad_stacks_get_one_line_errors() {
         stderr.contains("unknown service \"nosuchservice\""),
         "{stderr}"
     );
+    let (status, _, stderr) =
+        run_guardian(&["up", "-f", good.to_str().unwrap(), "--max-parallel", "0"]);
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--max-parallel must be at least 1"),
+        "{stderr}"
+    );
     // No compose tool on PATH.
     let (status, _, stderr) = output(
         std::process::Command::new(support::guardian_bin())
@@ -404,6 +411,8 @@ fn ctrl_c_stops_starting_services_and_leaves_the_started_ones_running() {
     );
 }
 
+/// The migration runs flat for 3 s, longer than the 2 s settle window: it must still be waited
+/// for until it exits, not taken as ready while it runs.
 #[test]
 fn a_one_shot_service_that_completes_lets_its_dependents_start() {
     require_docker();
@@ -415,7 +424,7 @@ fn a_one_shot_service_that_completes_lets_its_dependents_start() {
          services:\n\
          \x20 migrate:\n\
          \x20   image: guardian-test/memload\n\
-         \x20   command: memload spike --delay-ms 0 --base 4m --spike 32m --spike-ms 300 --hold-ms 0\n\
+         \x20   command: memload spike --delay-ms 0 --base 4m --spike 32m --spike-ms 300 --hold-ms 3000\n\
          \x20 app:\n\
          \x20   image: guardian-test/memload\n\
          \x20   command: memload spike --delay-ms 0 --base 4m --spike 8m --spike-ms 100 --hold-ms 600000\n\

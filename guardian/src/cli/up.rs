@@ -95,6 +95,10 @@ struct ServiceRun {
     calm: bool,
     /// It did not fit the headroom even alone and started alone.
     over_budget: bool,
+    /// A dependent waits for it to complete (`service_completed_successfully`): it is not
+    /// ready until it exits 0.
+    #[serde(skip)]
+    awaited_to_complete: bool,
     #[serde(skip)]
     container: Option<Container>,
     #[serde(skip)]
@@ -115,6 +119,9 @@ struct Summary {
 }
 
 pub async fn run(args: UpArgs, output: Output) -> anyhow::Result<ExitCode> {
+    if args.max_parallel == 0 {
+        return Err(UsageError("--max-parallel must be at least 1".into()).into());
+    }
     let stack = Stack::load(&args.stack.files, args.stack.project.as_deref())?;
     let order: Vec<String> = levels(&stack.depends_on(), &args.stack.services)
         .map_err(|e| UsageError(e.to_string()))?
@@ -135,6 +142,10 @@ pub async fn run(args: UpArgs, output: Output) -> anyhow::Result<ExitCode> {
         .map(|s| ServiceRun {
             service: s.clone(),
             need: needs.get(s).copied().unwrap_or_default(),
+            awaited_to_complete: depends_on.values().any(|deps| {
+                deps.iter()
+                    .any(|d| &d.service == s && d.condition == Condition::CompletedSuccessfully)
+            }),
             ..Default::default()
         })
         .collect();
@@ -187,6 +198,7 @@ pub async fn run(args: UpArgs, output: Output) -> anyhow::Result<ExitCode> {
         let in_flight = runs.iter().filter(|r| growing(r)).count();
         let headroom = headroom(&runs, args.stack.available, args.stack.reserve)?;
         let wave = admit(&candidates, &needs, in_flight, headroom, args.max_parallel);
+        let wave_started = wave.len();
         if !wave.is_empty() {
             let names: Vec<&str> = wave.iter().map(|a| a.service.as_str()).collect();
             start_services(&stack, &names).await?;
@@ -205,6 +217,33 @@ pub async fn run(args: UpArgs, output: Output) -> anyhow::Result<ExitCode> {
             run.over_budget = a.alone_over_budget;
             run.started_at = Some(Instant::now());
             run.started_ms = Some(t0.elapsed().as_millis() as u64);
+        }
+        if wave_started == 0
+            && !runs
+                .iter()
+                .any(|r| matches!(r.state, State::Starting | State::Settling))
+        {
+            // Nothing runs toward readiness and nothing could be admitted: what still waits
+            // depends on something that will never be as compose asks.
+            for i in 0..runs.len() {
+                if runs[i].state == State::Waiting {
+                    let why = depends_on[runs[i].service.as_str()]
+                        .iter()
+                        .find(|d| !satisfied(d, &runs))
+                        .map_or("it can never start".to_string(), |d| {
+                            format!(
+                                "dependency {} will not become {}",
+                                d.service,
+                                match d.condition {
+                                    Condition::Started => "started",
+                                    Condition::Healthy => "healthy",
+                                    Condition::CompletedSuccessfully => "completed successfully",
+                                }
+                            )
+                        });
+                    runs[i].state = State::Failed(why);
+                }
+            }
         }
         display.show(&runs);
         let done = runs.iter().all(|r| {
@@ -321,10 +360,17 @@ async fn observe(
         .iter_mut()
         .filter(|r| matches!(r.state, State::Starting | State::Settling))
     {
-        let Some(c) = containers
-            .iter()
-            .find(|c| c.compose.as_ref().is_some_and(|s| s.service == run.service))
-        else {
+        // Before anything else: a container that never appears, never runs or restarts in a
+        // loop must not hold the stack forever.
+        if run.started_at.is_some_and(|t| t.elapsed() > args.timeout) {
+            run.state = State::Failed(format!("not ready after {:?}", args.timeout));
+            continue;
+        }
+        let Some(c) = containers.iter().find(|c| {
+            c.compose
+                .as_ref()
+                .is_some_and(|s| s.service == run.service && !s.oneoff)
+        }) else {
             continue;
         };
         run.container = Some(c.clone());
@@ -332,6 +378,8 @@ async fn observe(
             if c.exit_code == Some(0) && !c.oom_killed {
                 run.state = State::Completed;
                 run.ready_ms = Some(t0.elapsed().as_millis() as u64);
+                // Exited: it holds no memory any more.
+                run.usage = None;
                 continue;
             }
             let why = if c.oom_killed { " (OOM-killed)" } else { "" };
@@ -387,17 +435,13 @@ async fn observe(
             run.state = State::Starting;
         } else {
             run.state = State::Settling;
-            if run.calm {
+            if run.calm && !run.awaited_to_complete {
                 run.state = State::Healthy;
                 run.ready_ms = Some(t0.elapsed().as_millis() as u64);
                 run.startup_peak = memory
                     .as_deref()
                     .and_then(|m| read_high_water(hierarchy, m).ok());
             }
-        }
-        if run.state != State::Healthy && run.started_at.is_some_and(|t| t.elapsed() > args.timeout)
-        {
-            run.state = State::Failed(format!("not ready after {:?}", args.timeout));
         }
     }
     Ok(())
@@ -478,6 +522,7 @@ impl Display {
             State::Waiting => "waiting".into(),
             State::Starting if r.calm => "starting, past its start-up peak".into(),
             State::Starting => "starting".into(),
+            State::Settling if r.awaited_to_complete => "running until it completes".into(),
             State::Settling => "settling".into(),
             State::Healthy => "ready".into(),
             State::Completed => "completed".into(),

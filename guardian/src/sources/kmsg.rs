@@ -25,7 +25,8 @@ pub enum OomKind {
     Global,
 }
 
-/// One "Killed process" line.
+/// One kill as the kernel logged it: its "Killed process" line, or (from the log buffer, when
+/// that line is gone) the OOM report's summary line.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KillLine {
     pub pid: u32,
@@ -75,12 +76,18 @@ pub fn parse_kill_line(record: &str) -> Option<KillLine> {
 pub struct LoggedKill {
     /// The killed task's memory cgroup, as the kernel names it.
     pub task_memcg: String,
+    /// When, in microseconds of CLOCK_MONOTONIC (the record's own timestamp); `None` for a
+    /// line without the /dev/kmsg header.
+    pub usec: Option<u64>,
     /// Its "Killed process" line when the buffer still has it, else one made from the summary.
     pub line: KillLine,
 }
 
 /// Parses one OOM summary record; `None` for any other line.
 pub fn parse_summary_line(record: &str) -> Option<LoggedKill> {
+    let usec = record
+        .split_once(';')
+        .and_then(|(header, _)| header.split(',').nth(2)?.parse().ok());
     let text = record
         .split_once(';')
         .map_or(record, |(_, t)| t)
@@ -99,6 +106,7 @@ pub fn parse_summary_line(record: &str) -> Option<LoggedKill> {
     };
     Some(LoggedKill {
         task_memcg: field("task_memcg")?.to_string(),
+        usec,
         line: KillLine {
             pid: field("pid")?.parse().ok()?,
             comm: field("task")?.to_string(),
@@ -229,12 +237,14 @@ mod tests {
         // As 6.18 writes it for a container of the test engine (ids shortened).
         let k = parse_summary_line("6,9001,9148938248,-;oom-kill:constraint=CONSTRAINT_MEMCG,nodemask=(null),cpuset=44eb,mems_allowed=0,oom_memcg=/ci/guardian-test-docker/44eb,task_memcg=/ci/guardian-test-docker/44eb,task=memload,pid=18489,uid=0").unwrap();
         assert_eq!(k.task_memcg, "/ci/guardian-test-docker/44eb");
+        assert_eq!(k.usec, Some(9148938248));
         assert_eq!(
             (k.line.pid, k.line.comm.as_str(), k.line.kind),
             (18489, "memload", OomKind::Cgroup)
         );
         let global = parse_summary_line("[ 87.5] oom-kill:constraint=CONSTRAINT_NONE,nodemask=(null),cpuset=/,mems_allowed=0,global_oom,task_memcg=/system.slice/x.service,task=x,pid=874,uid=0").unwrap();
         assert_eq!(global.line.kind, OomKind::Global);
+        assert_eq!(global.usec, None);
         assert!(parse_summary_line("Memory cgroup out of memory: Killed process 1 (x)").is_none());
     }
 }

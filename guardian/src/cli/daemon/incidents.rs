@@ -20,7 +20,7 @@ use crate::{
     policy::postmortem,
     report::incident::{reconcile, write_files},
     sources::{
-        ebpf::StallTotals,
+        ebpf::{self, StallTotals},
         host,
         kmsg::{self, KillLine},
         oom,
@@ -346,7 +346,7 @@ impl Incidents {
         let since = now_ms() - 10 * WINDOW_MS;
         let stopped: Vec<&Container> = containers
             .iter()
-            .filter(|c| c.state != "running" && c.state != "created")
+            .filter(|c| c.state == "exited" || c.state == "dead")
             .collect();
         let logged = if stopped.is_empty() {
             Vec::new()
@@ -354,10 +354,22 @@ impl Incidents {
             kmsg::logged_kills()
         };
         for c in stopped {
-            let kernel = logged
-                .iter()
-                .rev()
-                .find(|k| k.task_memcg.contains(c.id.as_str()));
+            // The buffer keeps kills for days: only one in this container's last run counts
+            // (give or take a few seconds: the log's clock is not NTP-steered), and without
+            // Docker's flag only when the container itself died of SIGKILL (a child killed in a
+            // container that went on does not).
+            let started = c.started_at.as_deref().and_then(crate::model::rfc3339_ms);
+            let finished = c.finished_at.as_deref().and_then(crate::model::rfc3339_ms);
+            let kernel = logged.iter().rev().find(|k| {
+                let at = k.usec.map(|us| {
+                    ebpf::wall_time(us * 1000)
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_millis() as i64)
+                });
+                k.task_memcg.contains(c.id.as_str())
+                    && matches!((at, started, finished), (Some(at), Some(s), Some(f)) if at >= s - 5000 && at <= f + 10_000)
+            });
+            let kernel = kernel.filter(|_| c.exit_code == Some(137));
             if !c.oom_killed && kernel.is_none() {
                 continue;
             }
@@ -404,7 +416,9 @@ impl Incidents {
             .unwrap_or_else(now_ms);
         let mut incident = self.blank(at_ms, c.display_name(), None, Some(c), run);
         incident.exit_code = c.exit_code;
-        incident.sources.push("docker state".into());
+        if c.oom_killed || kernel.is_none() {
+            incident.sources.push("docker state".into());
+        }
         if let Some(line) = kernel {
             incident.victim.pid = Some(line.pid);
             apply_line(&mut incident, line);
