@@ -53,6 +53,32 @@ fn host_peak_during(f: impl FnOnce()) -> u64 {
         .unwrap()
 }
 
+/// Runs `guardian up --output json` once on `yaml` (then `down`): its status, JSON summary and
+/// stderr.
+fn up_once(yaml: &str, name: &str, extra: &[&str]) -> (std::process::ExitStatus, Value, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("compose.yml");
+    std::fs::write(&file, yaml).unwrap();
+    let project = unique(name);
+    let mut args = vec![
+        "up",
+        "--output",
+        "json",
+        "-f",
+        file.to_str().unwrap(),
+        "-p",
+        &project,
+        "--state-dir",
+        dir.path().to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let (status, stdout, stderr) = run_guardian(&args);
+    down(&project, &file);
+    let summary =
+        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}\n{stderr}"));
+    (status, summary, stderr)
+}
+
 fn down(project: &str, file: &Path) {
     let _ = output(
         compose()
@@ -416,10 +442,7 @@ fn ctrl_c_stops_starting_services_and_leaves_the_started_ones_running() {
 #[test]
 fn a_one_shot_service_that_completes_lets_its_dependents_start() {
     require_docker();
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("compose.yml");
-    std::fs::write(
-        &file,
+    let (status, summary, stderr) = up_once(
         "version: \"2.4\"\n\
          services:\n\
          \x20 migrate:\n\
@@ -431,24 +454,10 @@ fn a_one_shot_service_that_completes_lets_its_dependents_start() {
          \x20   depends_on:\n\
          \x20     migrate:\n\
          \x20       condition: service_completed_successfully\n",
-    )
-    .unwrap();
-    let project = unique("oneshot");
-    let state = tempfile::tempdir().unwrap();
-    let (status, stdout, stderr) = run_guardian(&[
-        "up",
-        "--output",
-        "json",
-        "-f",
-        file.to_str().unwrap(),
-        "-p",
-        &project,
-        "--state-dir",
-        state.path().to_str().unwrap(),
-    ]);
-    down(&project, &file);
-    assert!(status.success(), "{stderr}\n{stdout}");
-    let summary: Value = serde_json::from_str(&stdout).unwrap();
+        "oneshot",
+        &[],
+    );
+    assert!(status.success(), "{stderr}\n{summary}");
     let services = summary["services"].as_array().unwrap();
     let get = |name: &str| services.iter().find(|s| s["service"] == name).unwrap();
     assert_eq!(get("migrate")["state"], "completed", "{summary}");
@@ -462,35 +471,14 @@ fn a_one_shot_service_that_completes_lets_its_dependents_start() {
 #[test]
 fn services_too_big_for_the_budget_start_one_at_a_time_instead_of_never() {
     require_docker();
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("compose.yml");
     let service = "    image: guardian-test/memload\n    command: memload spike --delay-ms 0 --base 4m --spike 8m --spike-ms 100 --hold-ms 600000\n    mem_limit: 256m\n";
-    std::fs::write(
-        &file,
-        format!("version: \"2.4\"\nservices:\n  big1:\n{service}  big2:\n{service}"),
-    )
-    .unwrap();
-    let project = unique("toobig");
-    let state = tempfile::tempdir().unwrap();
     // Each is expected to need its 256 MiB limit; the budget is 64 MiB.
-    let (status, stdout, stderr) = run_guardian(&[
-        "up",
-        "--output",
-        "json",
-        "-f",
-        file.to_str().unwrap(),
-        "-p",
-        &project,
-        "--state-dir",
-        state.path().to_str().unwrap(),
-        "--available",
-        "64m",
-        "--reserve",
-        "0",
-    ]);
-    down(&project, &file);
-    assert!(status.success(), "{stderr}\n{stdout}");
-    let summary: Value = serde_json::from_str(&stdout).unwrap();
+    let (status, summary, stderr) = up_once(
+        &format!("version: \"2.4\"\nservices:\n  big1:\n{service}  big2:\n{service}"),
+        "toobig",
+        &["--available", "64m", "--reserve", "0"],
+    );
+    assert!(status.success(), "{stderr}\n{summary}");
     assert_eq!(summary["all_ready"], true, "{summary}");
     let services = summary["services"].as_array().unwrap();
     assert!(

@@ -36,15 +36,22 @@ pub struct KillLine {
     pub text: String,
 }
 
-/// Parses one kmsg record (`prio,seq,usec,flags;text`) or a plain dmesg line; `None` unless it
-/// is the OOM killer's kill line.
+/// The message of one kmsg record (`prio,seq,usec,flags;text`, continuation lines dropped) or
+/// of a plain dmesg line.
+fn record_text(record: &str) -> Option<&str> {
+    Some(
+        record
+            .split_once(';')
+            .map_or(record, |(_, t)| t)
+            .lines()
+            .next()?
+            .trim(),
+    )
+}
+
+/// Parses one kmsg record or plain dmesg line; `None` unless it is the OOM killer's kill line.
 pub fn parse_kill_line(record: &str) -> Option<KillLine> {
-    let text = record
-        .split_once(';')
-        .map_or(record, |(_, t)| t)
-        .lines()
-        .next()?
-        .trim();
+    let text = record_text(record)?;
     let (kind, rest) = if let Some(i) = text.find("Memory cgroup out of memory: Killed process ") {
         (
             OomKind::Cgroup,
@@ -88,12 +95,7 @@ pub fn parse_summary_line(record: &str) -> Option<LoggedKill> {
     let usec = record
         .split_once(';')
         .and_then(|(header, _)| header.split(',').nth(2)?.parse().ok());
-    let text = record
-        .split_once(';')
-        .map_or(record, |(_, t)| t)
-        .lines()
-        .next()?
-        .trim();
+    let text = record_text(record)?;
     let fields = &text[text.find("oom-kill:")? + "oom-kill:".len()..];
     let field = |key: &str| {
         fields
