@@ -226,48 +226,35 @@ fn staged_start_lowers_the_host_peak_and_respects_depends_on() {
 
     // With that history, preflight knows every service and the plan fits 400 MiB but not 96 MiB.
     let state_arg = state.path().to_str().unwrap();
-    let (status, stdout, stderr) = run_guardian(&[
-        "preflight",
-        "--output",
-        "json",
-        "-f",
-        f,
-        "-p",
-        &staged,
-        "--state-dir",
-        state_arg,
-        "--available",
-        "400m",
-        "--reserve",
-        "0",
-    ]);
-    assert!(status.success(), "{stdout}{stderr}");
-    let report: Value = serde_json::from_str(&stdout).unwrap();
+    // The same preflight for this project and for a renamed one: a CI job that names each
+    // run's project anew still finds the peaks by service and image.
+    let preflight_json = |project: &str| {
+        let (status, stdout, stderr) = run_guardian(&[
+            "preflight",
+            "--output",
+            "json",
+            "-f",
+            f,
+            "-p",
+            project,
+            "--state-dir",
+            state_arg,
+            "--available",
+            "400m",
+            "--reserve",
+            "0",
+        ]);
+        assert!(status.success(), "{stdout}{stderr}");
+        serde_json::from_str::<Value>(&stdout).unwrap()
+    };
+    let report = preflight_json(&staged);
     assert!(report["unknown"].as_array().unwrap().is_empty(), "{report}");
     assert!(report["services"]
         .as_array()
         .unwrap()
         .iter()
         .all(|s| s["source"] == "recorded"));
-    // A CI job that names each run's project anew still finds the peaks by service and image.
-    let renamed = format!("{staged}-next");
-    let (status, stdout, stderr) = run_guardian(&[
-        "preflight",
-        "--output",
-        "json",
-        "-f",
-        f,
-        "-p",
-        &renamed,
-        "--state-dir",
-        state_arg,
-        "--available",
-        "400m",
-        "--reserve",
-        "0",
-    ]);
-    assert!(status.success(), "{stdout}{stderr}");
-    let elsewhere: Value = serde_json::from_str(&stdout).unwrap();
+    let elsewhere = preflight_json(&format!("{staged}-next"));
     assert_eq!(
         elsewhere["services"],
         report["services"]
