@@ -282,39 +282,25 @@ fn after_a_crash_reports_are_complete_or_absent_never_half_written() {
         id: "20261125T000000Z-ci-db-42".into(),
         time: "2026-11-25T00:00:00Z".into(),
         at_ms: 1_764_028_800_000,
-        kind: None,
-        kind_evidence: None,
         name: "ci/db".into(),
-        container: None,
         cgroup: Some("/docker/abc".into()),
         victim: Victim {
             pid: Some(42),
             comm: Some("postgres".into()),
             ..Default::default()
         },
-        trigger: None,
         limit: Some(Bytes(64 * MIB)),
-        budget: None,
-        memory_high: None,
         peak: Some(Bytes(64 * MIB)),
         exit_code: Some(137),
         timeline: vec![Point {
             t_ms: -1000,
             bytes: Bytes(60 * MIB),
         }],
-        working_set: None,
-        pressure: None,
-        reclaim_stalls: None,
-        host_available: vec![],
-        host_total: None,
-        neighbours: vec![],
-        actions: vec![],
         suggested_limit: Some(Bytes(80 * MIB)),
         suggestion: "test".into(),
         next_step: "Raise it.".into(),
         sources: vec!["ebpf".into()],
-        kernel_line: None,
-        notes: vec![],
+        ..Default::default()
     };
     store.put_incident(&incident).unwrap();
     drop(store);

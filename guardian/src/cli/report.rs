@@ -7,7 +7,7 @@ use std::{fmt::Write as _, path::PathBuf, process::ExitCode, time::Duration};
 use super::{parse_duration, Output, UsageError};
 use crate::{
     model::Incident,
-    report::incident::{render, show, Format},
+    report::incident::{esc, render, show, Format},
     store::Store,
 };
 
@@ -141,13 +141,6 @@ fn print_list(incidents: &[Incident]) {
     }
 }
 
-fn xml(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-}
-
 /// One failing test case per kill, named by the service.
 fn junit(incidents: &[Incident]) -> String {
     let mut o = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
@@ -164,9 +157,9 @@ fn junit(incidents: &[Incident]) -> String {
         let _ = writeln!(
             o,
             "  <testcase classname=\"guardian.oom\" name=\"{}\">\n    <failure message=\"{}\" type=\"oom_kill\">{}</failure>\n  </testcase>",
-            xml(&i.name),
-            xml(&format!("OOM kill of {}: {}", i.name, i.next_step)),
-            xml(&render(i, Format::Md))
+            esc(&i.name),
+            esc(&format!("OOM kill of {}: {}", i.name, i.next_step)),
+            esc(&render(i, Format::Md))
         );
     }
     o.push_str("</testsuite>\n");

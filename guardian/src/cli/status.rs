@@ -87,10 +87,7 @@ pub async fn run(args: StatusArgs, output: Output) -> anyhow::Result<ExitCode> {
                 "CONTAINER", "PEAK", "STARTUP", "LIMIT", "OOM"
             );
             for r in &status.running {
-                let name = match (&r.project, &r.service) {
-                    (Some(p), Some(s)) => format!("{p}/{s}"),
-                    _ => r.name.clone(),
-                };
+                let name = r.display_name();
                 println!(
                     "{name:<32} {:>10} {:>10} {:>10} {:>4}",
                     r.peak.to_string(),

@@ -52,7 +52,7 @@ pub struct StallBrief {
 
 /// One OOM kill and its context, deduplicated across the eBPF event, the kernel log line,
 /// Docker's `oom` event and the cgroup's counters.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Incident {
     /// `YYYYmmddTHHMMSS-<name>-<pid>`: sortable and safe as a file name.
     pub id: String,

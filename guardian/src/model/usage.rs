@@ -35,6 +35,14 @@ pub struct RunRecord {
 }
 
 impl RunRecord {
+    /// How a person names it: `project/service` under compose, else the container name.
+    pub fn display_name(&self) -> String {
+        match (&self.project, &self.service) {
+            (Some(p), Some(s)) => format!("{p}/{s}"),
+            _ => self.name.clone(),
+        }
+    }
+
     /// The mean working set over the run's samples.
     pub fn typical_working_set(&self) -> Bytes {
         Bytes(

@@ -97,19 +97,10 @@ mod tests {
         Incident {
             id: "x".into(),
             time: "2026-11-25T00:00:00Z".into(),
-            at_ms: 0,
             kind,
-            kind_evidence: None,
             name: "ci/db".into(),
-            container: None,
-            cgroup: None,
-            victim: Default::default(),
-            trigger: None,
             limit: limit.map(|l| Bytes(l * MIB)),
-            budget: None,
-            memory_high: None,
             peak: Some(Bytes(peak * MIB)),
-            exit_code: None,
             timeline: vec![
                 Point {
                     t_ms: -30_000,
@@ -120,19 +111,7 @@ mod tests {
                     bytes: Bytes(peak * MIB),
                 },
             ],
-            working_set: None,
-            pressure: None,
-            reclaim_stalls: None,
-            host_available: vec![],
-            host_total: None,
-            neighbours: vec![],
-            actions: vec![],
-            suggested_limit: None,
-            suggestion: String::new(),
-            next_step: String::new(),
-            sources: vec![],
-            kernel_line: None,
-            notes: vec![],
+            ..Default::default()
         }
     }
 

@@ -44,7 +44,7 @@ pub fn render(i: &Incident, format: Format) -> String {
 }
 
 /// The path of an incident's report in `dir`.
-pub fn path(dir: &Path, id: &str, format: Format) -> PathBuf {
+fn path(dir: &Path, id: &str, format: Format) -> PathBuf {
     dir.join(format!("{id}.{}", format.ext()))
 }
 
@@ -115,6 +115,89 @@ fn thin(points: &[Point], n: usize) -> Vec<Point> {
     out
 }
 
+/// The summary table, shared by the Markdown and HTML reports: label, value, and whether the
+/// value is code (a command line).
+fn summary_rows(i: &Incident) -> Vec<(&'static str, String, bool)> {
+    let mut rows = vec![
+        (
+            "Kind",
+            format!(
+                "{}{}",
+                kind_words(i),
+                i.kind_evidence
+                    .as_deref()
+                    .map(|e| format!(" ({e})"))
+                    .unwrap_or_default()
+            ),
+            false,
+        ),
+        ("Limit", show(i.limit), false),
+        ("Peak (kernel high-water mark)", show(i.peak), false),
+        (
+            "guardian budget / memory.high",
+            format!("{} / {}", show(i.budget), show(i.memory_high)),
+            false,
+        ),
+        (
+            "Suggested limit",
+            format!("{} ({})", show(i.suggested_limit), i.suggestion),
+            false,
+        ),
+    ];
+    if let Some(r) = &i.victim.rss {
+        rows.push((
+            "Victim memory",
+            format!(
+                "anon {}, file {}, shmem {} (of {} virtual)",
+                r.anon_rss, r.file_rss, r.shmem_rss, r.total_vm
+            ),
+            false,
+        ));
+    }
+    if let Some(adj) = i.victim.oom_score_adj {
+        rows.push(("oom_score_adj", adj.to_string(), false));
+    }
+    if let Some(c) = &i.victim.cmdline {
+        rows.push(("Command", c.clone(), true));
+    }
+    if let Some(t) = &i.trigger {
+        rows.push((
+            "Triggered by",
+            format!(
+                "{} (pid {}){}",
+                t.comm.as_deref().unwrap_or("?"),
+                t.pid,
+                t.container
+                    .as_deref()
+                    .map(|c| format!(" in {c}"))
+                    .unwrap_or_default()
+            ),
+            false,
+        ));
+    }
+    if let Some(p) = &i.pressure {
+        rows.push((
+            "Memory pressure (avg10)",
+            format!("some {:.1}%, full {:.1}%", p.some.avg10, p.full.avg10),
+            false,
+        ));
+    }
+    if let Some(st) = &i.reclaim_stalls {
+        rows.push((
+            "Reclaim stalls",
+            format!(
+                "{} stalls, {:.1} ms in all, longest {:.1} ms",
+                st.count, st.total_ms, st.max_ms
+            ),
+            false,
+        ));
+    }
+    if let Some(code) = i.exit_code {
+        rows.push(("Exit code", code.to_string(), false));
+    }
+    rows
+}
+
 fn markdown(i: &Incident) -> String {
     let mut o = String::new();
     let victim = match (&i.victim.comm, i.victim.pid) {
@@ -135,74 +218,13 @@ fn markdown(i: &Incident) -> String {
     );
     let _ = writeln!(o, "**Next step:** {}\n", i.next_step);
     let _ = writeln!(o, "| | |\n|---|---|");
-    let _ = writeln!(
-        o,
-        "| Kind | {}{} |",
-        kind_words(i),
-        i.kind_evidence
-            .as_deref()
-            .map(|e| format!(" ({e})"))
-            .unwrap_or_default()
-    );
-    let _ = writeln!(o, "| Limit | {} |", show(i.limit));
-    let _ = writeln!(o, "| Peak (kernel high-water mark) | {} |", show(i.peak));
-    let _ = writeln!(
-        o,
-        "| guardian budget / memory.high | {} / {} |",
-        show(i.budget),
-        show(i.memory_high)
-    );
-    let _ = writeln!(
-        o,
-        "| Suggested limit | {} ({}) |",
-        show(i.suggested_limit),
-        i.suggestion
-    );
-    if let Some(r) = &i.victim.rss {
-        let _ = writeln!(
-            o,
-            "| Victim memory | anon {}, file {}, shmem {} (of {} virtual) |",
-            r.anon_rss, r.file_rss, r.shmem_rss, r.total_vm
-        );
-    }
-    if let Some(adj) = i.victim.oom_score_adj {
-        let _ = writeln!(o, "| oom_score_adj | {adj} |");
-    }
-    if let Some(c) = &i.victim.cmdline {
-        let _ = writeln!(
-            o,
-            "| Command | `{}` |",
-            c.replace('|', "\\|").replace('`', "'")
-        );
-    }
-    if let Some(t) = &i.trigger {
-        let _ = writeln!(
-            o,
-            "| Triggered by | {} (pid {}){} |",
-            t.comm.as_deref().unwrap_or("?"),
-            t.pid,
-            t.container
-                .as_deref()
-                .map(|c| format!(" in {c}"))
-                .unwrap_or_default()
-        );
-    }
-    if let Some(p) = &i.pressure {
-        let _ = writeln!(
-            o,
-            "| Memory pressure (avg10) | some {:.1}%, full {:.1}% |",
-            p.some.avg10, p.full.avg10
-        );
-    }
-    if let Some(s) = &i.reclaim_stalls {
-        let _ = writeln!(
-            o,
-            "| Reclaim stalls | {} stalls, {:.1} ms in all, longest {:.1} ms |",
-            s.count, s.total_ms, s.max_ms
-        );
-    }
-    if let Some(code) = i.exit_code {
-        let _ = writeln!(o, "| Exit code | {code} |");
+    for (label, value, code) in summary_rows(i) {
+        let value = value.replace('|', "\\|");
+        if code {
+            let _ = writeln!(o, "| {label} | `{}` |", value.replace('`', "'"));
+        } else {
+            let _ = writeln!(o, "| {label} | {value} |");
+        }
     }
     let _ = writeln!(o, "\n## Last 60 s\n");
     if i.timeline.is_empty() {
@@ -273,7 +295,8 @@ fn markdown(i: &Incident) -> String {
     o
 }
 
-fn esc(s: &str) -> String {
+/// Escapes text for HTML, SVG and XML.
+pub(crate) fn esc(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
@@ -281,7 +304,7 @@ fn esc(s: &str) -> String {
 }
 
 /// The timeline chart: usage against limit, budget and memory.high, the kill at t = 0.
-pub fn svg(i: &Incident) -> String {
+fn svg(i: &Incident) -> String {
     const W: f64 = 720.0;
     const H: f64 = 260.0;
     const L: f64 = 70.0;
@@ -377,22 +400,14 @@ pub fn svg(i: &Incident) -> String {
 }
 
 fn html(i: &Incident) -> String {
-    let md = markdown(i);
     let mut rows = String::new();
-    // The summary table of the Markdown, as HTML rows.
-    for line in md
-        .lines()
-        .filter(|l| l.starts_with("| ") && !l.starts_with("| |"))
-    {
-        let cells: Vec<&str> = line.trim_matches('|').split(" | ").map(str::trim).collect();
-        if cells.len() == 2 {
-            let _ = write!(
-                rows,
-                "<tr><th>{}</th><td>{}</td></tr>",
-                esc(cells[0]),
-                esc(cells[1]).replace('`', "")
-            );
-        }
+    for (label, value, code) in summary_rows(i) {
+        let value = if code {
+            format!("<code>{}</code>", esc(&value))
+        } else {
+            esc(&value)
+        };
+        let _ = write!(rows, "<tr><th>{}</th><td>{value}</td></tr>", esc(label));
     }
     let mut neighbours = String::new();
     for n in &i.neighbours {

@@ -238,11 +238,7 @@ impl Store {
         if let Some(n) = filter.last_runs {
             let mut seen: std::collections::HashMap<String, usize> = Default::default();
             runs.retain(|r| {
-                let key = match (&r.project, &r.service) {
-                    (Some(p), Some(s)) => format!("{p}/{s}"),
-                    _ => r.name.clone(),
-                };
-                let count = seen.entry(key).or_default();
+                let count = seen.entry(r.display_name()).or_default();
                 *count += 1;
                 *count <= n
             });

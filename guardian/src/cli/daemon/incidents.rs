@@ -32,8 +32,8 @@ use crate::{
 const GATHER: Duration = Duration::from_secs(2);
 /// How long an unmatched kernel log line waits for its eBPF event.
 const LINE_KEEP: Duration = Duration::from_secs(10);
-/// The window a report covers.
-const WINDOW_MS: i64 = 60_000;
+/// The window a report covers: the usage the recorder keeps per container.
+const WINDOW_MS: i64 = crate::model::RECENT_MS;
 
 struct Pending {
     incident: Incident,
@@ -87,13 +87,6 @@ fn relative(series: &VecDeque<(i64, Bytes)>, at_ms: i64) -> Vec<Point> {
             bytes: *b,
         })
         .collect()
-}
-
-fn run_name(run: &LiveRun) -> String {
-    match (&run.record.project, &run.record.service) {
-        (Some(p), Some(s)) => format!("{p}/{s}"),
-        _ => run.record.name.clone(),
-    }
 }
 
 impl Incidents {
@@ -217,7 +210,7 @@ impl Incidents {
                     .map(|(_, u)| *u)
                     .or(l.last.as_ref().map(|m| m.usage))?;
                 Some(Neighbour {
-                    name: run_name(l),
+                    name: l.record.display_name(),
                     usage,
                     peak: l.record.peak,
                     limit: l.record.memory_limit,
@@ -253,32 +246,14 @@ impl Incidents {
             id: incident_id(at_ms, &name, pid),
             time: rfc3339(at_ms),
             at_ms,
-            kind: None,
-            kind_evidence: None,
             name,
             container: container.map(Container::to_ref),
-            cgroup: None,
-            victim: Victim::default(),
-            trigger: None,
             limit: container.and_then(|c| c.memory_limit),
-            budget: None,
-            memory_high: None,
             peak: run.map(|r| r.record.peak).filter(|p| p.0 > 0),
-            exit_code: None,
             timeline: run.map(|r| relative(&r.recent, at_ms)).unwrap_or_default(),
-            working_set: None,
-            pressure: None,
-            reclaim_stalls: None,
             host_available: relative(&self.host, at_ms),
             host_total: self.host_total,
-            neighbours: Vec::new(),
-            actions: Vec::new(),
-            suggested_limit: None,
-            suggestion: String::new(),
-            next_step: String::new(),
-            sources: Vec::new(),
-            kernel_line: None,
-            notes: Vec::new(),
+            ..Default::default()
         }
     }
 
@@ -344,22 +319,25 @@ impl Incidents {
     /// log buffer, which names the killed task's cgroup, is the other.
     pub fn on_inventory(&mut self, containers: &[Container], store: &Store) {
         let since = now_ms() - 10 * WINDOW_MS;
-        let stopped: Vec<&Container> = containers
+        let finished_ms =
+            |c: &Container| c.finished_at.as_deref().and_then(crate::model::rfc3339_ms);
+        // Only deaths of the last ten minutes; the kernel's buffer is read only when there are.
+        let stopped: Vec<(&Container, i64)> = containers
             .iter()
             .filter(|c| c.state == "exited" || c.state == "dead")
+            .filter_map(|c| Some((c, finished_ms(c).filter(|f| *f >= since)?)))
             .collect();
         let logged = if stopped.is_empty() {
             Vec::new()
         } else {
             kmsg::logged_kills()
         };
-        for c in stopped {
+        for (c, finished) in stopped {
             // The buffer keeps kills for days: only one in this container's last run counts
             // (give or take a few seconds: the log's clock is not NTP-steered), and without
             // Docker's flag only when the container itself died of SIGKILL (a child killed in a
             // container that went on does not).
             let started = c.started_at.as_deref().and_then(crate::model::rfc3339_ms);
-            let finished = c.finished_at.as_deref().and_then(crate::model::rfc3339_ms);
             let kernel = logged.iter().rev().find(|k| {
                 let at = k.usec.map(|us| {
                     ebpf::wall_time(us * 1000)
@@ -367,21 +345,15 @@ impl Incidents {
                         .map_or(0, |d| d.as_millis() as i64)
                 });
                 k.task_memcg.contains(c.id.as_str())
-                    && matches!((at, started, finished), (Some(at), Some(s), Some(f)) if at >= s - 5000 && at <= f + 10_000)
+                    && matches!((at, started), (Some(at), Some(s)) if at >= s - 5000 && at <= finished + 10_000)
             });
             let kernel = kernel.filter(|_| c.exit_code == Some(137));
             if !c.oom_killed && kernel.is_none() {
                 continue;
             }
-            let finished = c
-                .finished_at
-                .as_deref()
-                .and_then(crate::model::rfc3339_ms)
-                .unwrap_or(0);
-            if finished < since
-                || store
-                    .has_incident_for(&c.to_ref().id, since)
-                    .unwrap_or(true)
+            if store
+                .has_incident_for(&c.to_ref().id, since)
+                .unwrap_or(true)
                 || self
                     .pending
                     .iter()
