@@ -5,13 +5,13 @@
 
 use std::{
     path::{Path, PathBuf},
-    time::{Duration, Instant, SystemTime},
+    time::{Duration, Instant},
 };
 
 use tracing::{info, warn};
 
 use crate::{
-    model::{ActionRecord, JournalEntry},
+    model::{now_ms, ActionRecord, JournalEntry},
     policy::enforce::Act,
     sources::cgroup::{CgroupError, Hierarchy, Mode},
     store::{Store, StoreError},
@@ -53,12 +53,6 @@ pub struct Written {
     pub took: Duration,
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
 fn read_trimmed(path: &Path) -> Result<String, CgroupError> {
     std::fs::read_to_string(path)
         .map(|s| s.trim().to_string())
@@ -66,18 +60,7 @@ fn read_trimmed(path: &Path) -> Result<String, CgroupError> {
 }
 
 fn write(path: &Path, value: &str) -> Result<(), CgroupError> {
-    std::fs::write(path, value).map_err(|source| {
-        if source.kind() == std::io::ErrorKind::NotFound {
-            CgroupError::Gone {
-                path: path.to_path_buf(),
-            }
-        } else {
-            CgroupError::Write {
-                path: path.to_path_buf(),
-                source,
-            }
-        }
-    })
+    std::fs::write(path, value).map_err(|e| CgroupError::write(path, e))
 }
 
 /// Makes the ladder's writes, journaled; in dry-run it reads but never writes.
@@ -208,8 +191,9 @@ impl Executor {
         })
     }
 
-    /// Restores everything in the journal: at start-up (after a crash) and at exit. Files whose
-    /// cgroup is gone are dropped from the journal; nothing is left to restore there.
+    /// Restores everything in the journal: at start-up (after a crash), at exit and by
+    /// `guardian restore`; each restore is recorded as an action. Files whose cgroup is gone
+    /// are dropped from the journal; nothing is left to restore there.
     pub fn restore_all(
         &self,
         store: &Store,
@@ -219,21 +203,17 @@ impl Executor {
         for entry in store.journal()? {
             let file = PathBuf::from(&entry.file);
             let action = match file.file_name().and_then(|n| n.to_str()) {
-                Some("cgroup.freeze") => "thaw",
-                _ => "restore_high",
+                Some("cgroup.freeze") => Act::Thaw,
+                _ => Act::RestoreHigh,
             };
-            if !file.exists() {
-                store.journal_remove(&entry.file)?;
-                continue;
-            }
             match self.restore(store, file) {
                 Ok(w) => {
                     info!(file = %entry.file, value = %w.after, subject = %entry.subject, trigger = %trigger, "restored");
-                    done.push(ActionRecord {
+                    let record = ActionRecord {
                         at_ms: now_ms(),
                         subject: entry.subject.clone(),
                         name: entry.subject.clone(),
-                        action: action.to_string(),
+                        action: action.name().to_string(),
                         file: entry.file.clone(),
                         before: w.before,
                         after: w.after,
@@ -243,7 +223,12 @@ impl Executor {
                         reaction_us: None,
                         write_us: Some(w.took.as_micros() as u64),
                         dry_run: self.dry_run,
-                    });
+                    };
+                    // The value is back either way; a record that fails to save is only logged.
+                    if let Err(e) = store.record_action(&record) {
+                        warn!(file = %entry.file, "restored, but not recorded: {e}");
+                    }
+                    done.push(record);
                 }
                 Err(ActionError::Cgroup(CgroupError::Gone { .. })) => {
                     store.journal_remove(&entry.file)?;

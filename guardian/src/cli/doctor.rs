@@ -156,7 +156,7 @@ fn cgroups() -> Vec<Check> {
 
 /// Arms a real trigger on the host's pressure file to learn the window granularity we get.
 fn psi() -> Check {
-    let file = Path::new("/proc/pressure/memory");
+    let file = Path::new(crate::sources::host::PRESSURE_FILE);
     if !file.exists() {
         return Check::problem(
             "psi",

@@ -28,12 +28,9 @@ use crate::{
         },
         docker::{self, DockerUpdate},
         ebpf::{self, comm_string, KernelEvent, ProbeOptions, Probes},
-        oom,
+        host, oom,
     },
 };
-
-/// Host-wide memory pressure, present on every PSI-enabled kernel.
-const HOST_PRESSURE: &str = "/proc/pressure/memory";
 
 /// Exited containers remembered for late events (bounded memory).
 const KEEP_EXITED: usize = 1024;
@@ -97,13 +94,17 @@ pub async fn run(args: EventsArgs, output: Output) -> anyhow::Result<ExitCode> {
     };
 
     match PsiTrigger::arm(
-        Path::new(HOST_PRESSURE),
+        Path::new(host::PRESSURE_FILE),
         PsiKind::Some,
         args.psi_stall,
         args.psi_window,
     ) {
         Ok(trigger) => {
-            watching.push(format!("psi {} on {HOST_PRESSURE}", trigger.trigger()));
+            watching.push(format!(
+                "psi {} on {}",
+                trigger.trigger(),
+                host::PRESSURE_FILE
+            ));
             spawn_psi(trigger, tx.clone());
         }
         Err(e) => warn!("host pressure notifications disabled: {e}"),

@@ -55,7 +55,7 @@ enum CiFormat {
 }
 
 fn since_ms(d: Option<Duration>) -> i64 {
-    d.map_or(0, |d| super::daemon::now_ms() - d.as_millis() as i64)
+    d.map_or(0, |d| crate::model::now_ms() - d.as_millis() as i64)
 }
 
 pub async fn run(args: ReportArgs, output: Output) -> anyhow::Result<ExitCode> {

@@ -25,9 +25,6 @@ pub async fn run(args: RestoreArgs, output: Output) -> anyhow::Result<ExitCode> 
     let store = Store::open_existing(&args.state_dir)?;
     let executor = Executor::new(Hierarchy::detect()?, false);
     let restored = executor.restore_all(&store, "restore")?;
-    for a in &restored {
-        store.record_action(a)?;
-    }
     let left = store.journal()?;
     match output {
         Output::Json => println!(

@@ -4,7 +4,6 @@
 use std::{
     collections::{BTreeMap, HashMap},
     path::{Path, PathBuf},
-    time::SystemTime,
 };
 
 use super::UsageError;
@@ -122,10 +121,7 @@ impl Stack {
                 .filter_map(|(name, svc)| Some((name, svc.image.as_ref()?)))
                 .collect();
             if !missing.is_empty() {
-                let month_ago = SystemTime::now()
-                    .duration_since(SystemTime::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_millis() as i64)
-                    - 30 * 24 * 3600 * 1000;
+                let month_ago = crate::model::now_ms() - 30 * 24 * 3600 * 1000;
                 let mut same: Vec<RunRecord> = store
                     .runs(&RunFilter {
                         since_ms: Some(month_ago),

@@ -11,7 +11,7 @@ use std::{
     collections::{HashMap, VecDeque},
     io::IsTerminal,
     process::ExitCode,
-    time::{Duration, Instant, SystemTime},
+    time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
@@ -466,11 +466,7 @@ fn record_startup_peaks(state_dir: &std::path::Path, project: &str, runs: &[Serv
                 .started_at
                 .as_deref()
                 .and_then(rfc3339_ms)
-                .unwrap_or_else(|| {
-                    SystemTime::now()
-                        .duration_since(SystemTime::UNIX_EPOCH)
-                        .map_or(0, |d| d.as_millis() as i64)
-                });
+                .unwrap_or_else(crate::model::now_ms);
             Some(RunRecord {
                 container_id: c.id.clone(),
                 started_at_ms,

@@ -1,8 +1,6 @@
 //! Memory budgets: how much a container (or a plain cgroup) may use before guardian squeezes it,
 //! and where that number came from. Resolution is a pure function of labels, rules and profiles.
 
-use std::path::Path;
-
 use serde::{Deserialize, Serialize};
 
 use super::{Bytes, Container};
@@ -125,13 +123,6 @@ impl BudgetRule {
             && eq(&self.service, compose.map(|s| s.service.as_str()))
             && eq(&self.name, Some(c.name.as_str()))
             && image_matches
-    }
-
-    /// Whether the rule names the cgroup at `path` (relative to the hierarchy's root).
-    pub fn matches_cgroup(&self, path: &Path) -> bool {
-        self.cgroup
-            .as_deref()
-            .is_some_and(|want| Path::new(want) == path)
     }
 }
 
@@ -286,7 +277,6 @@ mod tests {
         assert!(rule("project = \"ci\"\nservice = \"db\"").matches(&db()));
         assert!(!rule("project = \"other\"\nservice = \"db\"").matches(&db()));
         assert!(!rule("cgroup = \"/ci-db-1\"").matches(&db()));
-        assert!(rule("cgroup = \"/t\"").matches_cgroup(Path::new("/t")));
     }
 
     #[test]

@@ -21,7 +21,7 @@ pub use event::{
 };
 pub use incident::{Incident, Neighbour, Point, StallBrief, TriggerTask, Victim};
 pub use memory::{Bytes, MemoryReading, PressureStats, PsiLine};
-pub use recorder::{rfc3339_ms, Flush, LiveRun, Recorder, RECENT_MS};
+pub use recorder::{now_ms, rfc3339_ms, unix_ms, Flush, LiveRun, Recorder, RECENT_MS};
 pub use usage::{RunRecord, Sample};
 
 use serde::Serialize;

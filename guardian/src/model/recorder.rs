@@ -59,6 +59,17 @@ pub struct Recorder {
     startup_window_ms: i64,
 }
 
+/// Unix milliseconds of a wall-clock time (0 before 1970).
+pub fn unix_ms(t: std::time::SystemTime) -> i64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Unix milliseconds now.
+pub fn now_ms() -> i64 {
+    unix_ms(std::time::SystemTime::now())
+}
+
 /// Unix milliseconds of an RFC 3339 time, as Docker writes `State.StartedAt`.
 pub fn rfc3339_ms(s: &str) -> Option<i64> {
     let t = humantime::parse_rfc3339(s).ok()?;

@@ -154,6 +154,7 @@ impl Enforcer {
     }
 
     /// Whether the policy holds anything of `key` (a squeezed limit or a freeze).
+    #[cfg(test)]
     pub fn holds(&self, key: &str) -> bool {
         self.held
             .get(key)

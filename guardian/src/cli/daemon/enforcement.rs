@@ -11,7 +11,7 @@ use std::{
 use tokio::{sync::mpsc, task::JoinHandle};
 use tracing::{info, warn};
 
-use super::now_ms;
+use crate::model::now_ms;
 use crate::{
     actions::{ActionError, Executor, Target},
     config::EnforceConfig,
@@ -28,8 +28,10 @@ use crate::{
     store::Store,
 };
 
-/// Reclaim stalls come in bursts; one evaluation per this long is enough.
-const STALL_DEBOUNCE: Duration = Duration::from_millis(50);
+/// Reclaim stalls and memory.events changes come in bursts (a group held at its memory.high
+/// changes memory.events at every throttle); one evaluation per this long is enough for them.
+/// PSI triggers (rate-limited by the kernel) and the poll always evaluate.
+const BURST_DEBOUNCE: Duration = Duration::from_millis(50);
 
 /// What woke the ladder, and when: the reaction time runs from here to the write.
 #[derive(Clone, Copy, Debug)]
@@ -70,6 +72,8 @@ pub struct Enforcement {
     executor: Executor,
     hierarchy: Hierarchy,
     rules: Vec<BudgetRule>,
+    /// The `cgroup = ...` rules: key, path and guard.
+    cgroup_rules: Vec<(String, PathBuf, Guard)>,
     profiles: Vec<ProfileBudget>,
     tracked: BTreeMap<String, Tracked>,
     wake_tx: mpsc::Sender<Wake>,
@@ -91,9 +95,6 @@ impl Enforcement {
     ) -> anyhow::Result<Self> {
         let executor = Executor::new(hierarchy.clone(), config.dry_run);
         let restored = executor.restore_all(store, "startup")?;
-        for a in &restored {
-            store.record_action(a)?;
-        }
         if !restored.is_empty() {
             warn!(
                 count = restored.len(),
@@ -130,11 +131,19 @@ impl Enforcement {
             profile_budgets = profiles.len(),
             "enforcing budgets"
         );
+        let cgroup_rules = rules
+            .iter()
+            .filter_map(|r| {
+                let path = PathBuf::from(r.cgroup.as_deref()?);
+                Some((format!("cgroup:{}", path.display()), path, cgroup_guard(r)))
+            })
+            .collect();
         let mut me = Self {
             enforcer: Enforcer::new(params),
             executor,
             hierarchy,
             rules,
+            cgroup_rules,
             profiles,
             tracked: BTreeMap::new(),
             wake_tx,
@@ -144,7 +153,7 @@ impl Enforcement {
             level: Level::Calm,
             actions_total: BTreeMap::new(),
         };
-        me.refresh_cgroup_rules(store);
+        me.refresh_cgroup_rules();
         Ok(me)
     }
 
@@ -247,32 +256,17 @@ impl Enforcement {
             .and_then(|t| t.guard.budget.as_ref().map(|b| b.bytes))
     }
 
-    /// Guards the cgroups named by `cgroup = ...` rules while they exist.
-    fn refresh_cgroup_rules(&mut self, store: &Store) {
-        let rules: Vec<BudgetRule> = self
-            .rules
-            .iter()
-            .filter(|r| r.cgroup.is_some())
-            .cloned()
-            .collect();
-        for rule in rules {
-            let path = PathBuf::from(rule.cgroup.as_deref().unwrap_or("/"));
-            let key = format!("cgroup:{}", path.display());
-            let exists = self.hierarchy.memory_dir(&path).is_dir();
-            match (exists, self.tracked.contains_key(&key)) {
-                (true, false) => {
-                    let unified = self.hierarchy.unified.as_ref().map(|_| path.clone());
-                    self.track(
-                        key,
-                        path.display().to_string(),
-                        path,
-                        unified,
-                        cgroup_guard(&rule),
-                    );
-                }
-                (false, true) => self.untrack(&key, store),
-                _ => {}
+    /// Guards the cgroups named by `cgroup = ...` rules once they exist (one that goes away
+    /// is dropped when reading it finds it gone).
+    fn refresh_cgroup_rules(&mut self) {
+        for i in 0..self.cgroup_rules.len() {
+            let (key, path, guard) = &self.cgroup_rules[i];
+            if self.tracked.contains_key(key) || !self.hierarchy.memory_dir(path).is_dir() {
+                continue;
             }
+            let unified = self.hierarchy.unified.as_ref().map(|_| path.clone());
+            let (key, path, guard) = (key.clone(), path.clone(), guard.clone());
+            self.track(key, path.display().to_string(), path, unified, guard);
         }
     }
 
@@ -285,7 +279,7 @@ impl Enforcement {
                 .as_deref()
                 .is_some_and(|u| path.starts_with(u))
         });
-        if !guarded || self.last_eval.is_some_and(|t| t.elapsed() < STALL_DEBOUNCE) {
+        if !guarded {
             return;
         }
         let ago = Duration::from_nanos(crate::sources::ebpf::monotonic_ns().saturating_sub(ts_ns));
@@ -302,14 +296,19 @@ impl Enforcement {
     /// One pass of the ladder: read, decide, write, record.
     pub fn evaluate(&mut self, wake: Wake, store: &Store) {
         // Nothing has a budget and no rule names a cgroup: nothing to read or decide.
-        if self.tracked.is_empty() && self.rules.iter().all(|r| r.cgroup.is_none()) {
+        if self.tracked.is_empty() && self.cgroup_rules.is_empty() {
+            return;
+        }
+        if matches!(wake.trigger, "ebpf" | "memory.events")
+            && self.last_eval.is_some_and(|t| t.elapsed() < BURST_DEBOUNCE)
+        {
             return;
         }
         self.last_eval = Some(Instant::now());
         if wake.trigger == "psi" {
             self.last_psi = Some(wake.at);
         }
-        self.refresh_cgroup_rules(store);
+        self.refresh_cgroup_rules();
         let pressure = host::memory_pressure();
         let host = Host {
             available: host::mem_available().unwrap_or(Bytes(u64::MAX)),
@@ -408,9 +407,6 @@ impl Enforcement {
         self.tracked.clear();
         match self.executor.restore_all(store, "shutdown") {
             Ok(done) => {
-                for a in &done {
-                    let _ = store.record_action(a);
-                }
                 info!(
                     restored = done.len(),
                     "restored every value guardian changed"

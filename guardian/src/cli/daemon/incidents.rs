@@ -10,7 +10,7 @@ use std::{
 
 use tracing::{info, warn};
 
-use super::now_ms;
+use crate::model::now_ms;
 use crate::{
     config::IncidentsConfig,
     model::{
@@ -339,11 +339,7 @@ impl Incidents {
             // container that went on does not).
             let started = c.started_at.as_deref().and_then(crate::model::rfc3339_ms);
             let kernel = logged.iter().rev().find(|k| {
-                let at = k.usec.map(|us| {
-                    ebpf::wall_time(us * 1000)
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map_or(0, |d| d.as_millis() as i64)
-                });
+                let at = k.usec.map(|us| crate::model::unix_ms(ebpf::wall_time(us * 1000)));
                 k.task_memcg.contains(c.id.as_str())
                     && matches!((at, started), (Some(at), Some(s)) if at >= s - 5000 && at <= finished + 10_000)
             });

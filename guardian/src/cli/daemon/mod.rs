@@ -6,12 +6,8 @@ mod enforcement;
 mod incidents;
 
 use std::{
-    collections::HashMap,
-    net::SocketAddr,
-    path::PathBuf,
-    process::ExitCode,
-    sync::Arc,
-    time::{Duration, SystemTime},
+    collections::HashMap, net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc,
+    time::Duration,
 };
 
 use anyhow::Context as _;
@@ -30,7 +26,7 @@ use super::{parse_duration, Output, UsageError};
 use crate::{
     config::{Config, Dur},
     metrics::{self, StallSeries},
-    model::{CgroupId, CgroupRef, Container, ContainerTable, Recorder},
+    model::{now_ms, CgroupId, CgroupRef, Container, ContainerTable, Recorder},
     sources::{
         cgroup::{read_memory, CgroupIndex, Hierarchy, UsageCounters},
         docker::{self, DockerUpdate},
@@ -75,12 +71,6 @@ pub struct DaemonArgs {
 /// The pid file of a daemon using `state_dir`.
 pub fn pid_file(state_dir: &std::path::Path) -> PathBuf {
     state_dir.join("guardian.pid")
-}
-
-pub(crate) fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 pub async fn run(args: DaemonArgs, _output: Output) -> anyhow::Result<ExitCode> {

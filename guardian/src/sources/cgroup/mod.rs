@@ -43,6 +43,21 @@ pub enum CgroupError {
 }
 
 impl CgroupError {
+    /// A failed write: `Gone` when the cgroup no longer exists.
+    pub(crate) fn write(path: &Path, source: io::Error) -> Self {
+        if source.kind() == io::ErrorKind::NotFound {
+            CgroupError::Gone {
+                path: path.to_path_buf(),
+            }
+        } else {
+            CgroupError::Write {
+                path: path.to_path_buf(),
+                source,
+            }
+        }
+    }
+
+    /// A failed read: `Gone` when the cgroup no longer exists.
     pub(crate) fn read(path: &Path, source: io::Error) -> Self {
         if source.kind() == io::ErrorKind::NotFound {
             CgroupError::Gone {
