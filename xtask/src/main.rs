@@ -1,10 +1,11 @@
-//! Project tasks: `cargo xtask setup | run | test | bench`.
+//! Project tasks: `cargo xtask setup | run | test | testbed | vm-test | runner-vm | bench`.
 //!
 //! `setup` installs everything the build and the tests need on a fresh Debian machine and skips
 //! what is already there; `run` and `test` call it first, so each is one command for a new user.
 
 mod bench;
 mod bench_daemon;
+mod runner_vm;
 mod setup;
 mod testbed;
 mod vm;
@@ -48,6 +49,9 @@ enum Task {
     },
     /// Boot Debian's kernel (cgroup v2) in qemu and run guardian's scenarios inside.
     VmTest,
+    /// Boot a CI runner as users have one (Debian trixie: cgroup v2, systemd, Docker with the
+    /// systemd cgroup driver, Compose v2) in qemu, install guardian there and run its scenarios.
+    RunnerVm(runner_vm::Opts),
     /// Measure probe overhead and event latency on this kernel; prints the numbers.
     Bench {
         /// Runs per configuration.
@@ -95,12 +99,23 @@ fn main() -> anyhow::Result<()> {
             bed.down()?;
             result?;
             // Real cgroup v2 behaviour: the same binary inside a Debian kernel in qemu.
-            vm::run()
+            vm::run()?;
+            // And where it will run: a systemd + Docker + Compose v2 runner, on its own kernel
+            // and on an older one without memory.peak.
+            runner_vm::run(&runner_vm::Opts::default())?;
+            runner_vm::run(&runner_vm::Opts {
+                old_kernel: true,
+                ..Default::default()
+            })
         }
         Task::Testbed { action } => testbed::run(action),
         Task::VmTest => {
             setup::run()?;
             vm::run()
+        }
+        Task::RunnerVm(opts) => {
+            setup::run()?;
+            runner_vm::run(&opts)
         }
         Task::Bench { runs, only } => {
             setup::run()?;

@@ -8,7 +8,7 @@ use crate::run_status;
 
 /// Debian packages the end-to-end tests use: a Docker engine with compose (the private test
 /// engine), a static busybox (test images, the VM's initramfs), qemu and cpio (the cgroup v2 VM),
-/// and real renderers for the post-mortem reports (librsvg's rsvg-convert for the SVG, Chromium
+/// mmdebstrap and e2fsprogs' mke2fs/debugfs (the runner VM's image and disks), and real renderers for the post-mortem reports (librsvg's rsvg-convert for the SVG, Chromium
 /// headless for the HTML).
 const DEBIAN_PACKAGES: &[&str] = &[
     "docker.io",
@@ -16,6 +16,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "busybox-static",
     "qemu-system-x86",
     "cpio",
+    "mmdebstrap",
+    "e2fsprogs",
     "librsvg2-bin",
     "chromium",
 ];

@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use super::Output;
 use crate::sources::{
-    cgroup::{Hierarchy, Mode, PsiKind, PsiTrigger},
+    cgroup::{Hierarchy, Mode, PeakSource, PsiKind, PsiTrigger},
     docker,
     ebpf::{self, ProbeOptions, Probes},
 };
@@ -143,7 +143,19 @@ fn cgroups() -> Vec<Check> {
                     "boot with systemd.unified_cgroup_hierarchy=1 to let guardian enforce budgets",
                 ),
             };
-            vec![Check::ok("cgroups", memory), budgets]
+            let peaks = match h.peak_source() {
+                PeakSource::HighWaterMark(file) => Check::ok(
+                    "peaks",
+                    format!("exact: the kernel's high-water mark ({file})"),
+                ),
+                PeakSource::Sampled => Check::problem(
+                    "peaks",
+                    Status::Warn,
+                    "no memory.peak (kernel before 5.19): peaks are the highest sample of memory.current, every sample_interval (1 s by default); a shorter spike can be missed",
+                    "use kernel 5.19+ for exact peaks, or lower sample_interval (e.g. \"250ms\") at some CPU cost",
+                ),
+            };
+            vec![Check::ok("cgroups", memory), budgets, peaks]
         }
         Err(e) => vec![Check::problem(
             "cgroups",

@@ -6,12 +6,20 @@
 //!    cannot be reclaimed without swap — all but the page cache — plus 10%), lowest priority
 //!    first and, within a priority, largest excess first.
 //! 3. Critical pressure: freeze the lowest-priority group; thaw when pressure has passed.
+//!    Critical needs a real shortage: MemAvailable below the reserve, not PSI alone.
 //! 4. Only when allowed: kill a frozen group whose critical pressure did not pass.
 //!
 //! Relaxing is hysteretic: a squeezed group is released once it stays below a fraction of its
 //! budget for `relax_after`, and limits lowered under pressure return to the budget only after the
 //! host has been calm that long. What a group's memory.high was before guardian touched it is
 //! the journal's business (actions/), not the policy's.
+//!
+//! The host is judged by what lies outside the throttled groups: a group held at its memory.high
+//! stalls in its own reclaim, and the kernel's host-wide PSI (`/proc/pressure/memory`) counts
+//! that stall too. Taken at face value, one budget biting on a roomy host reads as host-critical
+//! and the ladder would freeze the very group it is throttling. So the pressure the ladder acts
+//! on is the host's PSI minus the throttled groups' own (their `memory.pressure`, same averaging
+//! window), and MemAvailable, which a throttled group cannot lower.
 
 use std::collections::HashMap;
 
@@ -49,6 +57,45 @@ pub struct Subject {
     pub unreclaimable: Bytes,
     /// Its memory.high as the kernel has it now (`None` = max, or no such file).
     pub high: Option<Bytes>,
+    /// Its own memory PSI, `some` and `full` avg10 in percent (cgroup v2 `memory.pressure`);
+    /// 0 where the kernel does not expose it.
+    pub psi_some_avg10: f64,
+    pub psi_full_avg10: f64,
+}
+
+impl Subject {
+    /// Held at its memory.high (usage within 10 % of it): its stalls are its limit's doing.
+    fn throttled(&self) -> bool {
+        self.high
+            .is_some_and(|h| self.usage.0 as f64 >= h.0 as f64 * THROTTLED_AT)
+    }
+}
+
+/// A group whose usage is at least this share of its memory.high is held there by the kernel.
+const THROTTLED_AT: f64 = 0.9;
+
+/// The host's pressure with the throttled groups' own stall taken out, in percent (avg10).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Outside {
+    pub some: f64,
+    pub full: f64,
+    /// How many throttled groups' stall was taken out.
+    pub throttled: usize,
+}
+
+impl Outside {
+    /// PSI averages of one window are linear in the stall time, so the rest is the host's
+    /// minus the throttled groups' (clamped: their stalls may overlap in time).
+    pub fn of(host: &Host, subjects: &[Subject]) -> Self {
+        let throttled: Vec<&Subject> = subjects.iter().filter(|s| s.throttled()).collect();
+        let some: f64 = throttled.iter().map(|s| s.psi_some_avg10).sum();
+        let full: f64 = throttled.iter().map(|s| s.psi_full_avg10).sum();
+        Self {
+            some: (host.psi_some_avg10 - some).max(0.0),
+            full: (host.psi_full_avg10 - full).max(0.0),
+            throttled: throttled.len(),
+        }
+    }
 }
 
 /// The host as read just now.
@@ -138,14 +185,22 @@ impl Enforcer {
         }
     }
 
-    /// The host's level by its free memory and pressure.
-    pub fn level(&self, host: &Host) -> Level {
+    /// The host's level by its free memory and the pressure outside the throttled groups.
+    ///
+    /// Critical needs a shortage (MemAvailable below `reserve`) and either MemAvailable below
+    /// `critical_reserve` or `full` stall outside the throttled groups at `psi_full`. The host's
+    /// PSI trigger counts as pressure unless the throttled groups account for most of the stall.
+    pub fn level(&self, host: &Host, subjects: &[Subject]) -> Level {
         let p = &self.params;
-        if host.available < p.critical_reserve || host.psi_full_avg10 >= p.psi_full {
+        let outside = Outside::of(host, subjects);
+        let short = host.available < p.reserve;
+        let trigger_outside = host.psi_triggered && outside.some * 2.0 >= host.psi_some_avg10;
+        if host.available < p.critical_reserve || (short && outside.full >= p.psi_full) {
             Level::Critical
-        } else if host.available < p.reserve
-            || host.psi_some_avg10 >= p.psi_some
-            || host.psi_triggered
+        } else if short
+            || outside.some >= p.psi_some
+            || outside.full >= p.psi_full
+            || trigger_outside
         {
             Level::Pressure
         } else {
@@ -175,7 +230,7 @@ impl Enforcer {
     /// One evaluation: the decisions for this moment, in the order to apply them. The policy
     /// assumes they are applied; a failed write is reported back with [`Enforcer::forget`].
     pub fn decide(&mut self, now_ms: i64, host: &Host, subjects: &[Subject]) -> Vec<Decision> {
-        let level = self.level(host);
+        let level = self.level(host, subjects);
         match level {
             Level::Calm => {
                 self.calm_since_ms.get_or_insert(now_ms);
@@ -203,7 +258,8 @@ impl Enforcer {
                 self.budget_step(now_ms, calm_long, s, &mut out);
             }
             if level >= Level::Pressure {
-                self.pressure_step(now_ms, host, level, &acting, &mut out);
+                let outside = Outside::of(host, subjects);
+                self.pressure_step(now_ms, host, outside, level, &acting, &mut out);
             }
         }
         if level == Level::Critical {
@@ -293,6 +349,7 @@ impl Enforcer {
         &mut self,
         now_ms: i64,
         host: &Host,
+        outside: Outside,
         level: Level,
         acting: &[&Subject],
         out: &mut Vec<Decision>,
@@ -340,11 +397,19 @@ impl Enforcer {
                 act: Act::SetHigh(new),
                 step: 2,
                 reason: format!(
-                    "host {}: MemAvailable {}, PSI some {:.1}% full {:.1}%{}; memory.high {high} -> {new} (floor {floor})",
+                    "host {}: MemAvailable {}, PSI some {:.1}% full {:.1}%{}{}; memory.high {high} -> {new} (floor {floor})",
                     if level == Level::Critical { "critical" } else { "under pressure" },
                     host.available,
-                    host.psi_some_avg10,
-                    host.psi_full_avg10,
+                    outside.some,
+                    outside.full,
+                    if outside.throttled > 0 {
+                        format!(
+                            " outside {} throttled group(s) (host-wide {:.1}%/{:.1}%)",
+                            outside.throttled, host.psi_some_avg10, host.psi_full_avg10
+                        )
+                    } else {
+                        String::new()
+                    },
                     if host.psi_triggered { ", PSI trigger fired" } else { "" },
                 ),
             });
@@ -446,6 +511,8 @@ mod tests {
             usage: Bytes(usage_mib * MIB),
             unreclaimable: Bytes(usage_mib * MIB / 4),
             high: None,
+            psi_some_avg10: 0.0,
+            psi_full_avg10: 0.0,
         }
     }
 
@@ -639,23 +706,105 @@ mod tests {
     #[test]
     fn levels_follow_memavailable_and_psi() {
         let e = Enforcer::new(params());
-        assert_eq!(e.level(&calm()), Level::Calm);
-        assert_eq!(e.level(&pressure()), Level::Pressure);
-        assert_eq!(e.level(&critical()), Level::Critical);
+        assert_eq!(e.level(&calm(), &[]), Level::Calm);
+        assert_eq!(e.level(&pressure(), &[]), Level::Pressure);
+        assert_eq!(e.level(&critical(), &[]), Level::Critical);
         let psi = Host {
             psi_some_avg10: 25.0,
             ..calm()
         };
-        assert_eq!(e.level(&psi), Level::Pressure);
+        assert_eq!(e.level(&psi, &[]), Level::Pressure);
         let triggered = Host {
             psi_triggered: true,
             ..calm()
         };
-        assert_eq!(e.level(&triggered), Level::Pressure);
+        assert_eq!(e.level(&triggered, &[]), Level::Pressure);
         let full = Host {
             psi_full_avg10: 40.0,
             ..calm()
         };
-        assert_eq!(e.level(&full), Level::Critical);
+        assert_eq!(
+            e.level(&full, &[]),
+            Level::Pressure,
+            "PSI full alone, with MemAvailable above the reserve, is no shortage"
+        );
+        let full_and_short = Host {
+            psi_full_avg10: 40.0,
+            ..pressure()
+        };
+        assert_eq!(e.level(&full_and_short, &[]), Level::Critical);
+    }
+
+    /// A group held at its memory.high, stalling in its own reclaim as the runner VM's trial
+    /// showed (host some 50 %, full 33 %, 2.6 GiB of 3 GiB available).
+    fn throttled_at_its_budget() -> Subject {
+        let mut s = subject("a", 48, 47, 0);
+        s.high = Some(Bytes(48 * MIB));
+        s.psi_some_avg10 = 52.0;
+        s.psi_full_avg10 = 34.0;
+        s
+    }
+
+    fn roomy_host_with_its_stall() -> Host {
+        Host {
+            available: Bytes(2662 * MIB),
+            psi_some_avg10: 50.0,
+            psi_full_avg10: 33.0,
+            psi_triggered: true,
+        }
+    }
+
+    #[test]
+    fn a_budget_that_bites_on_a_roomy_host_throttles_and_never_freezes() {
+        let mut e = Enforcer::new(params());
+        let s = [throttled_at_its_budget()];
+        assert_eq!(e.level(&roomy_host_with_its_stall(), &s), Level::Calm);
+        for t in 0..120 {
+            let d = e.decide(t * 1000, &roomy_host_with_its_stall(), &s);
+            assert!(
+                d.iter().all(|d| !matches!(d.act, Act::Freeze | Act::Kill)),
+                "at {t} s: {d:?}"
+            );
+            assert!(
+                d.iter().all(|d| d.step != 2),
+                "its own stall must not lower its memory.high: {d:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn pressure_outside_the_throttled_groups_still_counts() {
+        let e = Enforcer::new(params());
+        let s = [throttled_at_its_budget()];
+        let others_stall = Host {
+            psi_some_avg10: 52.0 + 25.0,
+            psi_full_avg10: 34.0 + 5.0,
+            ..roomy_host_with_its_stall()
+        };
+        assert_eq!(e.level(&others_stall, &s), Level::Pressure);
+        let and_short = Host {
+            available: Bytes(300 * MIB),
+            psi_full_avg10: 34.0 + 31.0,
+            ..others_stall
+        };
+        assert_eq!(e.level(&and_short, &s), Level::Critical);
+        // A group below its memory.high is not throttled: its stall stays in the host's.
+        let mut below = throttled_at_its_budget();
+        below.usage = Bytes(20 * MIB);
+        assert_eq!(
+            e.level(&roomy_host_with_its_stall(), &[below]),
+            Level::Pressure
+        );
+    }
+
+    #[test]
+    fn a_shortage_critical_whatever_the_pressure_says() {
+        let e = Enforcer::new(params());
+        let s = [throttled_at_its_budget()];
+        let short = Host {
+            available: Bytes(100 * MIB),
+            ..roomy_host_with_its_stall()
+        };
+        assert_eq!(e.level(&short, &s), Level::Critical);
     }
 }

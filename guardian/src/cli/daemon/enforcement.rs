@@ -19,7 +19,7 @@ use crate::{
         cgroup_guard, resolve_guard, ActionRecord, BudgetRule, Bytes, Container, ContainerTable,
         Guard, ProfileBudget,
     },
-    policy::enforce::{Act, Enforcer, Host, Level, Params, Subject},
+    policy::enforce::{Act, Enforcer, Host, Level, Outside, Params, Subject},
     report::profile::budgets_from,
     sources::{
         cgroup::{read_memory, CgroupError, FileWatch, Hierarchy, PsiKind, PsiTrigger},
@@ -330,6 +330,8 @@ impl Enforcement {
                         r.usage.0.saturating_sub(r.file.0.saturating_sub(r.shmem.0)),
                     ),
                     high: r.high,
+                    psi_some_avg10: r.pressure.as_ref().map_or(0.0, |p| p.some.avg10),
+                    psi_full_avg10: r.pressure.as_ref().map_or(0.0, |p| p.full.avg10),
                 }),
                 Err(CgroupError::Gone { .. }) => gone.push(key.clone()),
                 Err(e) => warn!(subject = %t.name, "reading its cgroup: {e}"),
@@ -338,9 +340,10 @@ impl Enforcement {
         for key in gone {
             self.untrack(&key, store);
         }
-        let level = self.enforcer.level(&host);
+        let level = self.enforcer.level(&host, &subjects);
         if level != self.level {
-            info!(level = ?level, available = %host.available, psi_some_avg10 = host.psi_some_avg10, psi_full_avg10 = host.psi_full_avg10, trigger = %wake.trigger, "host memory level");
+            let outside = Outside::of(&host, &subjects);
+            info!(level = ?level, available = %host.available, psi_some_avg10 = host.psi_some_avg10, psi_full_avg10 = host.psi_full_avg10, outside_some_avg10 = outside.some, outside_full_avg10 = outside.full, throttled = outside.throttled, trigger = %wake.trigger, "host memory level");
             self.level = level;
         }
         for d in self.enforcer.decide(now_ms(), &host, &subjects) {

@@ -28,7 +28,7 @@ use crate::{
     metrics::{self, StallSeries},
     model::{now_ms, CgroupId, CgroupRef, Container, ContainerTable, Recorder},
     sources::{
-        cgroup::{read_memory, CgroupIndex, Hierarchy, UsageCounters},
+        cgroup::{read_memory, CgroupIndex, Hierarchy, PeakSource, UsageCounters},
         docker::{self, DockerUpdate},
         ebpf::{self, KernelEvent, ProbeOptions, Probes},
         kmsg, oom,
@@ -171,6 +171,12 @@ pub async fn run(args: DaemonArgs, _output: Output) -> anyhow::Result<ExitCode> 
         flush_interval = ?config.flush_interval.0,
         "guardian daemon started"
     );
+    if hierarchy.peak_source() == PeakSource::Sampled {
+        warn!(
+            sample_interval = ?config.sample_interval.0,
+            "no memory.peak on this kernel (before 5.19): peaks are the highest sample of memory.current, and a spike shorter than sample_interval can be missed"
+        );
+    }
 
     loop {
         tokio::select! {

@@ -180,6 +180,35 @@ impl Hierarchy {
     pub fn unified_dir(&self, relative: &Path) -> Option<PathBuf> {
         self.unified.as_deref().map(|u| join_relative(u, relative))
     }
+
+    /// Where peaks come from on this kernel: the kernel's own high-water mark (v1
+    /// `memory.max_usage_in_bytes`; v2 `memory.peak`, which kernels before 5.19 lack), or, without
+    /// one, the highest of the daemon's samples of `memory.current`.
+    pub fn peak_source(&self) -> PeakSource {
+        if !self.memory_is_v2() {
+            return PeakSource::HighWaterMark("memory.max_usage_in_bytes");
+        }
+        // The root group has no memory.peak on any kernel: look at a child.
+        let child = std::fs::read_dir(&self.memory).ok().and_then(|rd| {
+            rd.flatten()
+                .map(|e| e.path())
+                .find(|p| p.join("memory.current").exists())
+        });
+        match child {
+            Some(dir) if !dir.join("memory.peak").exists() => PeakSource::Sampled,
+            _ => PeakSource::HighWaterMark("memory.peak"),
+        }
+    }
+}
+
+/// How exact a recorded peak is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PeakSource {
+    /// The kernel's high-water mark, in this file: exact, spikes between samples included.
+    HighWaterMark(&'static str),
+    /// No high-water mark (cgroup v2 before kernel 5.19): the highest sample of memory.current,
+    /// so a spike shorter than the sampling interval can be missed.
+    Sampled,
 }
 
 /// `root` + a cgroup path such as `/docker/abc` (leading slash ignored).
