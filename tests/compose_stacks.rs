@@ -32,7 +32,11 @@ struct Tool {
 /// docker-compose 1.x.
 fn tools() -> Vec<Tool> {
     let v2 = std::env::var("GUARDIAN_TEST_COMPOSE_V2").unwrap_or_else(|_| {
-        concat!(env!("CARGO_MANIFEST_DIR"), "/../target/tools/compose-v2/docker-compose").into()
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../target/tools/compose-v2/docker-compose"
+        )
+        .into()
     });
     let version = |cmd: &str| {
         Command::new(cmd)
@@ -67,7 +71,9 @@ fn stage(fixture: &str) -> Staged {
     let tmp = tempfile::tempdir().unwrap();
     let name = unique("c");
     let dir = tmp.path().join(&name);
-    let from = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/stacks/compose").join(fixture);
+    let from = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/stacks/compose")
+        .join(fixture);
     copy_dir(&from, &dir);
     Staged {
         _tmp: tmp,
@@ -380,7 +386,10 @@ fn a_limit_above_the_host_is_unbounded_and_without_history_the_answer_is_cannot_
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .unwrap()
         * 1024;
-    assert!(host_total < 128 * GIB, "this case needs a host under 128 GiB");
+    assert!(
+        host_total < 128 * GIB,
+        "this case needs a host under 128 GiB"
+    );
     for tool in tools() {
         let s = stage("6-host-limit");
         let run = Run::default();
@@ -410,10 +419,16 @@ fn a_broken_stack_gives_the_tools_real_error_on_one_line_and_writes_nothing() {
         let (code, _, stderr) = run.preflight(&tool, &s.dir);
         assert_eq!(code, Some(2), "{tool:?}: {stderr}");
         assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
-        assert!(stderr.starts_with("error: docker-compose.yml: "), "{stderr}");
+        assert!(
+            stderr.starts_with("error: docker-compose.yml: "),
+            "{stderr}"
+        );
         assert!(stderr.contains("missing.env"), "{stderr}");
         assert!(!stderr.contains("Defaulting to a blank string"), "{stderr}");
-        assert!(stderr.contains(&format!("(ran: {} config", tool.cmd)), "{stderr}");
+        assert!(
+            stderr.contains(&format!("(ran: {} config", tool.cmd)),
+            "{stderr}"
+        );
         // guardian profile reads the stack before it writes anything.
         let state = recorded_store(&s.name, "web", &[10 * MIB]);
         let (status, _, stderr) = run.guardian(
@@ -490,11 +505,20 @@ fn the_profile_override_keeps_mem_limit_moves_memswap_and_sizes_replicas_from_th
         assert!(!text.contains("deploy"), "{text}");
         // The highest replica peaked at 100 MiB: 120 MiB each; 256 MiB of swap on top as before.
         let with_override = Run {
-            args: vec!["-f", "docker-compose.yml", "-f", "docker-compose.guardian.yml"],
+            args: vec![
+                "-f",
+                "docker-compose.yml",
+                "-f",
+                "docker-compose.guardian.yml",
+            ],
             ..Default::default()
         };
         let (code, report, stderr) = with_override.preflight(&tool, &s.dir);
-        assert_eq!(code, Some(0), "{tool:?} refused the override: {stderr}\n{text}");
+        assert_eq!(
+            code,
+            Some(0),
+            "{tool:?} refused the override: {stderr}\n{text}"
+        );
         assert_eq!(service(&report, "web")["ceiling"], 2 * 120 * MIB);
         let project = report["project"].as_str().unwrap().to_string();
         let (up, _, up_err) = with_override.compose(&tool, &s.dir, &["up", "-d"]);

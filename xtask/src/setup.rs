@@ -163,7 +163,8 @@ pub fn compose_v2_path() -> PathBuf {
 /// bookworm (glibc >= 2.34). Skipped when present.
 fn compose_v2() -> anyhow::Result<()> {
     let dest = compose_v2_path();
-    if output(Command::new(&dest).args(["version", "--short"])).is_some_and(|v| v.starts_with('2')) {
+    if output(Command::new(&dest).args(["version", "--short"])).is_some_and(|v| v.starts_with('2'))
+    {
         println!("setup: Compose v2 present ({})", dest.display());
         return Ok(());
     }
@@ -174,7 +175,9 @@ fn compose_v2() -> anyhow::Result<()> {
     let sources = work.join("sources.list");
     std::fs::write(
         &sources,
-        format!("deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] {mirror} trixie main\n"),
+        format!(
+            "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] {mirror} trixie main\n"
+        ),
     )?;
     let apt = |args: &[&str]| {
         let mut cmd = Command::new("apt-get");
@@ -211,7 +214,10 @@ fn compose_v2() -> anyhow::Result<()> {
             println!("setup: Compose v2 {} at {}", v.trim(), dest.display());
             Ok(())
         }
-        _ => bail!("{} does not run: Compose v2 needs glibc >= 2.34", dest.display()),
+        _ => bail!(
+            "{} does not run: Compose v2 needs glibc >= 2.34",
+            dest.display()
+        ),
     }
 }
 
@@ -234,7 +240,11 @@ fn debian_mirror() -> anyhow::Result<String> {
         .iter()
         .filter_map(|f| Some((f, std::fs::read_to_string(f).ok()?)))
         .find_map(|(f, text)| mirror_in(f, &text, &codename))
-        .with_context(|| format!("no Debian source for {codename} in /etc/apt: cannot derive the mirror for trixie"))
+        .with_context(|| {
+            format!(
+                "no Debian source for {codename} in /etc/apt: cannot derive the mirror for trixie"
+            )
+        })
 }
 
 fn mirror_in(file: &Path, text: &str, codename: &str) -> Option<String> {

@@ -111,7 +111,9 @@ pub async fn run(args: ProfileArgs, output: Output) -> anyhow::Result<ExitCode> 
     let compose = compose_args(&args);
     let base: BTreeMap<String, BaseMemory> = if stack_named_or_here(&compose) {
         let tool = ComposeTool::detect().map_err(|e| UsageError(e.to_string()))?;
-        let stack = tool.resolve(&compose).map_err(|e| UsageError(e.to_string()))?;
+        let stack = tool
+            .resolve(&compose)
+            .map_err(|e| UsageError(e.to_string()))?;
         stack
             .model
             .services
@@ -144,7 +146,10 @@ pub async fn run(args: ProfileArgs, output: Output) -> anyhow::Result<ExitCode> 
         margin: args.margin,
         services: recs.clone(),
     };
-    write_atomic(&args.compose_out, &compose_override(&recs, args.margin, &base))?;
+    write_atomic(
+        &args.compose_out,
+        &compose_override(&recs, args.margin, &base),
+    )?;
     write_atomic(&profile_out, &file.to_toml())?;
     match output {
         Output::Json => println!(

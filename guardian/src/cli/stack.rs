@@ -155,7 +155,12 @@ impl Stack {
                 let deps = svc
                     .depends_on
                     .iter()
-                    .filter(|d| self.model.services.get(&d.service).is_some_and(|s| s.replicas > 0))
+                    .filter(|d| {
+                        self.model
+                            .services
+                            .get(&d.service)
+                            .is_some_and(|s| s.replicas > 0)
+                    })
                     .map(|d| d.service.clone())
                     .collect();
                 (name.clone(), deps)

@@ -48,6 +48,7 @@ pub enum Knowledge {
 pub struct ServicePlan {
     pub replicas: u32,
     /// For all replicas. For a bounded service, its limits (what `up` admits by).
+    #[serde(flatten)]
     pub need: Need,
     pub knowledge: Knowledge,
     /// The most all replicas can hold: their limits, or the host's memory when unbounded.
@@ -93,7 +94,11 @@ pub fn select(
 
 /// Plans one service: a recorded need, else its reservation, else its limit as a ceiling, all
 /// multiplied by its replicas.
-pub fn plan_service(facts: &ServiceFacts, recorded: Option<Recorded>, host_total: Bytes) -> ServicePlan {
+pub fn plan_service(
+    facts: &ServiceFacts,
+    recorded: Option<Recorded>,
+    host_total: Bytes,
+) -> ServicePlan {
     let n = u64::from(facts.replicas.max(1));
     let times = |b: Bytes| Bytes(b.0.saturating_mul(n));
     let per = if n > 1 {
@@ -202,7 +207,11 @@ pub struct Totals {
 }
 
 /// The verdict on what is known: a limit never makes a stack "not fit".
-pub fn verdict(plans: &HashMap<String, ServicePlan>, known_worst_wave: Bytes, budget: Bytes) -> (Verdict, Totals) {
+pub fn verdict(
+    plans: &HashMap<String, ServicePlan>,
+    known_worst_wave: Bytes,
+    budget: Bytes,
+) -> (Verdict, Totals) {
     let sum = |k: Knowledge, f: &dyn Fn(&ServicePlan) -> u64| -> u64 {
         plans.values().filter(|p| p.knowledge == k).map(f).sum()
     };
@@ -218,7 +227,11 @@ pub fn verdict(plans: &HashMap<String, ServicePlan>, known_worst_wave: Bytes, bu
     let v = if totals.known_steady > budget || totals.known_worst_wave > budget {
         Verdict::DoesNotFit
     } else if totals.unbounded == 0
-        && totals.known_steady.0.saturating_add(totals.bounded_ceiling.0) <= budget.0
+        && totals
+            .known_steady
+            .0
+            .saturating_add(totals.bounded_ceiling.0)
+            <= budget.0
     {
         Verdict::Fits
     } else {
@@ -309,14 +322,24 @@ mod tests {
     fn limits_alone_never_make_a_stack_not_fit() {
         // 26 services with 6 GiB limits against an 8 GiB budget: nothing is known.
         let plans: HashMap<String, ServicePlan> = (0..26)
-            .map(|i| (format!("s{i}"), plan_service(&facts(Some(6 * GIB), 1), None, Bytes(24 * GIB))))
+            .map(|i| {
+                (
+                    format!("s{i}"),
+                    plan_service(&facts(Some(6 * GIB), 1), None, Bytes(24 * GIB)),
+                )
+            })
             .collect();
         let (v, t) = verdict(&plans, Bytes(0), Bytes(8 * GIB));
         assert_eq!(v, Verdict::CannotTell);
         assert_eq!(t.bounded_ceiling, Bytes(26 * 6 * GIB));
         // Small limits that fit even at their ceiling: it fits.
         let small: HashMap<String, ServicePlan> = (0..4)
-            .map(|i| (format!("s{i}"), plan_service(&facts(Some(GIB), 1), None, HOST)))
+            .map(|i| {
+                (
+                    format!("s{i}"),
+                    plan_service(&facts(Some(GIB), 1), None, HOST),
+                )
+            })
             .collect();
         assert_eq!(verdict(&small, Bytes(0), Bytes(8 * GIB)).0, Verdict::Fits);
     }

@@ -290,7 +290,9 @@ impl ComposeTool {
                 })
                 .map(|(name, s)| (name.clone(), s.profiles.clone()))
                 .collect();
-            model.services.retain(|name, _| !inactive.contains_key(name));
+            model
+                .services
+                .retain(|name, _| !inactive.contains_key(name));
             Ok(ResolvedStack {
                 project: env.project_name(stack),
                 model,
@@ -402,7 +404,11 @@ impl V1Env {
     /// `-p`, else COMPOSE_PROJECT_NAME, else the directory of the first compose file (found
     /// upward from here, as v1 looks), normalized as v1 normalizes it.
     fn project_name(&self, stack: &ComposeArgs) -> String {
-        if let Some(p) = stack.project.clone().or_else(|| self.get("COMPOSE_PROJECT_NAME")) {
+        if let Some(p) = stack
+            .project
+            .clone()
+            .or_else(|| self.get("COMPOSE_PROJECT_NAME"))
+        {
             return v1_normalize(&p);
         }
         let cwd = std::env::current_dir().unwrap_or_default();
@@ -671,6 +677,70 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("unknown depends_on condition \"service_ready\""));
+    }
+
+    #[test]
+    fn replicas_tmpfs_and_limit_keys_from_compose_v2_json() {
+        // As Compose 2.26 prints `config --format json` (trimmed).
+        let json = r#"{"name": "probe", "services": {
+          "web": {"image": "x", "mem_limit": "268435456", "memswap_limit": "536870912",
+                  "shm_size": "67108864", "tmpfs": ["/run:size=32m", "/plain"],
+                  "volumes": [{"type": "tmpfs", "target": "/cache", "tmpfs": {"size": "16777216"}}]},
+          "rep": {"image": "x", "deploy": {"replicas": 3, "resources": {"limits": {"memory": "137438953472"}}}},
+          "sc": {"image": "x", "scale": 2},
+          "zero": {"image": "x", "deploy": {"replicas": 0, "resources": {}}}}}"#;
+        let m = parse_config(Path::new("c.yml"), json).unwrap();
+        assert_eq!(m.name.as_deref(), Some("probe"));
+        let web = &m.services["web"];
+        assert_eq!(web.limit_key, LimitKey::MemLimit);
+        assert_eq!(web.memswap_limit, Some(512 << 20));
+        assert_eq!(web.tmpfs, Bytes((64 + 32 + 16) << 20));
+        assert_eq!(m.services["rep"].replicas, 3);
+        assert_eq!(m.services["rep"].limit_key, LimitKey::Deploy);
+        assert_eq!(m.services["sc"].replicas, 2);
+        assert_eq!(m.services["zero"].replicas, 0);
+    }
+
+    #[test]
+    fn a_limit_of_zero_is_no_limit() {
+        // docker-compose 1.29 prints it; Compose v2 drops it.
+        let m = parse_config(
+            Path::new("c.yml"),
+            "services:\n  a:\n    mem_limit: 0\n  b:\n    deploy:\n      resources:\n        limits:\n          memory: '0'\n",
+        )
+        .unwrap();
+        assert_eq!(m.services["a"].memory_limit, None);
+        assert_eq!(m.services["b"].memory_limit, None);
+        assert_eq!(m.services["a"].limit_key, LimitKey::None);
+    }
+
+    #[test]
+    fn the_tool_error_skips_warnings_and_keeps_the_error_whole() {
+        // Compose 2.26 and docker-compose 1.29 on a stack with an unset variable and a
+        // missing env file, as they print it.
+        let v2 = "time=\"2026-11-30T14:01:57Z\" level=warning msg=\"The \\\"NOT_SET\\\" variable is not set. Defaulting to a blank string.\"\nenv file /s/missing.env not found: stat /s/missing.env: no such file or directory\n";
+        assert_eq!(
+            tool_error(v2),
+            "env file /s/missing.env not found: stat /s/missing.env: no such file or directory"
+        );
+        let v1 = "The NOT_SET variable is not set. Defaulting to a blank string.\nCouldn't find env file: /s/missing.env\n";
+        assert_eq!(tool_error(v1), "Couldn't find env file: /s/missing.env");
+        let multi = "WARNING: Some networks were defined but are not used by any service: x\nERROR: The Compose file is invalid because:\nservices.web.mem_limit contains an invalid type\n";
+        assert_eq!(
+            tool_error(multi),
+            "ERROR: The Compose file is invalid because: services.web.mem_limit contains an invalid type"
+        );
+    }
+
+    #[test]
+    fn v1_project_names_and_env_files_are_read_as_v1_reads_them() {
+        assert_eq!(v1_normalize("My.App_2-x"), "myapp_2-x");
+        let env = parse_env_file(
+            "# comment\nCOMPOSE_PROJECT_NAME=\"demo\"\nCOMPOSE_PROFILES=a,b\n\nX='1'\n",
+        );
+        assert_eq!(env["COMPOSE_PROJECT_NAME"], "demo");
+        assert_eq!(env["COMPOSE_PROFILES"], "a,b");
+        assert_eq!(env["X"], "1");
     }
 
     #[test]
