@@ -344,6 +344,14 @@ fn a_service_in_an_inactive_profile_is_left_out_and_said_so() {
         );
         assert_eq!(report["bounded_ceiling"], 256 * MIB);
         check_against_tool_and_engine(&run, &tool, &s.dir, &report);
+        // Naming it without its profile says what to do.
+        let named = Run {
+            args: vec!["debug"],
+            ..Default::default()
+        };
+        let (code, _, stderr) = named.preflight(&tool, &s.dir);
+        assert_eq!(code, Some(2), "{stderr}");
+        assert!(stderr.contains("add --profile debug"), "{stderr}");
         // --profile means what it means to compose.
         let debug = Run {
             args: vec!["--profile", "debug"],

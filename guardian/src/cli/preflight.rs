@@ -57,6 +57,7 @@ struct Report {
 pub async fn run(args: PreflightArgs, output: Output) -> anyhow::Result<ExitCode> {
     let args = args.stack;
     let stack = Stack::load(&args.compose)?;
+    stack.check_wanted(&args.services)?;
     let order =
         levels(&stack.depends_on(), &args.services).map_err(|e| UsageError(e.to_string()))?;
     let plan = stack.plan(&args.state_dir, args.profile_file.as_deref())?;

@@ -144,6 +144,31 @@ impl Stack {
         Ok(Plan { services, left_out })
     }
 
+    /// Refuses, with what to do, a named service compose would not start: one in an inactive
+    /// profile or with `replicas: 0`.
+    pub fn check_wanted(&self, wanted: &[String]) -> Result<(), UsageError> {
+        for s in wanted {
+            if let Some(profiles) = self.inactive.get(s) {
+                return Err(UsageError(format!(
+                    "service {s:?} is in profile {}, which is not active: add --profile {}",
+                    profiles.join(", "),
+                    profiles.first().map_or("", String::as_str)
+                )));
+            }
+            if self
+                .model
+                .services
+                .get(s)
+                .is_some_and(|svc| svc.replicas == 0)
+            {
+                return Err(UsageError(format!(
+                    "service {s:?} has replicas: 0, so compose starts none of it"
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// Each service's dependencies.
     pub fn depends_on(&self) -> BTreeMap<String, Vec<String>> {
         self.model

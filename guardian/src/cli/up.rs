@@ -125,6 +125,7 @@ pub async fn run(args: UpArgs, output: Output) -> anyhow::Result<ExitCode> {
         return Err(UsageError("--max-parallel must be at least 1".into()).into());
     }
     let stack = Stack::load(&args.stack.compose)?;
+    stack.check_wanted(&args.stack.services)?;
     let order: Vec<String> = levels(&stack.depends_on(), &args.stack.services)
         .map_err(|e| UsageError(e.to_string()))?
         .into_iter()
