@@ -361,7 +361,8 @@ fn bad_stacks_get_one_line_errors() {
     let (status, _, stderr) = output(
         std::process::Command::new(support::guardian_bin())
             .args(["preflight", "-f", good.to_str().unwrap()])
-            .env("PATH", "/nonexistent"),
+            .env("PATH", "/nonexistent")
+            .env_remove("GUARDIAN_COMPOSE"),
     );
     assert_eq!(status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("no compose tool found"), "{stderr}");

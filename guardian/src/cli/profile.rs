@@ -167,8 +167,16 @@ pub async fn run(args: ProfileArgs, output: Output) -> anyhow::Result<ExitCode> 
                 args.compose_out.display(),
                 profile_out.display()
             );
+            let yours: String = if args.files.is_empty() {
+                "-f <your compose file> ".into()
+            } else {
+                args.files
+                    .iter()
+                    .map(|f| format!("-f {} ", f.display()))
+                    .collect()
+            };
             println!(
-                "use: docker compose -f docker-compose.yml -f {} up",
+                "use: docker compose {yours}-f {} up",
                 args.compose_out.display()
             );
         }
