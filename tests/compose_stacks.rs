@@ -95,10 +95,12 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-/// How a case is run: guardian's (and compose's) options and the environment.
+/// How a case is run: compose's own options (given to guardian and to the tool alike), services
+/// named to guardian, and the environment.
 #[derive(Clone, Default)]
 struct Run<'a> {
     args: Vec<&'a str>,
+    services: Vec<&'a str>,
     env: Vec<(&'a str, String)>,
 }
 
@@ -118,7 +120,7 @@ impl Run<'_> {
 
     fn guardian(&self, tool: &Tool, dir: &Path, sub: &[&str]) -> (ExitStatus, String, String) {
         let mut cmd = self.command(guardian_bin(), tool, dir);
-        output(cmd.args(sub).args(&self.args))
+        output(cmd.args(sub).args(&self.args).args(&self.services))
     }
 
     /// `guardian preflight --output json` with an empty store and 8 GiB to plan with.
@@ -344,14 +346,18 @@ fn a_service_in_an_inactive_profile_is_left_out_and_said_so() {
         );
         assert_eq!(report["bounded_ceiling"], 256 * MIB);
         check_against_tool_and_engine(&run, &tool, &s.dir, &report);
-        // Naming it without its profile says what to do.
+        // Named on the command line, compose starts it whatever its profile: so does guardian.
         let named = Run {
-            args: vec!["debug"],
+            services: vec!["debug"],
             ..Default::default()
         };
-        let (code, _, stderr) = named.preflight(&tool, &s.dir);
-        assert_eq!(code, Some(2), "{stderr}");
-        assert!(stderr.contains("add --profile debug"), "{stderr}");
+        let (code, report, stderr) = named.preflight(&tool, &s.dir);
+        assert_eq!(code, Some(0), "{tool:?}: {stderr}");
+        assert_eq!(planned(&report), counts(&[("debug", 1)]));
+        assert_eq!(
+            named.up_and_count(&tool, &s.dir, report["project"].as_str().unwrap()),
+            counts(&[("debug", 1)])
+        );
         // --profile means what it means to compose.
         let debug = Run {
             args: vec!["--profile", "debug"],

@@ -56,7 +56,7 @@ struct Report {
 
 pub async fn run(args: PreflightArgs, output: Output) -> anyhow::Result<ExitCode> {
     let args = args.stack;
-    let stack = Stack::load(&args.compose)?;
+    let stack = Stack::load(&args.compose, &args.services)?;
     stack.check_wanted(&args.services)?;
     let order =
         levels(&stack.depends_on(), &args.services).map_err(|e| UsageError(e.to_string()))?;

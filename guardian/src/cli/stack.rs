@@ -15,7 +15,7 @@ use crate::{
         staging::{Need, NeedSource},
     },
     report::profile::ProfileFile,
-    sources::compose::{ComposeArgs, ComposeModel, ComposeTool},
+    sources::compose::{ComposeArgs, ComposeModel, ComposeServiceModel, ComposeTool},
     store::{RunFilter, Store},
 };
 
@@ -79,7 +79,7 @@ pub struct Stack {
     /// The services compose would start (inactive profiles already out).
     pub model: ComposeModel,
     /// Services compose would not start for their profiles.
-    pub inactive: BTreeMap<String, Vec<String>>,
+    pub inactive: BTreeMap<String, ComposeServiceModel>,
 }
 
 /// What preflight and up plan with: the services compose would start, and those it would not.
@@ -99,13 +99,19 @@ impl Plan {
 }
 
 impl Stack {
-    /// Resolves the stack with the compose tool, as compose would from here.
-    pub fn load(flags: &ComposeFlags) -> anyhow::Result<Self> {
+    /// Resolves the stack with the compose tool, as compose would from here. A service named
+    /// in `wanted` is started by compose even when its profile is not active, so it is planned.
+    pub fn load(flags: &ComposeFlags, wanted: &[String]) -> anyhow::Result<Self> {
         let compose = flags.to_args();
         let tool = ComposeTool::detect().map_err(|e| UsageError(e.to_string()))?;
-        let resolved = tool
+        let mut resolved = tool
             .resolve(&compose)
             .map_err(|e| UsageError(e.to_string()))?;
+        for s in wanted {
+            if let Some(svc) = resolved.inactive.remove(s) {
+                resolved.model.services.insert(s.clone(), svc);
+            }
+        }
         Ok(Self {
             tool,
             compose,
@@ -125,7 +131,12 @@ impl Stack {
             .iter()
             .map(|(s, svc)| (s.clone(), svc.replicas))
             .collect();
-        let (planned, left_out) = select(&replicas, &self.inactive);
+        let inactive = self
+            .inactive
+            .iter()
+            .map(|(s, svc)| (s.clone(), svc.profiles.clone()))
+            .collect();
+        let (planned, left_out) = select(&replicas, &inactive);
         let recorded = self.recorded(state_dir, profile_file)?;
         let services = planned
             .into_iter()
@@ -144,17 +155,9 @@ impl Stack {
         Ok(Plan { services, left_out })
     }
 
-    /// Refuses, with what to do, a named service compose would not start: one in an inactive
-    /// profile or with `replicas: 0`.
+    /// Refuses, with why, a named service compose would start no container of.
     pub fn check_wanted(&self, wanted: &[String]) -> Result<(), UsageError> {
         for s in wanted {
-            if let Some(profiles) = self.inactive.get(s) {
-                return Err(UsageError(format!(
-                    "service {s:?} is in profile {}, which is not active: add --profile {}",
-                    profiles.join(", "),
-                    profiles.first().map_or("", String::as_str)
-                )));
-            }
             if self
                 .model
                 .services

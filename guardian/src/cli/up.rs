@@ -124,7 +124,7 @@ pub async fn run(args: UpArgs, output: Output) -> anyhow::Result<ExitCode> {
     if args.max_parallel == 0 {
         return Err(UsageError("--max-parallel must be at least 1".into()).into());
     }
-    let stack = Stack::load(&args.stack.compose)?;
+    let stack = Stack::load(&args.stack.compose, &args.stack.services)?;
     stack.check_wanted(&args.stack.services)?;
     let order: Vec<String> = levels(&stack.depends_on(), &args.stack.services)
         .map_err(|e| UsageError(e.to_string()))?

@@ -126,9 +126,9 @@ pub struct ComposeModel {
 pub struct ResolvedStack {
     pub project: String,
     pub model: ComposeModel,
-    /// Services compose would not start because none of their profiles is active, with those
-    /// profiles.
-    pub inactive: BTreeMap<String, Vec<String>>,
+    /// Services compose would not start because none of their profiles is active (unless
+    /// named on the command line, which activates them).
+    pub inactive: BTreeMap<String, ComposeServiceModel>,
 }
 
 /// The files compose looks for when given none, in its order of preference (Compose v2 also
@@ -256,7 +256,6 @@ impl ComposeTool {
                 .services
                 .into_iter()
                 .filter(|(name, _)| !active.services.contains_key(name))
-                .map(|(name, svc)| (name, svc.profiles))
                 .collect();
             let project = active.name.clone().unwrap_or_default();
             Ok(ResolvedStack {
@@ -282,17 +281,13 @@ impl ComposeTool {
                         .unwrap_or_default(),
                 )
                 .collect();
-            let inactive: BTreeMap<String, Vec<String>> = model
-                .services
-                .iter()
-                .filter(|(_, s)| {
-                    !s.profiles.is_empty() && !s.profiles.iter().any(|p| active.contains(p))
-                })
-                .map(|(name, s)| (name.clone(), s.profiles.clone()))
-                .collect();
-            model
-                .services
-                .retain(|name, _| !inactive.contains_key(name));
+            let (inactive, kept) =
+                std::mem::take(&mut model.services)
+                    .into_iter()
+                    .partition(|(_, s)| {
+                        !s.profiles.is_empty() && !s.profiles.iter().any(|p| active.contains(p))
+                    });
+            model.services = kept;
             Ok(ResolvedStack {
                 project: env.project_name(stack),
                 model,
