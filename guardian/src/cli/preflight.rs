@@ -124,8 +124,8 @@ pub async fn run(args: PreflightArgs, output: Output) -> anyhow::Result<ExitCode
 fn print(r: &Report) {
     let show = |b: Option<Bytes>| b.map(|b| b.to_string()).unwrap_or_else(|| "-".into());
     println!(
-        "{:<20} {:>3} {:>10} {:>10} {:>12}  {:<13} {:>4}  WHY",
-        "SERVICE", "N", "START-UP", "STEADY", "CEILING", "FROM", "WAVE"
+        "{:<20} {:>3} {:>10} {:>10} {:>20} {:>10}  {:<13} {:>4}  WHY",
+        "SERVICE", "N", "START-UP", "STEADY", "CEILING", "TMPFS+SHM", "FROM", "WAVE"
     );
     for row in &r.services {
         let p = &row.plan;
@@ -145,8 +145,16 @@ fn print(r: &Report) {
             _ => p.ceiling.to_string(),
         };
         println!(
-            "{:<20} {:>3} {:>10} {:>10} {:>12}  {:<13} {:>4}  {}",
-            row.service, p.replicas, startup, steady, ceiling, from, row.wave, p.reason
+            "{:<20} {:>3} {:>10} {:>10} {:>20} {:>10}  {:<13} {:>4}  {}",
+            row.service,
+            p.replicas,
+            startup,
+            steady,
+            ceiling,
+            show(p.unbounded_tmpfs),
+            from,
+            row.wave,
+            p.reason
         );
     }
     for l in &r.left_out {
@@ -158,6 +166,10 @@ fn print(r: &Report) {
         t.known_steady, t.known_worst_wave, r.available, r.reserve, r.budget
     );
     match r.verdict {
+        Verdict::Fits if t.bounded_ceiling.0 > 0 => println!(
+            "fits: project {}: {known}; the services without history fit even at their limits ({})",
+            r.project, t.bounded_ceiling
+        ),
         Verdict::Fits => println!("fits: project {}: {known}", r.project),
         Verdict::DoesNotFit => println!("DOES NOT FIT: project {}: {known}", r.project),
         Verdict::CannotTell => println!(
