@@ -334,7 +334,8 @@ pub fn stack_named_or_here(stack: &ComposeArgs) -> bool {
 }
 
 /// The tool's error from its stderr: warnings dropped (both tools print them first, e.g. an
-/// unset variable), the rest joined on one line.
+/// unset variable), progress before the first "error…" line dropped, the rest joined on one
+/// line.
 pub fn tool_error(stderr: &str) -> String {
     let lines: Vec<&str> = stderr
         .lines()
@@ -348,6 +349,14 @@ pub fn tool_error(stderr: &str) -> String {
             || lower.ends_with("defaulting to a blank string.")
     };
     let errors: Vec<&str> = lines.iter().copied().filter(|l| !warning(l)).collect();
+    // `up` prints progress lines before the error: start at the first line that says "error".
+    let errors = match errors
+        .iter()
+        .position(|l| l.to_ascii_lowercase().starts_with("error"))
+    {
+        Some(first) => errors[first..].to_vec(),
+        None => errors,
+    };
     let chosen = if errors.is_empty() { lines } else { errors };
     if chosen.is_empty() {
         "the compose tool failed without a message".into()
@@ -724,6 +733,11 @@ mod tests {
         assert_eq!(
             tool_error(multi),
             "ERROR: The Compose file is invalid because: services.web.mem_limit contains an invalid type"
+        );
+        let up = " Container p-web-1  Creating\nError response from daemon: invalid memory limit\n";
+        assert_eq!(
+            tool_error(up),
+            "Error response from daemon: invalid memory limit"
         );
     }
 
