@@ -296,7 +296,7 @@ fn staged_start_lowers_the_host_peak_and_respects_depends_on() {
 }
 
 #[test]
-fn preflight_without_history_uses_limits_and_fails_a_small_host() {
+fn preflight_without_history_treats_limits_as_ceilings_and_cannot_tell_yet() {
     require_docker();
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("docker-compose.yml");
@@ -313,11 +313,14 @@ fn preflight_without_history_uses_limits_and_fails_a_small_host() {
         "--available",
         "512m",
     ]);
-    assert_eq!(status.code(), Some(1), "{stderr}");
+    // Limits say what a service may hold, not what it needs: no "does not fit" from them.
+    assert_eq!(status.code(), Some(3), "{stderr}");
     let report: Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(report["fits"], false);
-    // 5 × the 256 MiB limit, planned against 512 MiB − 256 MiB of reserve.
-    assert_eq!(report["steady_total"], 5 * 256 * MIB);
+    assert_eq!(report["verdict"], "cannot_tell");
+    // 5 × the 256 MiB limit as a ceiling, against 512 MiB − 256 MiB of reserve.
+    assert_eq!(report["bounded_ceiling"], 5 * 256 * MIB);
+    assert_eq!(report["known_steady"], 0);
     assert_eq!(report["budget"], 256 * MIB);
     assert!(report["services"]
         .as_array()
@@ -358,7 +361,8 @@ fn bad_stacks_get_one_line_errors() {
     let (status, _, stderr) = output(
         std::process::Command::new(support::guardian_bin())
             .args(["preflight", "-f", good.to_str().unwrap()])
-            .env("PATH", "/nonexistent"),
+            .env("PATH", "/nonexistent")
+            .env_remove("GUARDIAN_COMPOSE"),
     );
     assert_eq!(status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("no compose tool found"), "{stderr}");

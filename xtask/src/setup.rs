@@ -1,10 +1,13 @@
 //! `cargo xtask setup`: the eBPF toolchain and the test packages, installed only when missing.
 
-use std::{path::PathBuf, process::Command};
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
 
 use anyhow::{bail, Context as _};
 
-use crate::run_status;
+use crate::{run_status, workspace_root};
 
 /// Debian packages the end-to-end tests use: a Docker engine with compose (the private test
 /// engine), a static busybox (test images, the VM's initramfs), qemu and cpio (the cgroup v2 VM),
@@ -26,6 +29,7 @@ pub fn run() -> anyhow::Result<()> {
     nightly_with_rust_src()?;
     bpf_linker()?;
     debian_packages(DEBIAN_PACKAGES)?;
+    compose_v2()?;
     println!("setup: done");
     Ok(())
 }
@@ -147,4 +151,132 @@ fn debian_packages(packages: &[&str]) -> anyhow::Result<()> {
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )
+}
+
+/// Where setup puts Compose v2 (Debian trixie's docker-compose 2.x; bookworm has only 1.29):
+/// the end-to-end tests run every compose case with it and with the host's docker-compose.
+pub fn compose_v2_path() -> PathBuf {
+    workspace_root().join("target/tools/compose-v2/docker-compose")
+}
+
+/// Compose v2 from Debian trixie, without touching the host's apt configuration: a sources
+/// list of its own (the host's own Debian mirror, suite trixie) and a lists directory under
+/// target/tools, `apt-get download`, then `dpkg-deb -x` of the one binary. Its binary runs on
+/// bookworm (glibc >= 2.34). Skipped when present.
+fn compose_v2() -> anyhow::Result<()> {
+    let dest = compose_v2_path();
+    if output(Command::new(&dest).args(["version", "--short"])).is_some_and(|v| v.starts_with('2'))
+    {
+        println!("setup: Compose v2 present ({})", dest.display());
+        return Ok(());
+    }
+    let mirror = debian_mirror()?;
+    let work = workspace_root().join("target/tools/trixie-apt");
+    let lists = work.join("lists");
+    std::fs::create_dir_all(lists.join("partial"))?;
+    let sources = work.join("sources.list");
+    std::fs::write(
+        &sources,
+        format!(
+            "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] {mirror} trixie main\n"
+        ),
+    )?;
+    let apt = |args: &[&str]| {
+        let mut cmd = Command::new("apt-get");
+        cmd.arg("-q")
+            .arg(format!("-o=Dir::Etc::sourcelist={}", sources.display()))
+            .arg("-o=Dir::Etc::sourceparts=/nonexistent")
+            .arg(format!("-o=Dir::State::Lists={}", lists.display()))
+            .args(args)
+            .current_dir(&work);
+        cmd
+    };
+    println!("setup: downloading Compose v2 (docker-compose from Debian trixie, {mirror})");
+    run_status(&mut apt(&["update"]))?;
+    for old in std::fs::read_dir(&work)?.filter_map(|e| e.ok()) {
+        if old.file_name().to_string_lossy().ends_with(".deb") {
+            std::fs::remove_file(old.path())?;
+        }
+    }
+    run_status(&mut apt(&["download", "docker-compose"]))?;
+    let deb = std::fs::read_dir(&work)?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "deb"))
+        .context("apt-get download docker-compose left no .deb")?;
+    let extracted = work.join("x");
+    let _ = std::fs::remove_dir_all(&extracted);
+    run_status(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&extracted))?;
+    let binary = extracted.join("usr/libexec/docker/cli-plugins/docker-compose");
+    std::fs::create_dir_all(dest.parent().expect("a file in a directory"))?;
+    std::fs::copy(&binary, &dest)
+        .with_context(|| format!("copying {} to {}", binary.display(), dest.display()))?;
+    match output(Command::new(&dest).args(["version", "--short"])) {
+        Some(v) if v.starts_with('2') => {
+            println!("setup: Compose v2 {} at {}", v.trim(), dest.display());
+            Ok(())
+        }
+        _ => bail!(
+            "{} does not run: Compose v2 needs glibc >= 2.34",
+            dest.display()
+        ),
+    }
+}
+
+/// The host's own Debian archive URI, from its apt sources (one-line `.list` or deb822
+/// `.sources`): the entry for its release's main suite (not -security or -updates).
+fn debian_mirror() -> anyhow::Result<String> {
+    let os_release = std::fs::read_to_string("/etc/os-release").unwrap_or_default();
+    let codename = os_release
+        .lines()
+        .find_map(|l| l.strip_prefix("VERSION_CODENAME="))
+        .map(|c| c.trim_matches('"').to_string())
+        .context("/etc/os-release names no VERSION_CODENAME: is this Debian?")?;
+    let mut files = vec![PathBuf::from("/etc/apt/sources.list")];
+    if let Ok(dir) = std::fs::read_dir("/etc/apt/sources.list.d") {
+        let mut more: Vec<PathBuf> = dir.filter_map(|e| Some(e.ok()?.path())).collect();
+        more.sort();
+        files.extend(more);
+    }
+    files
+        .iter()
+        .filter_map(|f| Some((f, std::fs::read_to_string(f).ok()?)))
+        .find_map(|(f, text)| mirror_in(f, &text, &codename))
+        .with_context(|| {
+            format!(
+                "no Debian source for {codename} in /etc/apt: cannot derive the mirror for trixie"
+            )
+        })
+}
+
+fn mirror_in(file: &Path, text: &str, codename: &str) -> Option<String> {
+    if file.extension().is_some_and(|x| x == "sources") {
+        text.split("\n\n").find_map(|stanza| {
+            let field = |name: &str| {
+                stanza
+                    .lines()
+                    .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string()))
+            };
+            let suites = field("Suites:")?;
+            suites
+                .split_whitespace()
+                .any(|s| s == codename)
+                .then(|| field("URIs:"))??
+                .split_whitespace()
+                .next()
+                .map(str::to_string)
+        })
+    } else {
+        text.lines().find_map(|l| {
+            let l = l.trim();
+            let rest = l.strip_prefix("deb ")?;
+            let rest = match rest.trim_start().strip_prefix('[') {
+                Some(r) => r.split_once(']')?.1,
+                None => rest,
+            };
+            let mut words = rest.split_whitespace();
+            let uri = words.next()?;
+            (words.next()? == codename).then(|| uri.to_string())
+        })
+    }
 }

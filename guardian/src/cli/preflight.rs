@@ -1,6 +1,8 @@
-//! `guardian preflight`: will this stack's memory fit on this host, before it starts?
+//! `guardian preflight`: will this stack's memory fit on this host, before it starts? Only
+//! what is known (recorded needs, reservations) can fail a stack; limits are ceilings, so a
+//! stack known only by its limits gets "cannot tell yet" and its own exit code.
 
-use std::process::ExitCode;
+use std::{collections::HashMap, process::ExitCode};
 
 use serde::Serialize;
 
@@ -10,8 +12,14 @@ use super::{
 };
 use crate::{
     model::Bytes,
-    policy::staging::{levels, plan_waves, Need, NeedSource, Wave},
+    policy::{
+        stack::{verdict, Knowledge, LeftOut, ServicePlan, Totals, Verdict},
+        staging::{levels, plan_waves, Need, NeedSource, Wave},
+    },
 };
+
+/// Exit code of a stack whose known needs fit but whose other services have no history yet.
+pub const CANNOT_TELL: u8 = 3;
 
 /// Options of `guardian preflight`.
 #[derive(Debug, clap::Args)]
@@ -24,7 +32,7 @@ pub struct PreflightArgs {
 struct Row {
     service: String,
     #[serde(flatten)]
-    need: Need,
+    plan: ServicePlan,
     wave: usize,
 }
 
@@ -34,105 +42,142 @@ struct Report {
     available: Bytes,
     reserve: Bytes,
     budget: Bytes,
+    host_total: Bytes,
     services: Vec<Row>,
+    left_out: Vec<LeftOut>,
+    /// Waves split by known needs only: a limit is no reason to wait.
     waves: Vec<Wave>,
-    steady_total: Bytes,
-    worst_wave: Bytes,
+    #[serde(flatten)]
+    totals: Totals,
     unknown: Vec<String>,
+    verdict: Verdict,
     fits: bool,
 }
 
 pub async fn run(args: PreflightArgs, output: Output) -> anyhow::Result<ExitCode> {
     let args = args.stack;
-    let stack = Stack::load(&args.files, args.project.as_deref())?;
+    let stack = Stack::load(&args.compose, &args.services)?;
+    stack.check_wanted(&args.services)?;
     let order =
         levels(&stack.depends_on(), &args.services).map_err(|e| UsageError(e.to_string()))?;
-    let needs = stack.needs(&args.state_dir, args.profile.as_deref())?;
+    let plan = stack.plan(&args.state_dir, args.profile_file.as_deref())?;
     let available = match args.available {
         Some(a) => a,
         None => crate::sources::host::mem_available()?,
     };
     let budget = Bytes(available.0.saturating_sub(args.reserve.0));
-    let waves = plan_waves(&order, &needs, budget);
+    let in_order: Vec<&String> = order.iter().flatten().collect();
+    let plans: HashMap<String, ServicePlan> = plan
+        .services
+        .iter()
+        .filter(|(s, _)| in_order.contains(s))
+        .map(|(s, p)| (s.clone(), p.clone()))
+        .collect();
+    let known: HashMap<String, Need> = plans
+        .iter()
+        .filter(|(_, p)| p.knowledge == Knowledge::Known)
+        .map(|(s, p)| (s.clone(), p.need))
+        .collect();
+    let waves = plan_waves(&order, &known, budget);
+    let worst = waves.iter().map(|w| w.need).max().unwrap_or_default();
+    let (verdict, totals) = verdict(&plans, worst, budget);
     let mut services = Vec::new();
     for (i, w) in waves.iter().enumerate() {
         for s in &w.services {
             services.push(Row {
                 service: s.clone(),
-                need: needs.get(s).copied().unwrap_or_default(),
+                plan: plans[s].clone(),
                 wave: i + 1,
             });
         }
     }
-    let steady_total = Bytes(
-        services
-            .iter()
-            .filter_map(|r| r.need.steady)
-            .map(|b| b.0)
-            .sum(),
-    );
-    let worst_wave = waves.iter().map(|w| w.need).max().unwrap_or_default();
-    let unknown: Vec<String> = services
+    let unknown = services
         .iter()
-        .filter(|r| r.need.source == NeedSource::Unknown)
+        .filter(|r| r.plan.need.source == NeedSource::Unknown)
         .map(|r| r.service.clone())
         .collect();
-    let fits = steady_total <= budget && worst_wave <= budget;
     let report = Report {
         project: stack.project.clone(),
         available,
         reserve: args.reserve,
         budget,
+        host_total: crate::sources::host::mem_total()?,
         services,
+        left_out: plan.left_out,
         waves,
-        steady_total,
-        worst_wave,
+        totals,
         unknown,
-        fits,
+        verdict,
+        fits: verdict == Verdict::Fits,
     };
     match output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
         Output::Human => print(&report),
     }
-    Ok(if report.fits {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
+    Ok(match report.verdict {
+        Verdict::Fits => ExitCode::SUCCESS,
+        Verdict::DoesNotFit => ExitCode::FAILURE,
+        Verdict::CannotTell => ExitCode::from(CANNOT_TELL),
     })
 }
 
 fn print(r: &Report) {
-    let show = |b: Option<Bytes>| b.map(|b| b.to_string()).unwrap_or_else(|| "?".into());
+    let show = |b: Option<Bytes>| b.map(|b| b.to_string()).unwrap_or_else(|| "-".into());
     println!(
-        "{:<20} {:>10} {:>10}  {:<11} {:>4}",
-        "SERVICE", "START-UP", "STEADY", "FROM", "WAVE"
+        "{:<20} {:>3} {:>10} {:>10} {:>20} {:>10}  {:<13} {:>4}  WHY",
+        "SERVICE", "N", "START-UP", "STEADY", "CEILING", "TMPFS+SHM", "FROM", "WAVE"
     );
     for row in &r.services {
-        let from = match row.need.source {
+        let p = &row.plan;
+        let from = match p.need.source {
             NeedSource::Recorded => "recorded",
             NeedSource::RecordedElsewhere => "other project",
-            NeedSource::Limit => "limit",
             NeedSource::Reservation => "reservation",
-            NeedSource::Unknown => "UNKNOWN",
+            NeedSource::Limit => "limit",
+            NeedSource::Unknown => "nothing",
+        };
+        let (startup, steady) = match p.knowledge {
+            Knowledge::Known => (show(p.need.startup), show(p.need.steady)),
+            _ => ("?".into(), "?".into()),
+        };
+        let ceiling = match p.knowledge {
+            Knowledge::Unbounded => format!("unbounded ({})", p.ceiling),
+            _ => p.ceiling.to_string(),
         };
         println!(
-            "{:<20} {:>10} {:>10}  {:<11} {:>4}",
+            "{:<20} {:>3} {:>10} {:>10} {:>20} {:>10}  {:<13} {:>4}  {}",
             row.service,
-            show(row.need.startup),
-            show(row.need.steady),
+            p.replicas,
+            startup,
+            steady,
+            ceiling,
+            show(p.unbounded_tmpfs),
             from,
-            row.wave
+            row.wave,
+            p.reason
         );
     }
-    let verdict = if r.fits { "fits" } else { "DOES NOT FIT" };
-    println!(
-        "{verdict}: project {} needs {} steady and {} in its worst wave; {} available − {} reserve = {} budget{}",
-        r.project,
-        r.steady_total,
-        r.worst_wave,
-        r.available,
-        r.reserve,
-        r.budget,
-        if r.unknown.is_empty() { String::new() } else { format!("; unknown: {}", r.unknown.join(", ")) }
+    for l in &r.left_out {
+        println!("left out: {} ({})", l.service, l.reason);
+    }
+    let t = &r.totals;
+    let known = format!(
+        "known needs {} steady and {} in the worst wave; {} available − {} reserve = {} budget",
+        t.known_steady, t.known_worst_wave, r.available, r.reserve, r.budget
     );
+    match r.verdict {
+        Verdict::Fits if t.bounded_ceiling.0 > 0 => println!(
+            "fits: project {}: {known}; the services without history fit even at their limits ({})",
+            r.project, t.bounded_ceiling
+        ),
+        Verdict::Fits => println!("fits: project {}: {known}", r.project),
+        Verdict::DoesNotFit => println!("DOES NOT FIT: project {}: {known}", r.project),
+        Verdict::CannotTell => println!(
+            "cannot tell yet — run it once under the daemon: project {}: {known}; {} only bounded by limits (up to {}), {} unbounded",
+            r.project,
+            r.services.iter().filter(|s| s.plan.knowledge == Knowledge::Bounded).count(),
+            t.bounded_ceiling,
+            t.unbounded,
+        ),
+    }
 }

@@ -2,6 +2,7 @@
 //! `--check` compares a compose file's limits with them (a CI gate); `merge` combines runners.
 
 use std::{
+    collections::BTreeMap,
     path::{Path, PathBuf},
     process::ExitCode,
     time::{Duration, SystemTime},
@@ -12,9 +13,9 @@ use serde::Serialize;
 use super::{parse_duration, Output, UsageError};
 use crate::{
     model::Bytes,
-    policy::profile::{merge, recommend, summarize, Recommendation},
+    policy::profile::{merge, recommend, summarize, BaseMemory, Recommendation},
     report::profile::{compose_override, compose_size, write_atomic, ProfileFile, PROFILE_SCHEMA},
-    sources::compose::{default_project_name, ComposeTool},
+    sources::compose::{stack_named_or_here, ComposeArgs, ComposeTool},
     store::{RunFilter, Store},
 };
 
@@ -52,9 +53,16 @@ pub struct ProfileArgs {
     /// exit 1 when a limit is below an observed peak.
     #[arg(long)]
     check: bool,
-    /// Compose files for --check (default docker-compose.yml).
+    /// Compose files, as `docker compose -f` (default: the ones compose finds here): --check
+    /// reads their limits, and the override uses the memory keys they use.
     #[arg(short = 'f', long = "file")]
     files: Vec<PathBuf>,
+    /// Compose profiles to activate (repeatable), as `docker compose --profile`.
+    #[arg(long = "profile")]
+    profiles: Vec<String>,
+    /// Compose env file, as `docker compose --env-file`.
+    #[arg(long = "env-file")]
+    env_files: Vec<PathBuf>,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -98,6 +106,30 @@ pub async fn run(args: ProfileArgs, output: Output) -> anyhow::Result<ExitCode> 
     if args.check {
         return check(&args, &recs, output);
     }
+    // The stack, when the user named one or one is here: read before anything is written, so
+    // a broken stack writes nothing.
+    let compose = compose_args(&args);
+    let base: BTreeMap<String, BaseMemory> = if stack_named_or_here(&compose) {
+        let tool = ComposeTool::detect().map_err(|e| UsageError(e.to_string()))?;
+        let stack = tool
+            .resolve(&compose)
+            .map_err(|e| UsageError(e.to_string()))?;
+        stack
+            .model
+            .services
+            .iter()
+            .map(|(name, svc)| {
+                let base = BaseMemory {
+                    key: svc.limit_key,
+                    limit: svc.memory_limit,
+                    memswap: svc.memswap_limit,
+                };
+                (name.clone(), base)
+            })
+            .collect()
+    } else {
+        BTreeMap::new()
+    };
     let project = args
         .project
         .clone()
@@ -114,7 +146,10 @@ pub async fn run(args: ProfileArgs, output: Output) -> anyhow::Result<ExitCode> 
         margin: args.margin,
         services: recs.clone(),
     };
-    write_atomic(&args.compose_out, &compose_override(&recs, args.margin))?;
+    write_atomic(
+        &args.compose_out,
+        &compose_override(&recs, args.margin, &base),
+    )?;
     write_atomic(&profile_out, &file.to_toml())?;
     match output {
         Output::Json => println!(
@@ -132,8 +167,16 @@ pub async fn run(args: ProfileArgs, output: Output) -> anyhow::Result<ExitCode> 
                 args.compose_out.display(),
                 profile_out.display()
             );
+            let yours: String = if args.files.is_empty() {
+                "-f <your compose file> ".into()
+            } else {
+                args.files
+                    .iter()
+                    .map(|f| format!("-f {} ", f.display()))
+                    .collect()
+            };
             println!(
-                "use: docker compose -f docker-compose.yml -f {} up",
+                "use: docker compose {yours}-f {} up",
                 args.compose_out.display()
             );
         }
@@ -217,18 +260,12 @@ struct CheckRow {
 }
 
 fn check(args: &ProfileArgs, recs: &[Recommendation], output: Output) -> anyhow::Result<ExitCode> {
-    let files = if args.files.is_empty() {
-        vec![PathBuf::from("docker-compose.yml")]
-    } else {
-        args.files.clone()
-    };
     let tool = ComposeTool::detect().map_err(|e| UsageError(e.to_string()))?;
-    let model = tool.config(&files).map_err(|e| UsageError(e.to_string()))?;
-    let project = args
-        .project
-        .clone()
-        .or(model.name.clone())
-        .unwrap_or_else(|| default_project_name(&files[0]));
+    let stack = tool
+        .resolve(&compose_args(args))
+        .map_err(|e| UsageError(e.to_string()))?;
+    let model = stack.model;
+    let project = args.project.clone().unwrap_or(stack.project);
     let mut rows = Vec::new();
     for (service, svc) in &model.services {
         let rec = recs.iter().find(|r| {
@@ -298,6 +335,16 @@ fn check(args: &ProfileArgs, recs: &[Recommendation], output: Output) -> anyhow:
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// The compose options given to `guardian profile` (its --project filters the store).
+fn compose_args(args: &ProfileArgs) -> ComposeArgs {
+    ComposeArgs {
+        files: args.files.clone(),
+        project: None,
+        profiles: args.profiles.clone(),
+        env_files: args.env_files.clone(),
+    }
 }
 
 fn merge_files(

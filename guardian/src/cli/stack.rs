@@ -11,25 +11,23 @@ use crate::{
     model::{Bytes, RunRecord},
     policy::{
         profile::{summarize, ServiceUsage},
+        stack::{plan_service, select, LeftOut, Recorded, ServiceFacts, ServicePlan},
         staging::{Need, NeedSource},
     },
     report::profile::ProfileFile,
-    sources::compose::{default_project_name, ComposeModel, ComposeTool},
+    sources::compose::{ComposeArgs, ComposeModel, ComposeServiceModel, ComposeTool},
     store::{RunFilter, Store},
 };
 
-/// The options `guardian up` and `guardian preflight` share.
+/// The options `guardian up` and `guardian preflight` share. `-f`, `-p`, `--profile` and
+/// `--env-file` mean what they mean to compose and are passed to it as given.
 #[derive(Debug, clap::Args)]
 pub struct StackArgs {
-    /// Compose files (default docker-compose.yml).
-    #[arg(short = 'f', long = "file")]
-    pub files: Vec<PathBuf>,
-    /// Compose project name (default: as compose derives it).
-    #[arg(short = 'p', long)]
-    pub project: Option<String>,
-    /// Read needs from this profile file instead of the store.
+    #[command(flatten)]
+    pub compose: ComposeFlags,
+    /// Read needs from this guardian profile file (see `guardian profile`) instead of the store.
     #[arg(long)]
-    pub profile: Option<PathBuf>,
+    pub profile_file: Option<PathBuf>,
     /// The daemon's state directory (recorded peaks).
     #[arg(long, default_value = "/var/lib/guardian")]
     pub state_dir: PathBuf,
@@ -43,34 +41,135 @@ pub struct StackArgs {
     pub services: Vec<String>,
 }
 
+/// compose's own global options, passed through unchanged; without them the compose tool finds
+/// the stack itself (compose.yaml, docker-compose.yml and its override, COMPOSE_FILE, `.env`).
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct ComposeFlags {
+    /// Compose files, in order (default: the ones compose finds here).
+    #[arg(short = 'f', long = "file")]
+    pub files: Vec<PathBuf>,
+    /// Compose project name (default: as compose derives it).
+    #[arg(short = 'p', long = "project-name", visible_alias = "project")]
+    pub project: Option<String>,
+    /// Compose profiles to activate (repeatable), as `docker compose --profile`.
+    #[arg(long = "profile")]
+    pub profiles: Vec<String>,
+    /// Compose env file, as `docker compose --env-file`.
+    #[arg(long = "env-file")]
+    pub env_files: Vec<PathBuf>,
+}
+
+impl ComposeFlags {
+    /// The same options for the compose tool.
+    pub fn to_args(&self) -> ComposeArgs {
+        ComposeArgs {
+            files: self.files.clone(),
+            project: self.project.clone(),
+            profiles: self.profiles.clone(),
+            env_files: self.env_files.clone(),
+        }
+    }
+}
+
 /// The resolved stack.
 pub struct Stack {
     pub tool: ComposeTool,
-    pub files: Vec<PathBuf>,
+    pub compose: ComposeArgs,
     pub project: String,
+    /// The services compose would start (inactive profiles already out).
     pub model: ComposeModel,
+    /// Services compose would not start for their profiles.
+    pub inactive: BTreeMap<String, ComposeServiceModel>,
+}
+
+/// What preflight and up plan with: the services compose would start, and those it would not.
+pub struct Plan {
+    pub services: BTreeMap<String, ServicePlan>,
+    pub left_out: Vec<LeftOut>,
+}
+
+impl Plan {
+    /// Each planned service's need.
+    pub fn needs(&self) -> HashMap<String, Need> {
+        self.services
+            .iter()
+            .map(|(s, p)| (s.clone(), p.need))
+            .collect()
+    }
 }
 
 impl Stack {
-    /// Resolves `files` (default docker-compose.yml) with the compose tool.
-    pub fn load(files: &[PathBuf], project: Option<&str>) -> anyhow::Result<Self> {
-        let files = if files.is_empty() {
-            vec![PathBuf::from("docker-compose.yml")]
-        } else {
-            files.to_vec()
-        };
+    /// Resolves the stack with the compose tool, as compose would from here. A service named
+    /// in `wanted` is started by compose even when its profile is not active, so it is planned.
+    pub fn load(flags: &ComposeFlags, wanted: &[String]) -> anyhow::Result<Self> {
+        let compose = flags.to_args();
         let tool = ComposeTool::detect().map_err(|e| UsageError(e.to_string()))?;
-        let model = tool.config(&files).map_err(|e| UsageError(e.to_string()))?;
-        let project = project
-            .map(str::to_string)
-            .or(model.name.clone())
-            .unwrap_or_else(|| default_project_name(&files[0]));
+        let mut resolved = tool
+            .resolve(&compose)
+            .map_err(|e| UsageError(e.to_string()))?;
+        for s in wanted {
+            if let Some(svc) = resolved.inactive.remove(s) {
+                resolved.model.services.insert(s.clone(), svc);
+            }
+        }
         Ok(Self {
             tool,
-            files,
-            project,
-            model,
+            compose,
+            project: resolved.project,
+            model: resolved.model,
+            inactive: resolved.inactive,
         })
+    }
+
+    /// What compose would start and what each service holds, from recorded peaks (a profile
+    /// file, else the store), reservations and limits.
+    pub fn plan(&self, state_dir: &Path, profile_file: Option<&Path>) -> anyhow::Result<Plan> {
+        let host_total = crate::sources::host::mem_total()?;
+        let replicas = self
+            .model
+            .services
+            .iter()
+            .map(|(s, svc)| (s.clone(), svc.replicas))
+            .collect();
+        let inactive = self
+            .inactive
+            .iter()
+            .map(|(s, svc)| (s.clone(), svc.profiles.clone()))
+            .collect();
+        let (planned, left_out) = select(&replicas, &inactive);
+        let recorded = self.recorded(state_dir, profile_file)?;
+        let services = planned
+            .into_iter()
+            .map(|name| {
+                let svc = &self.model.services[&name];
+                let facts = ServiceFacts {
+                    limit: svc.memory_limit,
+                    reservation: svc.memory_reservation,
+                    replicas: svc.replicas,
+                    tmpfs: svc.tmpfs,
+                };
+                let plan = plan_service(&facts, recorded.get(&name).copied(), host_total);
+                (name, plan)
+            })
+            .collect();
+        Ok(Plan { services, left_out })
+    }
+
+    /// Refuses, with why, a named service compose would start no container of.
+    pub fn check_wanted(&self, wanted: &[String]) -> Result<(), UsageError> {
+        for s in wanted {
+            if self
+                .model
+                .services
+                .get(s)
+                .is_some_and(|svc| svc.replicas == 0)
+            {
+                return Err(UsageError(format!(
+                    "service {s:?} has replicas: 0, so compose starts none of it"
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Each service's dependencies.
@@ -78,22 +177,33 @@ impl Stack {
         self.model
             .services
             .iter()
+            .filter(|(_, svc)| svc.replicas > 0)
             .map(|(name, svc)| {
-                let deps = svc.depends_on.iter().map(|d| d.service.clone()).collect();
+                // A dependency compose would not start (replicas 0) is nothing to wait for.
+                let deps = svc
+                    .depends_on
+                    .iter()
+                    .filter(|d| {
+                        self.model
+                            .services
+                            .get(&d.service)
+                            .is_some_and(|s| s.replicas > 0)
+                    })
+                    .map(|d| d.service.clone())
+                    .collect();
                 (name.clone(), deps)
             })
             .collect()
     }
 
-    /// What each service is expected to need: recorded start-up and steady peaks (a profile
-    /// file, else the store), else its compose limit, else its reservation, else unknown. A
+    /// Recorded start-up and steady peaks per service (a profile file, else the store). A
     /// service with nothing recorded under this project's name takes what was recorded for it
-    /// under another ([`NeedSource::RecordedElsewhere`]).
-    pub fn needs(
+    /// under another.
+    fn recorded(
         &self,
         state_dir: &Path,
         profile: Option<&Path>,
-    ) -> anyhow::Result<HashMap<String, Need>> {
+    ) -> anyhow::Result<HashMap<String, Recorded>> {
         let mut recorded: HashMap<String, (Bytes, Bytes, NeedSource)> = HashMap::new();
         let mut elsewhere: Vec<ServiceUsage> = Vec::new();
         if let Some(path) = profile {
@@ -146,32 +256,15 @@ impl Stack {
                 .entry(u.service.clone())
                 .or_insert_with(|| of(&u, NeedSource::RecordedElsewhere));
         }
-        Ok(self
-            .model
-            .services
-            .iter()
-            .map(|(name, svc)| {
-                let need = match recorded.get(name) {
-                    Some((startup, steady, source)) if startup.0 > 0 || steady.0 > 0 => Need {
-                        startup: Some(if startup.0 > 0 { *startup } else { *steady }),
-                        steady: Some(*steady),
-                        source: *source,
-                    },
-                    _ => match (svc.memory_limit, svc.memory_reservation) {
-                        (Some(limit), _) => Need {
-                            startup: Some(limit),
-                            steady: Some(limit),
-                            source: NeedSource::Limit,
-                        },
-                        (None, Some(res)) => Need {
-                            startup: Some(res),
-                            steady: Some(res),
-                            source: NeedSource::Reservation,
-                        },
-                        (None, None) => Need::default(),
-                    },
+        Ok(recorded
+            .into_iter()
+            .map(|(name, (startup, steady, source))| {
+                let r = Recorded {
+                    startup,
+                    steady,
+                    elsewhere: source == NeedSource::RecordedElsewhere,
                 };
-                (name.clone(), need)
+                (name, r)
             })
             .collect())
     }

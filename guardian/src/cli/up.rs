@@ -17,7 +17,7 @@ use std::{
 use anyhow::Context as _;
 use serde::Serialize;
 use tokio::signal::unix::{signal, SignalKind};
-use tracing::warn;
+use tracing::{info, warn};
 
 use super::{
     parse_duration,
@@ -77,6 +77,8 @@ struct ServiceRun {
     #[serde(flatten)]
     state: State,
     need: Need,
+    /// Containers compose starts for it.
+    replicas: u32,
     /// Order in which guardian started it (1-based).
     order: Option<usize>,
     /// Milliseconds from the start of `guardian up`.
@@ -122,13 +124,18 @@ pub async fn run(args: UpArgs, output: Output) -> anyhow::Result<ExitCode> {
     if args.max_parallel == 0 {
         return Err(UsageError("--max-parallel must be at least 1".into()).into());
     }
-    let stack = Stack::load(&args.stack.files, args.stack.project.as_deref())?;
+    let stack = Stack::load(&args.stack.compose, &args.stack.services)?;
+    stack.check_wanted(&args.stack.services)?;
     let order: Vec<String> = levels(&stack.depends_on(), &args.stack.services)
         .map_err(|e| UsageError(e.to_string()))?
         .into_iter()
         .flatten()
         .collect();
-    let needs = stack.needs(&args.stack.state_dir, args.stack.profile.as_deref())?;
+    let plan = stack.plan(&args.stack.state_dir, args.stack.profile_file.as_deref())?;
+    for l in &plan.left_out {
+        info!(service = %l.service, reason = %l.reason, "left out, as compose would");
+    }
+    let needs = plan.needs();
     let hierarchy = Hierarchy::detect()?;
     let client = DockerClient::connect(hierarchy.clone()).await?;
     let depends_on: HashMap<&str, &[Dependency]> = stack
@@ -142,6 +149,7 @@ pub async fn run(args: UpArgs, output: Output) -> anyhow::Result<ExitCode> {
         .map(|s| ServiceRun {
             service: s.clone(),
             need: needs.get(s).copied().unwrap_or_default(),
+            replicas: stack.model.services[s].replicas,
             awaited_to_complete: depends_on.values().any(|deps| {
                 deps.iter()
                     .any(|d| &d.service == s && d.condition == Condition::CompletedSuccessfully)
@@ -323,18 +331,19 @@ fn satisfied(dep: &Dependency, runs: &[ServiceRun]) -> bool {
 
 /// Starts a wave with one call of the user's compose tool.
 async fn start_services(stack: &Stack, services: &[&str]) -> anyhow::Result<()> {
-    let mut args = vec!["-p", stack.project.as_str(), "up", "-d", "--no-deps"];
+    // The user's own compose options and nothing else, so compose names the project and
+    // starts every replica as it would on its own.
+    let mut args = vec!["up", "-d", "--no-deps"];
     args.extend_from_slice(services);
-    let mut cmd = stack.tool.command(&stack.files, &args);
+    let mut cmd = stack.tool.command(&stack.compose, &args);
     let names = services.join(", ");
     let out = tokio::task::spawn_blocking(move || cmd.output())
         .await?
         .with_context(|| format!("starting {names} with the compose tool"))?;
     if !out.status.success() {
-        let stderr = String::from_utf8_lossy(&out.stderr);
         anyhow::bail!(
             "compose could not start {names}: {}",
-            stderr.lines().last().unwrap_or("").trim()
+            crate::sources::compose::tool_error(&String::from_utf8_lossy(&out.stderr))
         );
     }
     Ok(())
@@ -366,22 +375,25 @@ async fn observe(
             run.state = State::Failed(format!("not ready after {:?}", args.timeout));
             continue;
         }
-        let Some(c) = containers.iter().find(|c| {
-            c.compose
-                .as_ref()
-                .is_some_and(|s| s.service == run.service && !s.oneoff)
-        }) else {
+        // Every replica compose starts for the service; it is ready when all of them are.
+        let mine: Vec<&Container> = containers
+            .iter()
+            .filter(|c| {
+                c.compose
+                    .as_ref()
+                    .is_some_and(|s| s.service == run.service && !s.oneoff)
+            })
+            .collect();
+        if mine.len() < run.replicas.max(1) as usize {
             continue;
-        };
-        run.container = Some(c.clone());
-        if c.state == "exited" || c.state == "dead" {
-            if c.exit_code == Some(0) && !c.oom_killed {
-                run.state = State::Completed;
-                run.ready_ms = Some(t0.elapsed().as_millis() as u64);
-                // Exited: it holds no memory any more.
-                run.usage = None;
-                continue;
-            }
+        }
+        run.container = mine.first().map(|c| (*c).clone());
+        let exited = |c: &&&Container| c.state == "exited" || c.state == "dead";
+        if let Some(c) = mine
+            .iter()
+            .filter(exited)
+            .find(|c| c.exit_code != Some(0) || c.oom_killed)
+        {
             let why = if c.oom_killed { " (OOM-killed)" } else { "" };
             run.state = State::Failed(format!(
                 "exited with code {}{why}",
@@ -389,31 +401,49 @@ async fn observe(
             ));
             continue;
         }
-        if c.state != "running" {
+        if mine.iter().all(|c| exited(&c)) {
+            run.state = State::Completed;
+            run.ready_ms = Some(t0.elapsed().as_millis() as u64);
+            // Exited: it holds no memory any more.
+            run.usage = None;
             continue;
         }
-        let memory = c.cgroup.as_ref().and_then(|cg| cg.memory_path.clone());
+        if mine.iter().any(|c| c.state != "running") {
+            continue;
+        }
+        let memories: Vec<std::path::PathBuf> = mine
+            .iter()
+            .filter_map(|c| c.cgroup.as_ref().and_then(|cg| cg.memory_path.clone()))
+            .collect();
         let now = Instant::now();
         let running_since = *run.running_since.get_or_insert(now);
         let mut past = false;
-        if let Some(mem) = &memory {
-            if let Ok(usage) = read_usage(hierarchy, mem) {
-                if let Ok(high) = read_high_water(hierarchy, mem) {
-                    // Only a recorded start-up peak says how high the spike goes; a limit
-                    // is a ceiling it may never reach.
-                    let expected = run.need.startup.filter(|_| run.need.is_recorded());
-                    past = past_peak(usage, high, expected);
-                    run.peak = Some(high);
-                }
-                run.usage = Some(usage);
-                run.samples.push_back((now, usage.0));
-                while run
-                    .samples
-                    .front()
-                    .is_some_and(|(t, _)| now - *t > args.settle)
-                {
-                    run.samples.pop_front();
-                }
+        let usages: Option<Vec<Bytes>> = memories
+            .iter()
+            .map(|m| read_usage(hierarchy, m).ok())
+            .collect();
+        let highs: Option<Vec<Bytes>> = memories
+            .iter()
+            .map(|m| read_high_water(hierarchy, m).ok())
+            .collect();
+        if let Some(usages) = usages.filter(|u| !u.is_empty()) {
+            let usage = Bytes(usages.iter().map(|b| b.0).sum());
+            if let Some(highs) = &highs {
+                let high = Bytes(highs.iter().map(|b| b.0).sum());
+                // Only a recorded start-up peak says how high the spike goes; a limit
+                // is a ceiling it may never reach.
+                let expected = run.need.startup.filter(|_| run.need.is_recorded());
+                past = past_peak(usage, high, expected);
+                run.peak = Some(high);
+            }
+            run.usage = Some(usage);
+            run.samples.push_back((now, usage.0));
+            while run
+                .samples
+                .front()
+                .is_some_and(|(t, _)| now - *t > args.settle)
+            {
+                run.samples.pop_front();
             }
         }
         let (lo, hi) = run
@@ -422,10 +452,9 @@ async fn observe(
             .fold((u64::MAX, 0), |(lo, hi), (_, v)| (lo.min(*v), hi.max(*v)));
         let settled =
             now - running_since >= args.settle && hi.saturating_sub(lo) <= args.settle_delta.0;
-        let healthy = match c.health.as_deref() {
-            Some(h) => h == "healthy",
-            None => true,
-        };
+        let healthy = mine
+            .iter()
+            .all(|c| c.health.as_deref().is_none_or(|h| h == "healthy"));
         // Flat memory alone is not calm: a long spike is flat too, until it ends.
         if !run.calm && (past || (healthy && settled)) {
             run.calm = true;
@@ -438,9 +467,11 @@ async fn observe(
             if run.calm && !run.awaited_to_complete {
                 run.state = State::Healthy;
                 run.ready_ms = Some(t0.elapsed().as_millis() as u64);
-                run.startup_peak = memory
-                    .as_deref()
-                    .and_then(|m| read_high_water(hierarchy, m).ok());
+                // Recorded per container: the highest replica's.
+                run.startup_peak = memories
+                    .iter()
+                    .filter_map(|m| read_high_water(hierarchy, m).ok())
+                    .max();
             }
         }
     }

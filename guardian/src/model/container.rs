@@ -278,3 +278,17 @@ mod tests {
         assert!(table.get("a").is_some() && table.get("zz").is_none());
     }
 }
+
+/// Which key a service sets its memory limit with; an override must use the same one, as
+/// Compose v2 refuses a service where `mem_limit` and `deploy.resources.limits.memory` disagree.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitKey {
+    /// No limit: an override uses `deploy.resources.limits.memory`.
+    #[default]
+    None,
+    MemLimit,
+    Deploy,
+    /// Both, equal.
+    Both,
+}

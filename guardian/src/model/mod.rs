@@ -14,7 +14,7 @@ pub use budget::{
     cgroup_guard, resolve_guard, Budget, BudgetRule, BudgetSource, Guard, ProfileBudget, SizeText,
     LABEL_AVOID, LABEL_BUDGET, LABEL_PRIORITY,
 };
-pub use container::{ComposeService, Container, ContainerRef, ContainerTable};
+pub use container::{ComposeService, Container, ContainerRef, ContainerTable, LimitKey};
 pub use event::{
     CgroupRef, ContainerChange, Event, MemcgOom, OomKill, OomTask, Pressure, ReclaimStall,
     RssBreakdown, Source, StallSummary,

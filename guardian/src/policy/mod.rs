@@ -3,4 +3,5 @@
 pub mod enforce;
 pub mod postmortem;
 pub mod profile;
+pub mod stack;
 pub mod staging;

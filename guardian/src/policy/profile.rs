@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Bytes, RunRecord};
+use crate::model::{Bytes, LimitKey, RunRecord};
 
 const MIB: u64 = 1 << 20;
 
@@ -118,6 +118,51 @@ pub fn recommend(usage: &ServiceUsage, margin: f64) -> Recommendation {
     }
 }
 
+/// How the user's compose file sets a service's memory; the override follows it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BaseMemory {
+    pub key: LimitKey,
+    pub limit: Option<Bytes>,
+    /// `memswap_limit` in bytes, -1 for unlimited swap.
+    pub memswap: Option<i64>,
+}
+
+/// What the override sets for one service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OverrideEntry {
+    /// Set `mem_limit` / `mem_reservation`.
+    pub mem_limit: bool,
+    /// Set `deploy.resources.limits.memory` / `reservations.memory`.
+    pub deploy: bool,
+    /// Never 0 (0 means no limit to compose).
+    pub limit: Bytes,
+    /// Never above the limit.
+    pub reservation: Bytes,
+    /// `memswap_limit`, when the base sets one: the same swap on top of the new limit.
+    pub memswap: Option<Bytes>,
+}
+
+/// The override for one service: the key the base already uses (Compose v2 refuses a service
+/// where `mem_limit` and `deploy.resources.limits.memory` disagree), `memswap_limit` moved with
+/// the limit so it never falls below it, and never a limit of 0.
+pub fn override_entry(rec: &Recommendation, base: &BaseMemory) -> OverrideEntry {
+    let limit = Bytes(rec.recommended_limit.0.max(8 * MIB));
+    let memswap = match (base.memswap, base.limit) {
+        (None, _) | (Some(-1), _) => None,
+        (Some(swap), Some(old)) => {
+            Some(Bytes(limit.0 + (swap.max(0) as u64).saturating_sub(old.0)))
+        }
+        (Some(swap), None) => Some(Bytes((swap.max(0) as u64).max(limit.0))),
+    };
+    OverrideEntry {
+        mem_limit: matches!(base.key, LimitKey::MemLimit | LimitKey::Both),
+        deploy: matches!(base.key, LimitKey::Deploy | LimitKey::Both | LimitKey::None),
+        limit,
+        reservation: rec.recommended_reservation.min(limit),
+        memswap,
+    }
+}
+
 /// Combines profiles from several runners: per service the highest peaks, the sum of runs, and
 /// OOM if any runner saw one; the limit is then recommended afresh.
 pub fn merge(profiles: &[Vec<Recommendation>], margin: f64) -> Vec<Recommendation> {
@@ -205,6 +250,54 @@ mod tests {
         );
         assert_eq!(groups[0].typical_working_set, Bytes(5));
         assert!(groups[1].oom_killed);
+    }
+
+    #[test]
+    fn a_replicated_service_is_sized_from_its_highest_replica() {
+        let replica = |n: u32, peak: u64| RunRecord {
+            container_id: format!("web-{n}"),
+            name: format!("ci-web-{n}"),
+            project: Some("ci".into()),
+            service: Some("web".into()),
+            peak: Bytes(peak * MIB),
+            ..Default::default()
+        };
+        let u = summarize(&[replica(1, 40), replica(2, 100), replica(3, 60)]);
+        assert_eq!(u.len(), 1);
+        let r = recommend(&u[0], 0.2);
+        assert_eq!(r.recommended_limit, Bytes(120 * MIB));
+    }
+
+    #[test]
+    fn the_override_keeps_the_base_key_and_its_swap() {
+        let r = recommend(&usage(80 * MIB, Some(256 * MIB), false), 0.2);
+        let base = BaseMemory {
+            key: LimitKey::MemLimit,
+            limit: Some(Bytes(256 * MIB)),
+            memswap: Some((512 * MIB) as i64),
+        };
+        let e = override_entry(&r, &base);
+        assert!(e.mem_limit && !e.deploy);
+        assert_eq!(e.limit, Bytes(96 * MIB));
+        // 256 MiB of swap on top, as before.
+        assert_eq!(e.memswap, Some(Bytes(352 * MIB)));
+        let deploy = override_entry(&r, &BaseMemory::default());
+        assert!(deploy.deploy && !deploy.mem_limit && deploy.memswap.is_none());
+        let unlimited_swap = override_entry(
+            &r,
+            &BaseMemory {
+                memswap: Some(-1),
+                ..base
+            },
+        );
+        assert_eq!(unlimited_swap.memswap, None);
+    }
+
+    #[test]
+    fn the_override_never_sets_a_limit_of_zero() {
+        let r = recommend(&usage(0, None, false), 0.2);
+        let e = override_entry(&r, &BaseMemory::default());
+        assert!(e.limit.0 > 0 && e.reservation <= e.limit);
     }
 
     #[test]

@@ -26,3 +26,14 @@ pub fn memory_pressure() -> Option<PressureStats> {
         .as_deref()
         .and_then(parse_pressure)
 }
+
+/// The host's MemTotal from /proc/meminfo: the most any unbounded service could take.
+pub fn mem_total() -> io::Result<Bytes> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo")?;
+    meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(Bytes::from_kib)
+        .ok_or_else(|| io::Error::other("/proc/meminfo has no MemTotal line"))
+}
