@@ -337,9 +337,11 @@ async fn start_services(stack: &Stack, services: &[&str]) -> anyhow::Result<()> 
     args.extend_from_slice(services);
     let mut cmd = stack.tool.command(&stack.compose, &args);
     let names = services.join(", ");
+    let t = Instant::now();
     let out = tokio::task::spawn_blocking(move || cmd.output())
         .await?
         .with_context(|| format!("starting {names} with the compose tool"))?;
+    tracing::debug!(services = %names, took_ms = t.elapsed().as_millis() as u64, "compose up -d --no-deps");
     if !out.status.success() {
         anyhow::bail!(
             "compose could not start {names}: {}",

@@ -229,10 +229,12 @@ impl ComposeTool {
             message,
             command: self.shown(stack, args),
         };
+        let t = std::time::Instant::now();
         let out = self
             .command(stack, args)
             .output()
             .map_err(|e| failed(e.to_string()))?;
+        tracing::debug!(command = %self.shown(stack, args), took_ms = t.elapsed().as_millis() as u64, "compose tool ran");
         if !out.status.success() {
             return Err(failed(tool_error(&String::from_utf8_lossy(&out.stderr))));
         }
