@@ -5,6 +5,7 @@
 
 mod bench;
 mod bench_daemon;
+mod debian;
 mod runner_vm;
 mod setup;
 mod testbed;

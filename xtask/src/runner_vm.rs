@@ -13,7 +13,6 @@
 //! scenarios, each printing `RUNNERVM <name> PASS|FAIL`.
 
 use std::{
-    collections::BTreeMap,
     io::Write as _,
     path::{Path, PathBuf},
     process::{Command, Stdio},
@@ -340,8 +339,8 @@ struct Image {
 
 /// Builds the image unless one for the same package list and set-up script is cached.
 fn image(dir: &Path) -> anyhow::Result<Image> {
-    let mirror = debian_mirror()?;
-    let old_kernel_deb = old_kernel_deb(dir, &mirror)?;
+    let mirror = crate::debian::mirror()?;
+    let old_kernel_deb = old_kernel_deb(dir)?;
     let key = image_key(&old_kernel_deb);
     let image_dir = dir.join(format!("image-{key}"));
     let ready = image_dir.join("ready");
@@ -459,59 +458,17 @@ fn version_cmp(a: &str, b: &str) -> std::cmp::Ordering {
     nums(a).cmp(&nums(b))
 }
 
-/// Debian bullseye's kernel package (5.10), downloaded once with a sources list and lists
-/// directory of our own: the host's apt configuration is left alone.
-fn old_kernel_deb(dir: &Path, mirror: &str) -> anyhow::Result<PathBuf> {
+/// Debian bullseye's kernel package (5.10), downloaded once.
+fn old_kernel_deb(dir: &Path) -> anyhow::Result<PathBuf> {
     let apt = dir.join(format!("apt-{OLD_SUITE}"));
     let debs = apt.join("debs");
-    let find_deb = |debs: &Path| {
-        std::fs::read_dir(debs).ok().and_then(|rd| {
-            rd.flatten()
-                .map(|e| e.path())
-                .find(|p| p.extension().is_some_and(|e| e == "deb"))
-        })
-    };
-    if let Some(deb) = find_deb(&debs) {
-        return Ok(deb);
+    if let Some(deb) = crate::debian::debs(&debs).into_iter().next() {
+        return Ok(std::fs::canonicalize(deb)?);
     }
-    std::fs::create_dir_all(apt.join("lists/partial"))?;
-    std::fs::create_dir_all(&debs)?;
-    let list = apt.join("sources.list");
-    std::fs::write(
-        &list,
-        format!(
-            "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] {mirror} {OLD_SUITE} main\n"
-        ),
-    )?;
-    let with_lists = |cmd: &mut Command| {
-        cmd.arg("-o")
-            .arg(format!("Dir::Etc::sourcelist={}", list.display()))
-            .args(["-o", "Dir::Etc::sourceparts=/nonexistent", "-o"])
-            .arg(format!("Dir::State::Lists={}", apt.join("lists").display()));
-    };
-    println!("runner-vm: fetching Debian {OLD_SUITE}'s package lists for its kernel");
-    let mut update = Command::new("apt-get");
-    update.args(["update", "-q"]);
-    with_lists(&mut update);
-    run_status(update.stdout(Stdio::null()))?;
-    let mut depends = Command::new("apt-cache");
-    depends.args(["depends", "linux-image-amd64"]);
-    with_lists(&mut depends);
-    let out = depends.output()?;
-    let package = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("Depends: "))
-        .filter(|p| p.starts_with("linux-image-"))
-        .map(str::to_string)
-        .with_context(|| format!("Debian {OLD_SUITE}'s linux-image-amd64 names no kernel"))?;
-    let mut download = Command::new("apt-get");
-    download
-        .args(["download", "-q", &package])
-        .current_dir(&debs);
-    with_lists(&mut download);
-    run_status(download.stdout(Stdio::null()))?;
-    let deb = find_deb(&debs).context("apt-get download left no .deb")?;
-    Ok(std::fs::canonicalize(deb)?)
+    let release = crate::debian::Release::new(&apt, OLD_SUITE)?;
+    release.update()?;
+    let kernel = release.dependency("linux-image-amd64", "linux-image-")?;
+    release.download(&kernel, &debs)
 }
 
 /// A short hash of what the image is made of (FNV-1a: stable across Rust versions).
@@ -531,81 +488,6 @@ fn image_key(old_kernel_deb: &Path) -> String {
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
     format!("{h:016x}")
-}
-
-/// The Debian archive this host's apt uses (so the image comes from the same mirror, named
-/// nowhere in the project): the first `deb` source of the main archive in sources.list(.d).
-fn debian_mirror() -> anyhow::Result<String> {
-    let mut texts = Vec::new();
-    if let Ok(t) = std::fs::read_to_string("/etc/apt/sources.list") {
-        texts.push(t);
-    }
-    if let Ok(entries) = std::fs::read_dir("/etc/apt/sources.list.d") {
-        let mut paths: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
-        paths.sort();
-        for p in paths {
-            if p.extension().is_some_and(|e| e == "sources" || e == "list") {
-                texts.push(std::fs::read_to_string(&p).unwrap_or_default());
-            }
-        }
-    }
-    texts
-        .iter()
-        .find_map(|t| mirror_in(t))
-        .context("no Debian archive in /etc/apt/sources.list(.d): the runner VM is built from the host's Debian mirror")
-}
-
-/// The main-archive URI of one sources file (one-line or deb822 format), if it has one.
-fn mirror_in(text: &str) -> Option<String> {
-    let is_main_archive = |uri: &str, suites: &str| {
-        uri.trim_end_matches('/').ends_with("/debian")
-            && suites.split_whitespace().any(|s| !s.contains('-'))
-    };
-    // One-line format: deb [options] URI SUITE COMPONENTS...
-    for line in text.lines() {
-        let words: Vec<&str> = line.split_whitespace().collect();
-        if words.first() != Some(&"deb") {
-            continue;
-        }
-        let rest: Vec<&str> = words[1..]
-            .iter()
-            .copied()
-            .skip_while(|w| w.starts_with('['))
-            .filter(|w| !w.ends_with(']'))
-            .collect();
-        if let [uri, suite, ..] = rest.as_slice() {
-            if is_main_archive(uri, suite) {
-                return Some(uri.trim_end_matches('/').to_string());
-            }
-        }
-    }
-    // deb822: stanzas separated by blank lines.
-    for stanza in text.split("\n\n") {
-        let mut fields: BTreeMap<String, String> = BTreeMap::new();
-        for line in stanza.lines() {
-            if let Some((k, v)) = line.split_once(':') {
-                if !k.starts_with(' ') && !k.starts_with('#') {
-                    fields.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
-                }
-            }
-        }
-        let types = fields.get("types").map(String::as_str).unwrap_or("");
-        if !types.split_whitespace().any(|t| t == "deb") {
-            continue;
-        }
-        let suites = fields.get("suites").map(String::as_str).unwrap_or("");
-        for uri in fields
-            .get("uris")
-            .map(String::as_str)
-            .unwrap_or("")
-            .split_whitespace()
-        {
-            if is_main_archive(uri, suites) {
-                return Some(uri.trim_end_matches('/').to_string());
-            }
-        }
-    }
-    None
 }
 
 /// The second disk: what this run tests, laid out as the guest's /payload.
@@ -669,27 +551,6 @@ fn dir_size(dir: &Path) -> anyhow::Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_mirror_is_read_from_deb822_and_one_line_sources() {
-        let deb822 = "Types: deb\n# a comment: with a colon\nURIs: http://mirror.example/debian\nSuites: bookworm bookworm-updates\nComponents: main\n\nTypes: deb\nURIs: http://mirror.example/debian-security\nSuites: bookworm-security\n";
-        assert_eq!(
-            mirror_in(deb822).as_deref(),
-            Some("http://mirror.example/debian")
-        );
-        let security_only =
-            "Types: deb\nURIs: http://mirror.example/debian-security\nSuites: bookworm-security\n";
-        assert_eq!(mirror_in(security_only), None);
-        let one_line = "deb [signed-by=/k.gpg] http://m.example/debian/ bookworm main\n";
-        assert_eq!(
-            mirror_in(one_line).as_deref(),
-            Some("http://m.example/debian")
-        );
-        assert_eq!(
-            mirror_in("deb https://other.example/apt stable main\n"),
-            None
-        );
-    }
 
     #[test]
     fn kernel_versions_compare_numerically() {

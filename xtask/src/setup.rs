@@ -1,9 +1,6 @@
 //! `cargo xtask setup`: the eBPF toolchain and the test packages, installed only when missing.
 
-use std::{
-    path::{Path, PathBuf},
-    process::Command,
-};
+use std::{path::PathBuf, process::Command};
 
 use anyhow::{bail, Context as _};
 
@@ -170,40 +167,11 @@ fn compose_v2() -> anyhow::Result<()> {
         println!("setup: Compose v2 present ({})", dest.display());
         return Ok(());
     }
-    let mirror = debian_mirror()?;
     let work = workspace_root().join("target/tools/trixie-apt");
-    let lists = work.join("lists");
-    std::fs::create_dir_all(lists.join("partial"))?;
-    let sources = work.join("sources.list");
-    std::fs::write(
-        &sources,
-        format!(
-            "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] {mirror} trixie main\n"
-        ),
-    )?;
-    let apt = |args: &[&str]| {
-        let mut cmd = Command::new("apt-get");
-        cmd.arg("-q")
-            .arg(format!("-o=Dir::Etc::sourcelist={}", sources.display()))
-            .arg("-o=Dir::Etc::sourceparts=/nonexistent")
-            .arg(format!("-o=Dir::State::Lists={}", lists.display()))
-            .args(args)
-            .current_dir(&work);
-        cmd
-    };
-    println!("setup: downloading Compose v2 (docker-compose from Debian trixie, {mirror})");
-    run_status(&mut apt(&["update"]))?;
-    for old in std::fs::read_dir(&work)?.filter_map(|e| e.ok()) {
-        if old.file_name().to_string_lossy().ends_with(".deb") {
-            std::fs::remove_file(old.path())?;
-        }
-    }
-    run_status(&mut apt(&["download", "docker-compose"]))?;
-    let deb = std::fs::read_dir(&work)?
-        .filter_map(|e| e.ok())
-        .map(|e| e.path())
-        .find(|p| p.extension().is_some_and(|x| x == "deb"))
-        .context("apt-get download docker-compose left no .deb")?;
+    let trixie = crate::debian::Release::new(&work, "trixie")?;
+    println!("setup: downloading Compose v2 (docker-compose from Debian trixie)");
+    trixie.update()?;
+    let deb = trixie.download("docker-compose", &work.join("debs"))?;
     let extracted = work.join("x");
     let _ = std::fs::remove_dir_all(&extracted);
     run_status(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&extracted))?;
@@ -220,63 +188,5 @@ fn compose_v2() -> anyhow::Result<()> {
             "{} does not run: Compose v2 needs glibc >= 2.34",
             dest.display()
         ),
-    }
-}
-
-/// The host's own Debian archive URI, from its apt sources (one-line `.list` or deb822
-/// `.sources`): the entry for its release's main suite (not -security or -updates).
-fn debian_mirror() -> anyhow::Result<String> {
-    let os_release = std::fs::read_to_string("/etc/os-release").unwrap_or_default();
-    let codename = os_release
-        .lines()
-        .find_map(|l| l.strip_prefix("VERSION_CODENAME="))
-        .map(|c| c.trim_matches('"').to_string())
-        .context("/etc/os-release names no VERSION_CODENAME: is this Debian?")?;
-    let mut files = vec![PathBuf::from("/etc/apt/sources.list")];
-    if let Ok(dir) = std::fs::read_dir("/etc/apt/sources.list.d") {
-        let mut more: Vec<PathBuf> = dir.filter_map(|e| Some(e.ok()?.path())).collect();
-        more.sort();
-        files.extend(more);
-    }
-    files
-        .iter()
-        .filter_map(|f| Some((f, std::fs::read_to_string(f).ok()?)))
-        .find_map(|(f, text)| mirror_in(f, &text, &codename))
-        .with_context(|| {
-            format!(
-                "no Debian source for {codename} in /etc/apt: cannot derive the mirror for trixie"
-            )
-        })
-}
-
-fn mirror_in(file: &Path, text: &str, codename: &str) -> Option<String> {
-    if file.extension().is_some_and(|x| x == "sources") {
-        text.split("\n\n").find_map(|stanza| {
-            let field = |name: &str| {
-                stanza
-                    .lines()
-                    .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string()))
-            };
-            let suites = field("Suites:")?;
-            suites
-                .split_whitespace()
-                .any(|s| s == codename)
-                .then(|| field("URIs:"))??
-                .split_whitespace()
-                .next()
-                .map(str::to_string)
-        })
-    } else {
-        text.lines().find_map(|l| {
-            let l = l.trim();
-            let rest = l.strip_prefix("deb ")?;
-            let rest = match rest.trim_start().strip_prefix('[') {
-                Some(r) => r.split_once(']')?.1,
-                None => rest,
-            };
-            let mut words = rest.split_whitespace();
-            let uri = words.next()?;
-            (words.next()? == codename).then(|| uri.to_string())
-        })
     }
 }
