@@ -409,7 +409,7 @@ fn a_limit_above_the_host_is_unbounded_and_without_history_the_answer_is_cannot_
         let run = Run::default();
         let (code, report, stderr) = run.preflight(&tool, &s.dir);
         // Not "does not fit": nothing known says so.
-        assert_eq!(code, Some(3), "{tool:?}: {stderr}");
+        assert_eq!(code, Some(4), "{tool:?}: {stderr}");
         assert_eq!(report["verdict"], "cannot_tell");
         for unbounded in ["db", "cache", "tmp"] {
             let svc = service(&report, unbounded);
@@ -594,7 +594,7 @@ fn include_and_reset_work_with_compose_v2_and_v1_shows_its_own_error() {
             assert_eq!(service(&inc, "web")["ceiling"], 32 * MIB);
             check_against_tool_and_engine(&Run::default(), &tool, &include.dir, &inc);
             // !reset drops the limit: unbounded, so no verdict without history.
-            assert_eq!(res_code, Some(3), "{res_err}");
+            assert_eq!(res_code, Some(4), "{res_err}");
             assert_eq!(service(&res, "web")["knowledge"], "unbounded");
             check_against_tool_and_engine(&Run::default(), &tool, &reset.dir, &res);
         } else {

@@ -435,3 +435,72 @@ fn bad_input_gets_one_line_errors_and_exit_code_2() {
         "{stderr}"
     );
 }
+
+#[test]
+fn status_restore_and_a_second_daemon_find_the_state_dir_through_the_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let config = dir.path().join("guardian.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "state_dir = \"{}\"\nflush_interval = \"300ms\"\n[metrics]\nenabled = false\n",
+            state.display()
+        ),
+    )
+    .unwrap();
+    let config = config.to_str().unwrap();
+    // No --state-dir anywhere: the daemon and every command read it from the config file.
+    let mut daemon = std::process::Command::new(support::guardian_bin())
+        .args(["daemon", "--config", config, "--no-enforce"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !state.join("guardian.pid").exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let pid = daemon.id();
+
+    let (status, stdout, stderr) = output(
+        std::process::Command::new(support::guardian_bin())
+            .args(["status", "--output", "json"])
+            .env("GUARDIAN_CONFIG", config)
+            .env_remove("GUARDIAN_STATE_DIR"),
+    );
+    assert!(status.success(), "{stderr}");
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["daemon_pid"], pid, "{report}");
+    assert_eq!(
+        report["store"],
+        state.join("guardian.db").to_str().unwrap(),
+        "{report}"
+    );
+
+    // The state directory is locked: a second daemon stops at once, naming the first.
+    let started = Instant::now();
+    let (status, _, stderr) = run_guardian(&["daemon", "--config", config, "--no-enforce"]);
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(status.code(), Some(3), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains(&format!("pid {pid}")), "{stderr}");
+
+    let (status, _, stderr) = run_guardian(&["restore", "--config", config]);
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains(&format!("pid {pid}")), "{stderr}");
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(daemon.wait().unwrap().success());
+    // The daemon gone, the lock is free: restore runs even though pid files still name a live
+    // process (as when a stale pid is reused).
+    std::fs::write(state.join("guardian.pid"), "1\n").unwrap();
+    std::fs::write(state.join("guardian.lock"), "1\n").unwrap();
+    let (status, stdout, stderr) = run_guardian(&["restore", "--config", config]);
+    assert!(status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains("restored 0 value(s)"), "{stdout}");
+}

@@ -12,9 +12,11 @@ mod stack;
 mod status;
 mod up;
 
-use std::{process::ExitCode, time::Duration};
+use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::config::Config;
 
 /// Linux memory guardian: OOM kills, reclaim stalls and memory pressure, per cgroup.
 #[derive(Debug, Parser)]
@@ -57,6 +59,48 @@ pub enum Command {
     Preflight(preflight::PreflightArgs),
     /// Start a compose stack in waves that fit in memory, in dependency order.
     Up(up::UpArgs),
+}
+
+/// guardian's exit codes, the same for every command (README, man page).
+pub mod exit_code {
+    /// The command did what was asked; a check passed.
+    pub const OK: u8 = 0;
+    /// The check asked for failed: preflight does not fit, `profile --check`, `report ci` found
+    /// kills, `doctor` found guardian cannot run, `up` left services not ready.
+    pub const CHECK_FAILED: u8 = 1;
+    /// Bad input: a flag, a config or compose file, a service name; the message says what to fix.
+    pub const BAD_INPUT: u8 = 2;
+    /// guardian could not do its job: no permission, a kernel feature missing, the state
+    /// directory held by another daemon, values it could not restore.
+    pub const UNABLE: u8 = 3;
+    /// preflight cannot tell yet: run the stack once under the daemon to record its needs.
+    pub const CANNOT_TELL: u8 = 4;
+}
+
+/// Where a command finds the configuration and the daemon's state directory; every command that
+/// reads the store takes these, so all of them agree with the daemon (see [`Config::resolve`]).
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct StateArgs {
+    /// The configuration file [default: /etc/guardian/guardian.toml, if it exists]
+    #[arg(long, env = "GUARDIAN_CONFIG", global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// The daemon's state directory (its store) [default: the config's state_dir, else
+    /// /var/lib/guardian]
+    #[arg(long, env = "GUARDIAN_STATE_DIR", global = true, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+}
+
+impl StateArgs {
+    /// The configuration, with the state directory resolved; a bad config file is bad input.
+    pub fn config(&self) -> Result<Config, UsageError> {
+        Config::resolve(self.config.as_deref(), self.state_dir.as_deref())
+            .map_err(|e| UsageError(e.to_string()))
+    }
+
+    /// Only the state directory.
+    pub fn state_dir(&self) -> Result<PathBuf, UsageError> {
+        Ok(self.config()?.state_dir)
+    }
 }
 
 /// Bad input the user can fix (malformed compose file, unknown service, empty store): exit 2.

@@ -22,9 +22,9 @@ use self::{
     enforcement::{Enforcement, Wake},
     incidents::Incidents,
 };
-use super::{parse_duration, Output, UsageError};
+use super::{parse_duration, Output, StateArgs};
 use crate::{
-    config::{Config, Dur},
+    config::Dur,
     metrics::{self, StallSeries},
     model::{now_ms, CgroupId, CgroupRef, Container, ContainerTable, Recorder},
     sources::{
@@ -33,18 +33,14 @@ use crate::{
         ebpf::{self, KernelEvent, ProbeOptions, Probes},
         kmsg, oom,
     },
-    store::Store,
+    store::{lock::StateLock, Store},
 };
 
 /// Options of `guardian daemon`; each overrides the config file.
 #[derive(Debug, clap::Args)]
 pub struct DaemonArgs {
-    /// TOML configuration (default /etc/guardian/guardian.toml, if it exists).
-    #[arg(long)]
-    config: Option<PathBuf>,
-    /// Where the store and pid file live (default /var/lib/guardian).
-    #[arg(long)]
-    state_dir: Option<PathBuf>,
+    #[command(flatten)]
+    state: StateArgs,
     /// How often each container's cgroup is read (default 1s).
     #[arg(long, value_parser = parse_duration)]
     sample_interval: Option<Duration>,
@@ -74,10 +70,7 @@ pub fn pid_file(state_dir: &std::path::Path) -> PathBuf {
 }
 
 pub async fn run(args: DaemonArgs, _output: Output) -> anyhow::Result<ExitCode> {
-    let mut config = Config::load(args.config.as_deref()).map_err(|e| UsageError(e.to_string()))?;
-    if let Some(dir) = args.state_dir {
-        config.state_dir = dir;
-    }
+    let mut config = args.state.config()?;
     if let Some(d) = args.sample_interval {
         config.sample_interval = Dur(d);
     }
@@ -97,6 +90,9 @@ pub async fn run(args: DaemonArgs, _output: Output) -> anyhow::Result<ExitCode> 
     }
 
     let mut store = Store::open(&config.state_dir)?;
+    // Held until we exit: a second daemon on this store fails here, naming us.
+    let _lock = StateLock::acquire(&config.state_dir)?;
+    // For people and scripts; whether a daemon is alive is the lock's to say, not this file's.
     let pid_path = pid_file(&config.state_dir);
     std::fs::write(&pid_path, format!("{}\n", std::process::id()))
         .with_context(|| format!("writing {}", pid_path.display()))?;
