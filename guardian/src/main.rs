@@ -5,7 +5,7 @@ use guardian::cli::{self, exit_code, Cli, UsageError};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    cli::init_logging();
+    cli::init_logging(cli::log_level(cli.quiet, cli.verbose));
     match cli::run(cli) {
         Ok(code) => code,
         Err(e) => {

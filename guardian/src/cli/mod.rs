@@ -1,5 +1,6 @@
 //! The `guardian` command line: one file per subcommand.
 
+mod completions;
 pub(crate) mod daemon;
 mod doctor;
 mod events;
@@ -18,13 +19,37 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::config::Config;
 
+/// Exit codes and environment, shown by `--help` and in the man page.
+const AFTER_HELP: &str = "\
+Exit codes:
+  0  ok; the check asked for passed
+  1  the check asked for failed: preflight does not fit, profile --check, report ci found kills,
+     doctor found guardian cannot run, up left services not ready
+  2  bad input: a flag, the config or a compose file, a service name (the message says the fix)
+  3  guardian could not do its job: no permission, a kernel feature missing, the state directory
+     held by another daemon, values restore could not put back
+  4  preflight cannot tell yet: run the stack once under the daemon
+
+Environment:
+  GUARDIAN_CONFIG     the configuration file (as --config)
+  GUARDIAN_STATE_DIR  the daemon's state directory (as --state-dir)
+  GUARDIAN_LOG        log filter, e.g. debug or guardian=trace (overrides -q/-v)
+  GUARDIAN_COMPOSE    the compose tool up, preflight and profile run
+  NO_COLOR            no colour in logs";
+
 /// Linux memory guardian: OOM kills, reclaim stalls and memory pressure, per cgroup.
 #[derive(Debug, Parser)]
-#[command(name = "guardian", version, about)]
+#[command(name = "guardian", version, about, after_long_help = AFTER_HELP)]
 pub struct Cli {
     /// How to print results: for people, or one JSON document (per line) for machines.
     #[arg(long, global = true, value_enum, default_value_t = Output::Human)]
     pub output: Output,
+    /// Log less: warnings and errors only.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+    /// Log more: -v debug, -vv trace.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -59,6 +84,11 @@ pub enum Command {
     Preflight(preflight::PreflightArgs),
     /// Start a compose stack in waves that fit in memory, in dependency order.
     Up(up::UpArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to stdout.
+    Completions(completions::CompletionsArgs),
+    /// Print the man page guardian(1) in roff to stdout.
+    #[command(hide = true)]
+    Manpage,
 }
 
 /// guardian's exit codes, the same for every command (README, man page).
@@ -126,14 +156,26 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Profile(args) => profile::run(args, cli.output).await,
             Command::Preflight(args) => preflight::run(args, cli.output).await,
             Command::Up(args) => up::run(args, cli.output).await,
+            Command::Completions(args) => completions::completions(args),
+            Command::Manpage => completions::manpage(),
         }
     })
 }
 
-/// Logs to stderr, one line each; `GUARDIAN_LOG` (e.g. `debug`) overrides the level.
-pub fn init_logging() {
+/// The log level `-q`/`-v` ask for: info by default.
+pub fn log_level(quiet: bool, verbose: u8) -> &'static str {
+    match (quiet, verbose) {
+        (true, _) => "warn",
+        (false, 0) => "info",
+        (false, 1) => "debug",
+        (false, _) => "trace",
+    }
+}
+
+/// Logs to stderr, one line each, at `level`; `GUARDIAN_LOG` (e.g. `debug`) overrides it.
+pub fn init_logging(level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("GUARDIAN_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
