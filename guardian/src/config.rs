@@ -305,7 +305,46 @@ mod tests {
     #[test]
     fn a_config_named_but_missing_is_an_error() {
         let e = Config::resolve(Some(Path::new("/nonexistent/guardian.toml")), None).unwrap_err();
-        assert!(e.to_string().starts_with("config /nonexistent/guardian.toml: "), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("config /nonexistent/guardian.toml: "),
+            "{e}"
+        );
+    }
+
+    /// The file the package installs as /etc/guardian/guardian.toml.
+    const PACKAGED: &str = include_str!("../packaging/guardian.toml");
+
+    #[test]
+    fn the_packaged_config_changes_nothing_and_uncommented_shows_the_defaults() {
+        assert_eq!(
+            Config::parse(Path::new("guardian.toml"), PACKAGED).unwrap(),
+            Config::default()
+        );
+        // Uncomment the settings (not the examples: hook, budget rules, incidents.dir).
+        let examples = [
+            "#hook",
+            "#[[budget]]",
+            "#project",
+            "#service",
+            "#memory",
+            "#priority",
+            "#dir",
+        ];
+        let uncommented: String = PACKAGED
+            .lines()
+            .filter(|l| !examples.iter().any(|e| l.starts_with(e)))
+            .map(|l| match l.strip_prefix('#') {
+                Some(rest) if !rest.starts_with(' ') && !rest.is_empty() => rest,
+                _ => l,
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert_eq!(
+            Config::parse(Path::new("guardian.toml"), &uncommented).unwrap(),
+            Config::default(),
+            "{uncommented}"
+        );
     }
 
     #[test]

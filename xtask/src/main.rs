@@ -6,6 +6,7 @@
 
 mod bench;
 mod bench_daemon;
+mod dist;
 mod runner_vm;
 mod setup;
 mod testbed;
@@ -49,6 +50,9 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Build what people install, into target/dist: a static guardian, a Debian package
+    /// (cargo-deb) and a tarball with the package's files.
+    Dist,
     /// Start or stop the private Docker engine the tests use (with its test images).
     Testbed {
         #[command(subcommand)]
@@ -114,6 +118,10 @@ fn main() -> anyhow::Result<()> {
                 old_kernel: true,
                 ..Default::default()
             })
+        }
+        Task::Dist => {
+            setup::run(Scope::Dist)?;
+            dist::run()
         }
         Task::Testbed { action } => testbed::run(action),
         Task::VmTest => {

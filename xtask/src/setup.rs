@@ -19,6 +19,8 @@ pub enum Scope {
     Build,
     /// Build, plus the Debian packages and Compose v2 the end-to-end tests and VMs use.
     Tests,
+    /// Build, plus cargo-deb for `cargo xtask dist`.
+    Dist,
 }
 
 /// Debian packages the end-to-end tests use, each with why: a Docker engine with compose (the
@@ -26,13 +28,19 @@ pub enum Scope {
 /// cgroup v2 VM), mmdebstrap and e2fsprogs (the runner VM's image and disks), and real renderers
 /// for the post-mortem reports. The engine (`docker.io`) is planned separately: see [`plan`].
 const TEST_PACKAGES: &[(&str, &str)] = &[
-    ("docker-compose", "the compose tests run every case with docker-compose 1.29 too"),
+    (
+        "docker-compose",
+        "the compose tests run every case with docker-compose 1.29 too",
+    ),
     ("busybox-static", "test images and the VM's initramfs"),
     ("qemu-system-x86", "the cgroup v2 VM and the runner VM"),
     ("cpio", "the VM's initramfs"),
     ("mmdebstrap", "the runner VM's Debian image"),
     ("e2fsprogs", "the runner VM's disks (mke2fs, debugfs)"),
-    ("librsvg2-bin", "renders the post-mortem SVG chart (rsvg-convert)"),
+    (
+        "librsvg2-bin",
+        "renders the post-mortem SVG chart (rsvg-convert)",
+    ),
     ("chromium", "renders the post-mortem HTML report headless"),
 ];
 
@@ -82,7 +90,7 @@ pub struct Plan {
 /// host has no `dockerd` and no Docker package at all.
 pub fn plan(scope: Scope, present: &Present) -> Plan {
     let mut plan = Plan::default();
-    if scope == Scope::Build {
+    if scope != Scope::Tests {
         return plan;
     }
     let docker: Vec<&str> = DOCKER_PACKAGES
@@ -127,8 +135,21 @@ pub fn run(scope: Scope) -> anyhow::Result<()> {
         install(&plan)?;
         compose_v2()?;
     }
+    if scope == Scope::Dist {
+        cargo_deb()?;
+    }
     println!("setup: done");
     Ok(())
+}
+
+/// cargo-deb, from crates.io when `cargo deb` does not answer.
+fn cargo_deb() -> anyhow::Result<()> {
+    if output(Command::new("cargo").args(["deb", "--version"])).is_some() {
+        println!("setup: cargo-deb present");
+        return Ok(());
+    }
+    println!("setup: installing cargo-deb (builds the .deb; a few minutes)");
+    run_status(Command::new("cargo").args(["install", "cargo-deb", "--locked"]))
 }
 
 /// What is installed among the packages setup cares about, and a `dockerd` on PATH.
@@ -416,6 +437,7 @@ mod tests {
     #[test]
     fn building_installs_no_debian_package() {
         assert_eq!(plan(Scope::Build, &host(&[], None)), Plan::default());
+        assert_eq!(plan(Scope::Dist, &host(&[], None)), Plan::default());
     }
 
     #[test]
