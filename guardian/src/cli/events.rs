@@ -225,7 +225,9 @@ fn watch_cgroup(
                 .unwrap_or_default()
         )
     };
-    let dir = dir.canonicalize().map_err(|e| UsageError(format!("{}: {e}", fix())))?;
+    let dir = dir
+        .canonicalize()
+        .map_err(|e| UsageError(format!("{}: {e}", fix())))?;
     let in_memory = dir.starts_with(&hierarchy.memory);
     let in_unified = hierarchy
         .unified

@@ -7,8 +7,9 @@ use std::{collections::HashMap, process::ExitCode};
 use serde::Serialize;
 
 use super::{
+    exit_code,
     stack::{Stack, StackArgs},
-    exit_code, Output, UsageError,
+    Output, UsageError,
 };
 use crate::{
     model::Bytes,
@@ -17,7 +18,6 @@ use crate::{
         staging::{levels, plan_waves, Need, NeedSource, Wave},
     },
 };
-
 
 /// Options of `guardian preflight`.
 #[derive(Debug, clap::Args)]

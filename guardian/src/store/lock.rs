@@ -120,7 +120,10 @@ mod tests {
         assert_eq!(holder(dir.path()), Some(Holder { pid: me }));
         let e = StateLock::acquire(dir.path()).unwrap_err();
         let text = e.to_string();
-        assert!(text.contains(&format!("pid {}", std::process::id())), "{text}");
+        assert!(
+            text.contains(&format!("pid {}", std::process::id())),
+            "{text}"
+        );
         assert_eq!(text.lines().count(), 1);
         drop(first);
         assert_eq!(holder(dir.path()), None);
