@@ -172,20 +172,104 @@ pub fn log_level(quiet: bool, verbose: u8) -> &'static str {
     }
 }
 
-/// Logs to stderr, one line each, at `level`; `GUARDIAN_LOG` (e.g. `debug`) overrides it.
+/// Logs at `level` (`GUARDIAN_LOG`, e.g. `debug`, overrides it): to the journal with priorities
+/// and fields when stderr is systemd's journal stream, else to stderr one line each, coloured
+/// only on a terminal and without `NO_COLOR`.
 pub fn init_logging(level: &str) {
+    use tracing_subscriber::{layer::SubscriberExt as _, util::SubscriberInitExt as _};
     let filter = tracing_subscriber::EnvFilter::try_from_env("GUARDIAN_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    if stderr_is_the_journal() {
+        if let Ok(journal) = tracing_journald::layer() {
+            tracing_subscriber::registry()
+                .with(filter)
+                .with(
+                    journal
+                        .with_syslog_identifier("guardian".into())
+                        // Fields as GUARDIAN_SUBJECT=, GUARDIAN_CGROUP_ID=, …; the prefix keeps
+                        // a field named `priority` from overriding the journal's PRIORITY.
+                        .with_field_prefix(Some("GUARDIAN".into())),
+                )
+                .init();
+            return;
+        }
+    }
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_ansi(colour(
+            std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            std::env::var_os("NO_COLOR").as_deref(),
+        ))
         .without_time()
         .init();
+}
+
+/// Colour only on a terminal, and never when `NO_COLOR` is set to anything non-empty
+/// (no-color.org).
+fn colour(terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
+/// systemd sets JOURNAL_STREAM to the device and inode of the stream it connected to stderr;
+/// a match means stderr goes to the journal (not redirected by a script in between).
+fn stderr_is_the_journal() -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    let Some(stream) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Ok(stderr) = std::fs::metadata("/proc/self/fd/2") else {
+        return false;
+    };
+    stream.to_str() == Some(&format!("{}:{}", stderr.dev(), stderr.ino()))
 }
 
 /// Parses "30s", "500ms", "2m" for clap.
 pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 500ms, 30s, 2m)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_color_turns_colour_off_even_on_a_terminal() {
+        assert!(colour(true, None));
+        assert!(!colour(true, Some(std::ffi::OsStr::new("1"))));
+        assert!(colour(true, Some(std::ffi::OsStr::new(""))));
+        assert!(!colour(false, None));
+    }
+
+    #[test]
+    fn quiet_and_verbose_set_the_level() {
+        assert_eq!(log_level(false, 0), "info");
+        assert_eq!(log_level(true, 0), "warn");
+        assert_eq!(log_level(false, 1), "debug");
+        assert_eq!(log_level(false, 3), "trace");
+    }
+
+    #[test]
+    fn state_dir_and_config_are_flags_of_every_command_that_reads_the_store() {
+        for command in [
+            "status",
+            "report list",
+            "restore",
+            "profile",
+            "preflight",
+            "up",
+            "daemon",
+        ] {
+            let mut argv = vec!["guardian"];
+            argv.extend(command.split(' '));
+            argv.extend(["--state-dir", "/srv/g", "--config", "/etc/g.toml"]);
+            let cli = Cli::try_parse_from(&argv).unwrap_or_else(|e| panic!("{command}: {e}"));
+            let text = format!("{cli:?}");
+            assert!(
+                text.contains("/srv/g") && text.contains("/etc/g.toml"),
+                "{command}: {text}"
+            );
+        }
+    }
 }
