@@ -96,6 +96,11 @@ fn load_config(args: &DaemonArgs) -> Result<Config, UsageError> {
 
 pub async fn run(args: DaemonArgs, _output: Output) -> anyhow::Result<ExitCode> {
     let config = load_config(&args)?;
+    // Caught from the start: a stop while the probes load still ends in a clean shutdown (the
+    // loop sees it at once) instead of the default action killing us mid-start.
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut hangup = signal(SignalKind::hangup())?;
 
     let mut store = Store::open(&config.state_dir)?;
     // Held until we exit: a second daemon on this store fails here, naming us.
@@ -165,9 +170,6 @@ pub async fn run(args: DaemonArgs, _output: Output) -> anyhow::Result<ExitCode> 
     let mut flush_tick = tokio::time::interval(config.flush_interval.0);
     flush_tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
     let mut prune_tick = tokio::time::interval(Duration::from_secs(3600));
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    let mut terminate = signal(SignalKind::terminate())?;
-    let mut hangup = signal(SignalKind::hangup())?;
     let systemd = Systemd::new();
     let mut watchdog_tick = tokio::time::interval(
         systemd
