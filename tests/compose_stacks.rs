@@ -1,6 +1,6 @@
 //! Compose stacks as people write them (tests/stacks/compose/): guardian must find and plan each
 //! stack exactly as the compose tool does from the same directory and environment, and `guardian
-//! up` must start what compose would. Every case runs with Compose v2 (from `cargo xtask setup`)
+//! up` must start what compose would. Every case runs with Compose v2 (from `cargo xtask setup --tests`)
 //! and with Debian's docker-compose 1.29; where a tool lacks a feature, its own error is shown.
 
 mod support;
@@ -28,7 +28,7 @@ struct Tool {
     cmd: String,
 }
 
-/// Compose v2 (GUARDIAN_TEST_COMPOSE_V2, else where `cargo xtask setup` puts it) and the host's
+/// Compose v2 (GUARDIAN_TEST_COMPOSE_V2, else where `cargo xtask setup --tests` puts it) and the host's
 /// docker-compose 1.x.
 fn tools() -> Vec<Tool> {
     let v2 = std::env::var("GUARDIAN_TEST_COMPOSE_V2").unwrap_or_else(|_| {
@@ -48,7 +48,7 @@ fn tools() -> Vec<Tool> {
     };
     assert!(
         version(&v2).is_some_and(|v| v.starts_with('2')),
-        "Compose v2 is missing at {v2}: run `cargo xtask setup` (or set GUARDIAN_TEST_COMPOSE_V2)"
+        "Compose v2 is missing at {v2}: run `cargo xtask setup --tests` (or set GUARDIAN_TEST_COMPOSE_V2)"
     );
     let mut out = vec![Tool { major: 2, cmd: v2 }];
     if version("docker-compose").is_some_and(|v| v.starts_with('1')) {

@@ -541,7 +541,10 @@ fn the_daemon_speaks_sd_notify_and_reloads_its_config_on_sighup() {
         let mut buf = [0u8; 4096];
         let deadline = Instant::now() + Duration::from_secs(20);
         while !seen.contains(what) {
-            assert!(Instant::now() < deadline, "no {what} within 20 s; got {seen}");
+            assert!(
+                Instant::now() < deadline,
+                "no {what} within 20 s; got {seen}"
+            );
             let n = socket
                 .recv(&mut buf)
                 .unwrap_or_else(|e| panic!("no {what} from the daemon ({e}); got {seen}"));
@@ -567,7 +570,10 @@ fn the_daemon_speaks_sd_notify_and_reloads_its_config_on_sighup() {
     nix::sys::signal::kill(pid, Signal::SIGHUP).unwrap();
     seen.clear();
     wait_for("STATUS=reload failed", &mut seen);
-    assert!(daemon.try_wait().unwrap().is_none(), "the daemon died on a bad reload");
+    assert!(
+        daemon.try_wait().unwrap().is_none(),
+        "the daemon died on a bad reload"
+    );
 
     nix::sys::signal::kill(pid, Signal::SIGTERM).unwrap();
     seen.clear();
@@ -578,5 +584,8 @@ fn the_daemon_speaks_sd_notify_and_reloads_its_config_on_sighup() {
     assert!(log.contains("configuration reloaded"), "{log}");
     assert!(log.contains("keeping the running configuration"), "{log}");
     // Each value put back is logged as `restored file=…`: a reload puts back none.
-    assert!(!log.contains("restored file="), "a reload restores nothing: {log}");
+    assert!(
+        !log.contains("restored file="),
+        "a reload restores nothing: {log}"
+    );
 }
