@@ -1,6 +1,6 @@
 //! Compose stacks as people write them (tests/stacks/compose/): guardian must find and plan each
 //! stack exactly as the compose tool does from the same directory and environment, and `guardian
-//! up` must start what compose would. Every case runs with Compose v2 (from `cargo xtask setup`)
+//! up` must start what compose would. Every case runs with Compose v2 (from `cargo xtask setup --tests`)
 //! and with Debian's docker-compose 1.29; where a tool lacks a feature, its own error is shown.
 
 mod support;
@@ -28,7 +28,7 @@ struct Tool {
     cmd: String,
 }
 
-/// Compose v2 (GUARDIAN_TEST_COMPOSE_V2, else where `cargo xtask setup` puts it) and the host's
+/// Compose v2 (GUARDIAN_TEST_COMPOSE_V2, else where `cargo xtask setup --tests` puts it) and the host's
 /// docker-compose 1.x.
 fn tools() -> Vec<Tool> {
     let v2 = std::env::var("GUARDIAN_TEST_COMPOSE_V2").unwrap_or_else(|_| {
@@ -48,7 +48,7 @@ fn tools() -> Vec<Tool> {
     };
     assert!(
         version(&v2).is_some_and(|v| v.starts_with('2')),
-        "Compose v2 is missing at {v2}: run `cargo xtask setup` (or set GUARDIAN_TEST_COMPOSE_V2)"
+        "Compose v2 is missing at {v2}: run `cargo xtask setup --tests` (or set GUARDIAN_TEST_COMPOSE_V2)"
     );
     let mut out = vec![Tool { major: 2, cmd: v2 }];
     if version("docker-compose").is_some_and(|v| v.starts_with('1')) {
@@ -409,7 +409,7 @@ fn a_limit_above_the_host_is_unbounded_and_without_history_the_answer_is_cannot_
         let run = Run::default();
         let (code, report, stderr) = run.preflight(&tool, &s.dir);
         // Not "does not fit": nothing known says so.
-        assert_eq!(code, Some(3), "{tool:?}: {stderr}");
+        assert_eq!(code, Some(4), "{tool:?}: {stderr}");
         assert_eq!(report["verdict"], "cannot_tell");
         for unbounded in ["db", "cache", "tmp"] {
             let svc = service(&report, unbounded);
@@ -594,7 +594,7 @@ fn include_and_reset_work_with_compose_v2_and_v1_shows_its_own_error() {
             assert_eq!(service(&inc, "web")["ceiling"], 32 * MIB);
             check_against_tool_and_engine(&Run::default(), &tool, &include.dir, &inc);
             // !reset drops the limit: unbounded, so no verdict without history.
-            assert_eq!(res_code, Some(3), "{res_err}");
+            assert_eq!(res_code, Some(4), "{res_err}");
             assert_eq!(service(&res, "web")["knowledge"], "unbounded");
             check_against_tool_and_engine(&Run::default(), &tool, &reset.dir, &res);
         } else {

@@ -435,3 +435,157 @@ fn bad_input_gets_one_line_errors_and_exit_code_2() {
         "{stderr}"
     );
 }
+
+#[test]
+fn status_restore_and_a_second_daemon_find_the_state_dir_through_the_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let config = dir.path().join("guardian.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "state_dir = \"{}\"\nflush_interval = \"300ms\"\n[metrics]\nenabled = false\n",
+            state.display()
+        ),
+    )
+    .unwrap();
+    let config = config.to_str().unwrap();
+    // No --state-dir anywhere: the daemon and every command read it from the config file.
+    let mut daemon = std::process::Command::new(support::guardian_bin())
+        .args(["daemon", "--config", config, "--no-enforce"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !state.join("guardian.pid").exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let pid = daemon.id();
+
+    let (status, stdout, stderr) = output(
+        std::process::Command::new(support::guardian_bin())
+            .args(["status", "--output", "json"])
+            .env("GUARDIAN_CONFIG", config)
+            .env_remove("GUARDIAN_STATE_DIR"),
+    );
+    assert!(status.success(), "{stderr}");
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["daemon_pid"], pid, "{report}");
+    assert_eq!(
+        report["store"],
+        state.join("guardian.db").to_str().unwrap(),
+        "{report}"
+    );
+
+    // The state directory is locked: a second daemon stops at once, naming the first.
+    let started = Instant::now();
+    let (status, _, stderr) = run_guardian(&["daemon", "--config", config, "--no-enforce"]);
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(status.code(), Some(3), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains(&format!("pid {pid}")), "{stderr}");
+
+    let (status, _, stderr) = run_guardian(&["restore", "--config", config]);
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains(&format!("pid {pid}")), "{stderr}");
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(daemon.wait().unwrap().success());
+    // The daemon gone, the lock is free: restore runs even though pid files still name a live
+    // process (as when a stale pid is reused).
+    std::fs::write(state.join("guardian.pid"), "1\n").unwrap();
+    std::fs::write(state.join("guardian.lock"), "1\n").unwrap();
+    let (status, stdout, stderr) = run_guardian(&["restore", "--config", config]);
+    assert!(status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains("restored 0 value(s)"), "{stdout}");
+}
+
+#[test]
+fn the_daemon_speaks_sd_notify_and_reloads_its_config_on_sighup() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = tempfile::tempdir().unwrap();
+    let socket_path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let config = dir.path().join("guardian.toml");
+    let state = dir.path().join("state");
+    let config_text = |budget: &str| {
+        format!(
+            "state_dir = \"{}\"\n[metrics]\nenabled = false\n[[budget]]\nname = \"nobody-{}\"\nmemory = \"{budget}\"\n",
+            state.display(),
+            std::process::id()
+        )
+    };
+    std::fs::write(&config, config_text("64m")).unwrap();
+    // As systemd starts a Type=notify unit with WatchdogSec=2s: WATCHDOG_PID names the daemon
+    // (the shell's pid, which exec hands to guardian).
+    let mut daemon = std::process::Command::new("sh")
+        .args(["-c", "WATCHDOG_PID=$$ exec \"$0\" \"$@\""])
+        .arg(support::guardian_bin())
+        .args(["daemon", "--config", config.to_str().unwrap()])
+        .env("NOTIFY_SOCKET", &socket_path)
+        .env("WATCHDOG_USEC", "2000000")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut seen = String::new();
+    let wait_for = |what: &str, seen: &mut String| {
+        let mut buf = [0u8; 4096];
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !seen.contains(what) {
+            assert!(
+                Instant::now() < deadline,
+                "no {what} within 20 s; got {seen}"
+            );
+            let n = socket
+                .recv(&mut buf)
+                .unwrap_or_else(|e| panic!("no {what} from the daemon ({e}); got {seen}"));
+            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+            seen.push('\n');
+        }
+    };
+    wait_for("READY=1", &mut seen);
+    assert!(seen.contains("STATUS=recording"), "{seen}");
+    // Fed about every second for a 2 s watchdog: two within 3 s of being ready.
+    seen.clear();
+    wait_for("WATCHDOG=1", &mut seen);
+    seen.clear();
+    wait_for("WATCHDOG=1", &mut seen);
+
+    let pid = nix::unistd::Pid::from_raw(daemon.id() as i32);
+    std::fs::write(&config, config_text("128m")).unwrap();
+    nix::sys::signal::kill(pid, Signal::SIGHUP).unwrap();
+    seen.clear();
+    wait_for("STATUS=reloaded", &mut seen);
+    // A config that no longer parses is refused; the daemon keeps running.
+    std::fs::write(&config, "sample_interval = \"soon\"\n").unwrap();
+    nix::sys::signal::kill(pid, Signal::SIGHUP).unwrap();
+    seen.clear();
+    wait_for("STATUS=reload failed", &mut seen);
+    assert!(
+        daemon.try_wait().unwrap().is_none(),
+        "the daemon died on a bad reload"
+    );
+
+    nix::sys::signal::kill(pid, Signal::SIGTERM).unwrap();
+    seen.clear();
+    wait_for("STOPPING=1", &mut seen);
+    let out = daemon.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("configuration reloaded"), "{log}");
+    assert!(log.contains("keeping the running configuration"), "{log}");
+    // Each value put back is logged as `restored file=…`: a reload puts back none.
+    assert!(
+        !log.contains("restored file="),
+        "a reload restores nothing: {log}"
+    );
+}

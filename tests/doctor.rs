@@ -186,7 +186,7 @@ fn unknown_output_format_is_a_usage_error() {
 fn watching_a_directory_that_is_not_a_cgroup_is_a_one_line_error() {
     require_root();
     let (status, _, stderr) = run_guardian(&["events", "--duration", "1s", "--watch", "/tmp"]);
-    assert_eq!(status.code(), Some(1));
+    assert_eq!(status.code(), Some(2));
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(
         stderr.contains("--watch /tmp: not a cgroup directory"),

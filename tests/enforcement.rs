@@ -342,13 +342,15 @@ fn with_allow_kill_a_frozen_container_is_killed_when_critical_pressure_lasts() {
 fn restore_refuses_while_the_daemon_runs() {
     let dir = tempfile::tempdir().unwrap();
     let state: PathBuf = dir.path().to_path_buf();
-    std::fs::write(
-        state.join("guardian.pid"),
-        format!("{}\n", std::process::id()),
-    )
-    .unwrap();
+    guardian::store::Store::open(&state).unwrap();
+    // What a running daemon holds: the state directory's lock, with its pid in it.
+    let _daemon = guardian::store::lock::StateLock::acquire(&state).unwrap();
     let (status, _, stderr) = run_guardian(&["restore", "--state-dir", state.to_str().unwrap()]);
     assert_eq!(status.code(), Some(2));
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     assert!(stderr.contains("is running"), "{stderr}");
+    assert!(
+        stderr.contains(&format!("pid {}", std::process::id())),
+        "{stderr}"
+    );
 }

@@ -314,7 +314,7 @@ fn preflight_without_history_treats_limits_as_ceilings_and_cannot_tell_yet() {
         "512m",
     ]);
     // Limits say what a service may hold, not what it needs: no "does not fit" from them.
-    assert_eq!(status.code(), Some(3), "{stderr}");
+    assert_eq!(status.code(), Some(4), "{stderr}");
     let report: Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(report["fits"], false);
     assert_eq!(report["verdict"], "cannot_tell");

@@ -10,8 +10,12 @@ use serde::{Deserialize, Deserializer};
 
 use crate::model::{BudgetRule, Bytes, SizeText};
 
-/// Where the daemon looks when `--config` is not given; a missing file means the defaults.
+/// Where guardian looks when neither `--config` nor `GUARDIAN_CONFIG` is given; a missing file
+/// means the defaults.
 pub const DEFAULT_PATH: &str = "/etc/guardian/guardian.toml";
+
+/// The state directory when neither a flag, `GUARDIAN_STATE_DIR` nor the config names one.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/guardian";
 
 /// Errors reading the configuration, in one line each.
 #[derive(Debug, thiserror::Error)]
@@ -184,7 +188,7 @@ impl Default for EnforceConfig {
 impl Default for Config {
     fn default() -> Self {
         Self {
-            state_dir: PathBuf::from("/var/lib/guardian"),
+            state_dir: PathBuf::from(DEFAULT_STATE_DIR),
             sample_interval: Dur(Duration::from_secs(1)),
             flush_interval: Dur(Duration::from_secs(5)),
             timeline_interval: Dur(Duration::from_secs(10)),
@@ -213,6 +217,18 @@ impl Config {
             Err(source) => return Err(ConfigError::Read { path, source }),
         };
         Self::parse(&path, &text)
+    }
+
+    /// The configuration every command uses: the file at `path` (or [`DEFAULT_PATH`]), with its
+    /// `state_dir` overridden by `state_dir` when given. The one resolution of where the store
+    /// lives: `--state-dir`, then `GUARDIAN_STATE_DIR` (both arrive here as `state_dir`), then
+    /// the file's `state_dir`, then [`DEFAULT_STATE_DIR`].
+    pub fn resolve(path: Option<&Path>, state_dir: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut config = Self::load(path)?;
+        if let Some(dir) = state_dir {
+            config.state_dir = dir.to_path_buf();
+        }
+        Ok(config)
     }
 
     /// Parses TOML text; errors name the line.
@@ -269,6 +285,65 @@ mod tests {
             e.to_string()
                 .starts_with("config g.toml, line 2: invalid size"),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn the_state_dir_comes_from_the_flag_then_the_config_file_then_the_default() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("guardian.toml");
+        std::fs::write(&file, "state_dir = \"/srv/guardian\"\n").unwrap();
+        let from_file = Config::resolve(Some(&file), None).unwrap();
+        assert_eq!(from_file.state_dir, Path::new("/srv/guardian"));
+        let flag = Config::resolve(Some(&file), Some(Path::new("/tmp/g"))).unwrap();
+        assert_eq!(flag.state_dir, Path::new("/tmp/g"));
+        std::fs::write(&file, "").unwrap();
+        let default = Config::resolve(Some(&file), None).unwrap();
+        assert_eq!(default.state_dir, Path::new(DEFAULT_STATE_DIR));
+    }
+
+    #[test]
+    fn a_config_named_but_missing_is_an_error() {
+        let e = Config::resolve(Some(Path::new("/nonexistent/guardian.toml")), None).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("config /nonexistent/guardian.toml: "),
+            "{e}"
+        );
+    }
+
+    /// The file the package installs as /etc/guardian/guardian.toml.
+    const PACKAGED: &str = include_str!("../packaging/guardian.toml");
+
+    #[test]
+    fn the_packaged_config_changes_nothing_and_uncommented_shows_the_defaults() {
+        assert_eq!(
+            Config::parse(Path::new("guardian.toml"), PACKAGED).unwrap(),
+            Config::default()
+        );
+        // Uncomment the settings (not the examples: hook, budget rules, incidents.dir).
+        let examples = [
+            "#hook",
+            "#[[budget]]",
+            "#project",
+            "#service",
+            "#memory",
+            "#priority",
+            "#dir",
+        ];
+        let uncommented: String = PACKAGED
+            .lines()
+            .filter(|l| !examples.iter().any(|e| l.starts_with(e)))
+            .map(|l| match l.strip_prefix('#') {
+                Some(rest) if !rest.starts_with(' ') && !rest.is_empty() => rest,
+                _ => l,
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert_eq!(
+            Config::parse(Path::new("guardian.toml"), &uncommented).unwrap(),
+            Config::default(),
+            "{uncommented}"
         );
     }
 

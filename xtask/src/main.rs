@@ -1,11 +1,13 @@
 //! Project tasks: `cargo xtask setup | run | test | testbed | vm-test | runner-vm | bench`.
 //!
-//! `setup` installs everything the build and the tests need on a fresh Debian machine and skips
-//! what is already there; `run` and `test` call it first, so each is one command for a new user.
+//! `setup` installs what building guardian needs (`--tests`: also what the tests need) on a fresh
+//! Debian machine and skips what is already there; `run` and `test` call it first, so each is one
+//! command for a new user, and `run` never installs a test package.
 
 mod bench;
 mod bench_daemon;
 mod debian;
+mod dist;
 mod runner_vm;
 mod setup;
 mod testbed;
@@ -18,6 +20,7 @@ use std::{
 
 use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
+use setup::Scope;
 
 #[derive(Parser)]
 #[command(name = "xtask", about = "guardian's build, setup and test tasks")]
@@ -28,9 +31,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
-    /// Install the eBPF toolchain (nightly rust-src, bpf-linker against rustc's LLVM) and the
-    /// Debian packages the tests use. Idempotent.
-    Setup,
+    /// Install the eBPF toolchain (nightly rust-src, bpf-linker against rustc's LLVM); with
+    /// `--tests` also the Debian packages the tests use (never a Docker engine over an existing
+    /// one). Idempotent.
+    Setup {
+        /// Also install what the end-to-end tests and the VMs need.
+        #[arg(long)]
+        tests: bool,
+    },
     /// Set up, build guardian (release) and run it as root; arguments go to guardian
     /// (default: `daemon` with its embedded defaults).
     Run {
@@ -43,6 +51,9 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Build what people install, into target/dist: a static guardian, a Debian package
+    /// (cargo-deb) and a tarball with the package's files.
+    Dist,
     /// Start or stop the private Docker engine the tests use (with its test images).
     Testbed {
         #[command(subcommand)]
@@ -66,9 +77,9 @@ enum Task {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().task {
-        Task::Setup => setup::run(),
+        Task::Setup { tests } => setup::run(if tests { Scope::Tests } else { Scope::Build }),
         Task::Run { args } => {
-            setup::run()?;
+            setup::run(Scope::Build)?;
             cargo(&["build", "--release", "-p", "guardian"])?;
             let args = if args.is_empty() {
                 vec!["daemon".to_string()]
@@ -83,7 +94,7 @@ fn main() -> anyhow::Result<()> {
             std::process::exit(status.code().unwrap_or(1));
         }
         Task::Test { args } => {
-            setup::run()?;
+            setup::run(Scope::Tests)?;
             // The end-to-end tests run the workload binary next to guardian's. (The default
             // members exclude guardian-ebpf, which only builds for the BPF target.)
             cargo(&["build"])?;
@@ -109,17 +120,21 @@ fn main() -> anyhow::Result<()> {
                 ..Default::default()
             })
         }
+        Task::Dist => {
+            setup::run(Scope::Dist)?;
+            dist::run()
+        }
         Task::Testbed { action } => testbed::run(action),
         Task::VmTest => {
-            setup::run()?;
+            setup::run(Scope::Tests)?;
             vm::run()
         }
         Task::RunnerVm(opts) => {
-            setup::run()?;
+            setup::run(Scope::Tests)?;
             runner_vm::run(&opts)
         }
         Task::Bench { runs, only } => {
-            setup::run()?;
+            setup::run(Scope::Tests)?;
             cargo(&["build", "--release"])?;
             let guardian = workspace_root().join("target/release/guardian");
             match only.as_deref() {

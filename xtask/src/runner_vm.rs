@@ -9,8 +9,9 @@
 //! test image's tarball, the compose stacks and `tests/runner-vm/run`), and results come back on
 //! a third (`/out`), read with debugfs after the guest powers off; the serial console shows
 //! progress. In the guest, `guardian-runnervm.service` (after docker.service) installs guardian
-//! as a user would (binary, unit enabled, no config: the embedded defaults) and runs the
-//! scenarios, each printing `RUNNERVM <name> PASS|FAIL`.
+//! as a user would (`dpkg -i` of the package `cargo xtask dist` builds: the unit enabled and
+//! started, the default config) and runs the scenarios, each printing `RUNNERVM <name>
+//! PASS|FAIL`.
 
 use std::{
     io::Write as _,
@@ -490,9 +491,16 @@ fn image_key(old_kernel_deb: &Path) -> String {
     format!("{h:016x}")
 }
 
-/// The second disk: what this run tests, laid out as the guest's /payload.
+/// The second disk: what this run tests (the package, memload, the test image, the stacks and
+/// the scenario script), laid out as the guest's /payload.
 fn payload(dir: &Path) -> anyhow::Result<PathBuf> {
-    let guardian = crate::testbed::static_binary("guardian", "guardian")?;
+    // guardian as users install it: the Debian package `cargo xtask dist` builds.
+    crate::dist::run()?;
+    let deb = std::fs::read_dir(workspace_root().join("target/dist"))?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "deb"))
+        .context("cargo xtask dist left no .deb in target/dist")?;
     let memload = crate::testbed::static_memload()?;
     let root = dir.join("payload");
     let _ = std::fs::remove_dir_all(&root);
@@ -503,12 +511,8 @@ fn payload(dir: &Path) -> anyhow::Result<PathBuf> {
             .with_context(|| format!("copying {}", from.display()))?;
         Ok(())
     };
-    copy(&guardian, "guardian")?;
+    copy(&deb, "guardian.deb")?;
     copy(&memload, "memload")?;
-    copy(
-        &ws.join("guardian/systemd/guardian.service"),
-        "guardian.service",
-    )?;
     copy(&ws.join("tests/runner-vm/run"), "run")?;
     copy(&ws.join("tests/stacks/spiky-5.yml"), "stacks/spiky-5.yml")?;
     for e in std::fs::read_dir(ws.join("tests/runner-vm/stacks"))?.flatten() {

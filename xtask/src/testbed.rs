@@ -23,7 +23,7 @@ pub enum Action {
 pub fn run(action: Action) -> anyhow::Result<()> {
     match action {
         Action::Start => {
-            crate::setup::run()?;
+            crate::setup::run(crate::setup::Scope::Tests)?;
             let bed = Testbed::up()?;
             println!("export DOCKER_HOST={}", bed.docker_host());
             Ok(())

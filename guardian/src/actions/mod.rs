@@ -199,8 +199,28 @@ impl Executor {
         store: &Store,
         trigger: &str,
     ) -> Result<Vec<ActionRecord>, StoreError> {
+        self.restore_where(store, trigger, |_| true)
+    }
+
+    /// Restores what guardian holds changed for one subject: a group whose budget a reload
+    /// removed.
+    pub fn restore_subject(
+        &self,
+        store: &Store,
+        subject: &str,
+        trigger: &str,
+    ) -> Result<Vec<ActionRecord>, StoreError> {
+        self.restore_where(store, trigger, |e| e.subject == subject)
+    }
+
+    fn restore_where(
+        &self,
+        store: &Store,
+        trigger: &str,
+        wanted: impl Fn(&crate::model::JournalEntry) -> bool,
+    ) -> Result<Vec<ActionRecord>, StoreError> {
         let mut done = Vec::new();
-        for entry in store.journal()? {
+        for entry in store.journal()?.into_iter().filter(|e| wanted(e)) {
             let file = PathBuf::from(&entry.file);
             let action = match file.file_name().and_then(|n| n.to_str()) {
                 Some("cgroup.freeze") => Act::Thaw,

@@ -15,7 +15,7 @@ use tokio::{
 };
 use tracing::{info, warn};
 
-use super::{parse_duration, Output};
+use super::{parse_duration, Output, UsageError};
 use crate::{
     model::{
         CgroupId, CgroupRef, ContainerChange, ContainerRef, ContainerTable, Event, MemcgOom,
@@ -225,7 +225,9 @@ fn watch_cgroup(
                 .unwrap_or_default()
         )
     };
-    let dir = dir.canonicalize().with_context(fix)?;
+    let dir = dir
+        .canonicalize()
+        .map_err(|e| UsageError(format!("{}: {e}", fix())))?;
     let in_memory = dir.starts_with(&hierarchy.memory);
     let in_unified = hierarchy
         .unified
@@ -273,7 +275,7 @@ fn watch_cgroup(
         }
     }
     if armed.is_empty() {
-        anyhow::bail!(fix());
+        return Err(UsageError(fix()).into());
     }
     Ok(armed)
 }

@@ -7,6 +7,7 @@ use std::{collections::HashMap, process::ExitCode};
 use serde::Serialize;
 
 use super::{
+    exit_code,
     stack::{Stack, StackArgs},
     Output, UsageError,
 };
@@ -17,9 +18,6 @@ use crate::{
         staging::{levels, plan_waves, Need, NeedSource, Wave},
     },
 };
-
-/// Exit code of a stack whose known needs fit but whose other services have no history yet.
-pub const CANNOT_TELL: u8 = 3;
 
 /// Options of `guardian preflight`.
 #[derive(Debug, clap::Args)]
@@ -60,7 +58,7 @@ pub async fn run(args: PreflightArgs, output: Output) -> anyhow::Result<ExitCode
     stack.check_wanted(&args.services)?;
     let order =
         levels(&stack.depends_on(), &args.services).map_err(|e| UsageError(e.to_string()))?;
-    let plan = stack.plan(&args.state_dir, args.profile_file.as_deref())?;
+    let plan = stack.plan(&args.state.state_dir()?, args.profile_file.as_deref())?;
     let available = match args.available {
         Some(a) => a,
         None => crate::sources::host::mem_available()?,
@@ -117,7 +115,7 @@ pub async fn run(args: PreflightArgs, output: Output) -> anyhow::Result<ExitCode
     Ok(match report.verdict {
         Verdict::Fits => ExitCode::SUCCESS,
         Verdict::DoesNotFit => ExitCode::FAILURE,
-        Verdict::CannotTell => ExitCode::from(CANNOT_TELL),
+        Verdict::CannotTell => ExitCode::from(exit_code::CANNOT_TELL),
     })
 }
 

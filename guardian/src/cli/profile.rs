@@ -25,9 +25,8 @@ use crate::{
 pub struct ProfileArgs {
     #[command(subcommand)]
     action: Option<ProfileAction>,
-    /// The daemon's state directory.
-    #[arg(long, default_value = "/var/lib/guardian")]
-    state_dir: PathBuf,
+    #[command(flatten)]
+    state: super::StateArgs,
     /// Only this compose project.
     #[arg(long)]
     project: Option<String>,
@@ -186,7 +185,8 @@ pub async fn run(args: ProfileArgs, output: Output) -> anyhow::Result<ExitCode> 
 
 /// Reads the store and recommends a limit per service.
 fn recommendations(args: &ProfileArgs) -> anyhow::Result<Vec<Recommendation>> {
-    let store = Store::open_existing(&args.state_dir).map_err(|e| UsageError(e.to_string()))?;
+    let state_dir = args.state.state_dir()?;
+    let store = Store::open_existing(&state_dir).map_err(|e| UsageError(e.to_string()))?;
     let since_ms = args.since.map(|d| {
         SystemTime::now()
             .checked_sub(d)
@@ -202,7 +202,7 @@ fn recommendations(args: &ProfileArgs) -> anyhow::Result<Vec<Recommendation>> {
     if usage.is_empty() {
         return Err(UsageError(format!(
             "no runs recorded in {}{}: let `guardian daemon` watch a run first",
-            Store::file(&args.state_dir).display(),
+            Store::file(&state_dir).display(),
             args.project
                 .as_ref()
                 .map(|p| format!(" for project {p}"))

@@ -2,9 +2,9 @@
 //! Markdown, JSON or HTML, or turn a CI run's kills into JUnit XML / GitHub annotations so the
 //! job fails with the reason instead of "exit 137".
 
-use std::{fmt::Write as _, path::PathBuf, process::ExitCode, time::Duration};
+use std::{fmt::Write as _, process::ExitCode, time::Duration};
 
-use super::{parse_duration, Output, UsageError};
+use super::{parse_duration, Output, StateArgs, UsageError};
 use crate::{
     model::Incident,
     report::incident::{esc, render, show, Format},
@@ -14,9 +14,8 @@ use crate::{
 /// Options of `guardian report`.
 #[derive(Debug, clap::Args)]
 pub struct ReportArgs {
-    /// The daemon's state directory.
-    #[arg(long, default_value = "/var/lib/guardian", global = true)]
-    state_dir: PathBuf,
+    #[command(flatten)]
+    state: StateArgs,
     #[command(subcommand)]
     command: ReportCommand,
 }
@@ -59,7 +58,7 @@ fn since_ms(d: Option<Duration>) -> i64 {
 }
 
 pub async fn run(args: ReportArgs, output: Output) -> anyhow::Result<ExitCode> {
-    let store = Store::open_existing(&args.state_dir)?;
+    let store = Store::open_existing(&args.state.state_dir()?)?;
     match args.command {
         ReportCommand::List { since } => {
             let incidents = store.incidents(since_ms(since))?;

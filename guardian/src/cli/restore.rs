@@ -2,27 +2,40 @@
 //! from the journal in its store — what a daemon killed with SIGKILL left behind. The daemon
 //! does the same at start-up; this is for `ExecStopPost=` and for people.
 
-use std::{path::PathBuf, process::ExitCode};
+use std::process::ExitCode;
 
-use super::{status::daemon_pid, Output, UsageError};
-use crate::{actions::Executor, sources::cgroup::Hierarchy, store::Store};
+use super::{Output, StateArgs, UsageError};
+use crate::{
+    actions::Executor,
+    sources::cgroup::Hierarchy,
+    store::{
+        lock::{LockError, StateLock},
+        Store,
+    },
+};
 
 /// Options of `guardian restore`.
 #[derive(Debug, clap::Args)]
 pub struct RestoreArgs {
-    /// The daemon's state directory.
-    #[arg(long, default_value = "/var/lib/guardian")]
-    state_dir: PathBuf,
+    #[command(flatten)]
+    state: StateArgs,
 }
 
 pub async fn run(args: RestoreArgs, output: Output) -> anyhow::Result<ExitCode> {
-    if let Some(pid) = daemon_pid(&args.state_dir) {
-        return Err(UsageError(format!(
-            "the daemon (pid {pid}) is running and holds these values; stop it (it restores them on exit)"
-        ))
-        .into());
-    }
-    let store = Store::open_existing(&args.state_dir)?;
+    let state_dir = args.state.state_dir()?;
+    let store = Store::open_existing(&state_dir)?;
+    // The lock, not a pid file, says whether a daemon is alive; holding it while we restore
+    // also keeps a daemon from starting half-way through.
+    let _lock = match StateLock::acquire(&state_dir) {
+        Ok(lock) => lock,
+        Err(LockError::Held { holder, .. }) => {
+            return Err(UsageError(format!(
+                "the daemon ({holder}) is running and holds these values; stop it (it restores them on exit)"
+            ))
+            .into())
+        }
+        Err(e) => return Err(e.into()),
+    };
     let executor = Executor::new(Hierarchy::detect()?, false);
     let restored = executor.restore_all(&store, "restore")?;
     let left = store.journal()?;
@@ -49,6 +62,6 @@ pub async fn run(args: RestoreArgs, output: Output) -> anyhow::Result<ExitCode> 
     Ok(if left.is_empty() {
         ExitCode::SUCCESS
     } else {
-        ExitCode::FAILURE
+        ExitCode::from(super::exit_code::UNABLE)
     })
 }

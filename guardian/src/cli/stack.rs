@@ -28,9 +28,8 @@ pub struct StackArgs {
     /// Read needs from this guardian profile file (see `guardian profile`) instead of the store.
     #[arg(long)]
     pub profile_file: Option<PathBuf>,
-    /// The daemon's state directory (recorded peaks).
-    #[arg(long, default_value = "/var/lib/guardian")]
-    pub state_dir: PathBuf,
+    #[command(flatten)]
+    pub state: super::StateArgs,
     /// Memory to plan with instead of the host's MemAvailable, e.g. 512m.
     #[arg(long)]
     pub available: Option<Bytes>,

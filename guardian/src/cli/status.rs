@@ -4,7 +4,7 @@ use std::{path::PathBuf, process::ExitCode};
 
 use serde::Serialize;
 
-use super::Output;
+use super::{Output, StateArgs};
 use crate::{
     model::{ActionRecord, Bytes, JournalEntry, RunRecord},
     store::{RunFilter, Store},
@@ -13,9 +13,8 @@ use crate::{
 /// Options of `guardian status`.
 #[derive(Debug, clap::Args)]
 pub struct StatusArgs {
-    /// The daemon's state directory.
-    #[arg(long, default_value = "/var/lib/guardian")]
-    state_dir: PathBuf,
+    #[command(flatten)]
+    state: StateArgs,
     /// How many of the latest enforcement actions to show.
     #[arg(long, default_value_t = 20)]
     actions: usize,
@@ -38,20 +37,14 @@ struct Status {
     actions: Vec<ActionRecord>,
 }
 
-/// The daemon's pid, if one runs with this state directory.
-pub(super) fn daemon_pid(state_dir: &std::path::Path) -> Option<u32> {
-    let pid: u32 = std::fs::read_to_string(super::daemon::pid_file(state_dir))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()?;
-    std::path::Path::new(&format!("/proc/{pid}"))
-        .exists()
-        .then_some(pid)
+/// The daemon's pid, if one holds this state directory's lock.
+fn daemon_pid(state_dir: &std::path::Path) -> Option<u32> {
+    crate::store::lock::holder(state_dir)?.pid
 }
 
 pub async fn run(args: StatusArgs, output: Output) -> anyhow::Result<ExitCode> {
-    let store = Store::open_existing(&args.state_dir)?;
+    let state_dir = args.state.state_dir()?;
+    let store = Store::open_existing(&state_dir)?;
     let runs = store.runs(&RunFilter::default())?;
     let mut running: Vec<RunRecord> = runs
         .iter()
@@ -60,8 +53,8 @@ pub async fn run(args: StatusArgs, output: Output) -> anyhow::Result<ExitCode> {
         .collect();
     running.sort_by_key(|r| std::cmp::Reverse(r.peak));
     let status = Status {
-        daemon_pid: daemon_pid(&args.state_dir),
-        store: Store::file(&args.state_dir),
+        daemon_pid: daemon_pid(&state_dir),
+        store: Store::file(&state_dir),
         schema_version: store.schema_version()?,
         running,
         runs_recorded: runs.len(),

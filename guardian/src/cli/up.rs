@@ -124,6 +124,7 @@ pub async fn run(args: UpArgs, output: Output) -> anyhow::Result<ExitCode> {
     if args.max_parallel == 0 {
         return Err(UsageError("--max-parallel must be at least 1".into()).into());
     }
+    let state_dir = args.stack.state.state_dir()?;
     let stack = Stack::load(&args.stack.compose, &args.stack.services)?;
     stack.check_wanted(&args.stack.services)?;
     let order: Vec<String> = levels(&stack.depends_on(), &args.stack.services)
@@ -131,7 +132,7 @@ pub async fn run(args: UpArgs, output: Output) -> anyhow::Result<ExitCode> {
         .into_iter()
         .flatten()
         .collect();
-    let plan = stack.plan(&args.stack.state_dir, args.stack.profile_file.as_deref())?;
+    let plan = stack.plan(&state_dir, args.stack.profile_file.as_deref())?;
     for l in &plan.left_out {
         info!(service = %l.service, reason = %l.reason, "left out, as compose would");
     }
@@ -265,7 +266,7 @@ pub async fn run(args: UpArgs, output: Output) -> anyhow::Result<ExitCode> {
         }
     }
 
-    record_startup_peaks(&args.stack.state_dir, &stack.project, &runs);
+    record_startup_peaks(&state_dir, &stack.project, &runs);
     let all_ready = runs
         .iter()
         .all(|r| matches!(r.state, State::Healthy | State::Completed));

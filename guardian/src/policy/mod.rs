@@ -3,5 +3,6 @@
 pub mod enforce;
 pub mod postmortem;
 pub mod profile;
+pub mod reload;
 pub mod stack;
 pub mod staging;

@@ -3,6 +3,7 @@
 
 mod incidents;
 mod journal;
+pub mod lock;
 mod migrations;
 
 use std::path::{Path, PathBuf};

@@ -19,7 +19,10 @@ use crate::{
         cgroup_guard, resolve_guard, ActionRecord, BudgetRule, Bytes, Container, ContainerTable,
         Guard, ProfileBudget,
     },
-    policy::enforce::{Act, Enforcer, Host, Level, Outside, Params, Subject},
+    policy::{
+        enforce::{Act, Enforcer, Host, Level, Outside, Params, Subject},
+        reload::{budget_changes, BudgetChange},
+    },
     report::profile::budgets_from,
     sources::{
         cgroup::{read_memory, CgroupError, FileWatch, Hierarchy, PsiKind, PsiTrigger},
@@ -155,6 +158,53 @@ impl Enforcement {
         };
         me.refresh_cgroup_rules();
         Ok(me)
+    }
+
+    /// A reload (SIGHUP): new `[[budget]]` rules and profiles. Only groups whose budget changed
+    /// are touched: the ladder re-decides those on its next evaluation, and a group that lost
+    /// its budget gets its values put back now. Nothing else is restored or re-applied. The
+    /// ladder's own knobs (`[enforce]` other than `profiles`) take a restart.
+    pub fn reload(
+        &mut self,
+        config: &EnforceConfig,
+        rules: Vec<BudgetRule>,
+        table: &ContainerTable,
+        store: &Store,
+    ) -> Vec<BudgetChange> {
+        let budgets = |me: &Self| -> BTreeMap<String, Bytes> {
+            me.tracked
+                .iter()
+                .filter_map(|(k, t)| Some((k.clone(), t.guard.budget.as_ref()?.bytes)))
+                .collect()
+        };
+        let before = budgets(self);
+        let (profiles, errors) = budgets_from(&config.profiles);
+        for e in errors {
+            warn!("profile skipped, its budgets are not used: {e}");
+        }
+        self.profiles = profiles;
+        self.cgroup_rules = rules
+            .iter()
+            .filter_map(|r| {
+                let path = PathBuf::from(r.cgroup.as_deref()?);
+                Some((format!("cgroup:{}", path.display()), path, cgroup_guard(r)))
+            })
+            .collect();
+        self.rules = rules;
+        self.tracked.retain(|k, _| !k.starts_with("cgroup:"));
+        self.refresh_cgroup_rules();
+        self.sync_containers(table, store);
+        let changes = budget_changes(&before, &budgets(self));
+        for change in &changes {
+            info!(subject = %change.key, before = ?change.before, after = ?change.after, "budget reloaded");
+            if change.released() {
+                self.enforcer.forget(&change.key);
+                if let Err(e) = self.executor.restore_subject(store, &change.key, "reload") {
+                    warn!(subject = %change.key, "restoring after its budget was removed: {e}");
+                }
+            }
+        }
+        changes
     }
 
     /// Follows the container table: guards running containers with a budget, drops the rest.

@@ -4,6 +4,7 @@
 
 mod enforcement;
 mod incidents;
+mod systemd;
 
 use std::{
     collections::HashMap, net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc,
@@ -21,8 +22,9 @@ use tracing::{error, info, warn};
 use self::{
     enforcement::{Enforcement, Wake},
     incidents::Incidents,
+    systemd::Systemd,
 };
-use super::{parse_duration, Output, UsageError};
+use super::{parse_duration, Output, StateArgs, UsageError};
 use crate::{
     config::{Config, Dur},
     metrics::{self, StallSeries},
@@ -33,18 +35,14 @@ use crate::{
         ebpf::{self, KernelEvent, ProbeOptions, Probes},
         kmsg, oom,
     },
-    store::Store,
+    store::{lock::StateLock, Store},
 };
 
 /// Options of `guardian daemon`; each overrides the config file.
 #[derive(Debug, clap::Args)]
 pub struct DaemonArgs {
-    /// TOML configuration (default /etc/guardian/guardian.toml, if it exists).
-    #[arg(long)]
-    config: Option<PathBuf>,
-    /// Where the store and pid file live (default /var/lib/guardian).
-    #[arg(long)]
-    state_dir: Option<PathBuf>,
+    #[command(flatten)]
+    state: StateArgs,
     /// How often each container's cgroup is read (default 1s).
     #[arg(long, value_parser = parse_duration)]
     sample_interval: Option<Duration>,
@@ -73,11 +71,9 @@ pub fn pid_file(state_dir: &std::path::Path) -> PathBuf {
     state_dir.join("guardian.pid")
 }
 
-pub async fn run(args: DaemonArgs, _output: Output) -> anyhow::Result<ExitCode> {
-    let mut config = Config::load(args.config.as_deref()).map_err(|e| UsageError(e.to_string()))?;
-    if let Some(dir) = args.state_dir {
-        config.state_dir = dir;
-    }
+/// The configuration file with this command line's overrides; read at start and on SIGHUP.
+fn load_config(args: &DaemonArgs) -> Result<Config, UsageError> {
+    let mut config = args.state.config()?;
     if let Some(d) = args.sample_interval {
         config.sample_interval = Dur(d);
     }
@@ -95,8 +91,21 @@ pub async fn run(args: DaemonArgs, _output: Output) -> anyhow::Result<ExitCode> 
     if args.no_enforce {
         config.enforce.enabled = false;
     }
+    Ok(config)
+}
+
+pub async fn run(args: DaemonArgs, _output: Output) -> anyhow::Result<ExitCode> {
+    let config = load_config(&args)?;
+    // Caught from the start: a stop while the probes load still ends in a clean shutdown (the
+    // loop sees it at once) instead of the default action killing us mid-start.
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut hangup = signal(SignalKind::hangup())?;
 
     let mut store = Store::open(&config.state_dir)?;
+    // Held until we exit: a second daemon on this store fails here, naming us.
+    let _lock = StateLock::acquire(&config.state_dir)?;
+    // For people and scripts; whether a daemon is alive is the lock's to say, not this file's.
     let pid_path = pid_file(&config.state_dir);
     std::fs::write(&pid_path, format!("{}\n", std::process::id()))
         .with_context(|| format!("writing {}", pid_path.display()))?;
@@ -161,8 +170,12 @@ pub async fn run(args: DaemonArgs, _output: Output) -> anyhow::Result<ExitCode> 
     let mut flush_tick = tokio::time::interval(config.flush_interval.0);
     flush_tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
     let mut prune_tick = tokio::time::interval(Duration::from_secs(3600));
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    let mut terminate = signal(SignalKind::terminate())?;
+    let systemd = Systemd::new();
+    let mut watchdog_tick = tokio::time::interval(
+        systemd
+            .watchdog_interval()
+            .unwrap_or(Duration::from_secs(3600)),
+    );
     let mut batch = Vec::new();
     let mut counters = HashMap::new();
     info!(
@@ -177,6 +190,16 @@ pub async fn run(args: DaemonArgs, _output: Output) -> anyhow::Result<ExitCode> 
             "no memory.peak on this kernel (before 5.19): peaks are the highest sample of memory.current, and a spike shorter than sample_interval can be missed"
         );
     }
+    // The store is open and the probes attached (or their absence logged): ready.
+    systemd.ready(&format!(
+        "recording; eBPF {}, enforcement {}",
+        if probes.is_some() {
+            "on"
+        } else {
+            "off (cgroup files only)"
+        },
+        if enforcement.is_some() { "on" } else { "off" },
+    ));
 
     loop {
         tokio::select! {
@@ -193,7 +216,16 @@ pub async fn run(args: DaemonArgs, _output: Output) -> anyhow::Result<ExitCode> 
                 }
                 snapshot_tx.send_replace(Arc::new(text));
             }
-            _ = flush_tick.tick() => flush(&mut store, &mut recorder),
+            _ = flush_tick.tick() => {
+                flush(&mut store, &mut recorder);
+                systemd.status(&format!("recording {} container(s)", recorder.live().count()));
+            }
+            // Fed from this loop, so a loop stuck in a blocking read starves it.
+            _ = watchdog_tick.tick(), if systemd.watchdog_interval().is_some() => systemd.alive(),
+            _ = hangup.recv() => match reload(&args, &config, enforcement.as_mut(), &table, &store) {
+                Ok(()) => systemd.status("reloaded the configuration"),
+                Err(e) => systemd.status(&format!("reload failed, running configuration kept: {e}")),
+            },
             _ = enforce_tick.tick(), if enforcement.is_some() => {
                 if let Some(e) = enforcement.as_mut() {
                     e.evaluate(Wake::now("poll"), &store);
@@ -255,6 +287,7 @@ pub async fn run(args: DaemonArgs, _output: Output) -> anyhow::Result<ExitCode> 
 
     // Shutting down: put back every value guardian changed, then one last reading and flush,
     // so nothing recorded is lost.
+    systemd.stopping();
     if let Some(e) = enforcement.as_mut() {
         e.shutdown(&store);
     }
@@ -264,6 +297,40 @@ pub async fn run(args: DaemonArgs, _output: Output) -> anyhow::Result<ExitCode> 
     let _ = std::fs::remove_file(&pid_path);
     info!("guardian daemon stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// SIGHUP (`systemctl reload guardian`): re-reads the configuration and applies its budgets and
+/// profiles; only groups whose budget changed are touched. What else changed takes a restart,
+/// and a config that no longer parses keeps the running one.
+fn reload(
+    args: &DaemonArgs,
+    running: &Config,
+    enforcement: Option<&mut Enforcement>,
+    table: &ContainerTable,
+    store: &Store,
+) -> Result<(), UsageError> {
+    let new = load_config(args).inspect_err(|e| {
+        error!("reload: keeping the running configuration: {e}");
+    })?;
+    let same_but_budgets = Config {
+        budget: running.budget.clone(),
+        enforce: crate::config::EnforceConfig {
+            profiles: running.enforce.profiles.clone(),
+            ..new.enforce.clone()
+        },
+        ..new.clone()
+    };
+    if &same_but_budgets != running {
+        warn!("reload: only [[budget]] rules and enforce.profiles apply now; the other changes take a restart (systemctl restart guardian)");
+    }
+    match enforcement {
+        Some(e) => {
+            let changes = e.reload(&new.enforce, new.budget, table, store);
+            info!(changed = changes.len(), "configuration reloaded");
+        }
+        None => info!("configuration reloaded; enforcement is off, budgets are not used"),
+    }
+    Ok(())
 }
 
 /// Reads every recorded container's cgroup once: usage and the kernel's high-water mark each
