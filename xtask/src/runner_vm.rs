@@ -342,7 +342,12 @@ struct Image {
 fn image(dir: &Path) -> anyhow::Result<Image> {
     let mirror = crate::debian::mirror()?;
     let old_kernel_deb = old_kernel_deb(dir)?;
-    let key = image_key(&old_kernel_deb);
+    let deb_name = old_kernel_deb
+        .file_name()
+        .context("the old kernel package has no file name")?
+        .to_string_lossy()
+        .into_owned();
+    let key = image_key(&deb_name);
     let image_dir = dir.join(format!("image-{key}"));
     let ready = image_dir.join("ready");
     let at = |name: &str| image_dir.join(name);
@@ -365,11 +370,6 @@ fn image(dir: &Path) -> anyhow::Result<Image> {
     }
     std::fs::create_dir_all(&image_dir)?;
     let rootfs = image_dir.join("rootfs");
-    let deb_name = old_kernel_deb
-        .file_name()
-        .context("the old kernel package has no file name")?
-        .to_string_lossy()
-        .into_owned();
     println!(
         "runner-vm: building the {SUITE} image with mmdebstrap (≈ 2 minutes, once per package list)"
     );
@@ -473,11 +473,7 @@ fn old_kernel_deb(dir: &Path) -> anyhow::Result<PathBuf> {
 }
 
 /// A short hash of what the image is made of (FNV-1a: stable across Rust versions).
-fn image_key(old_kernel_deb: &Path) -> String {
-    let deb_name = old_kernel_deb
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+fn image_key(deb_name: &str) -> String {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in SUITE
         .bytes()

@@ -191,8 +191,11 @@ impl Enforcer {
     /// `critical_reserve` or `full` stall outside the throttled groups at `psi_full`. The host's
     /// PSI trigger counts as pressure unless the throttled groups account for most of the stall.
     pub fn level(&self, host: &Host, subjects: &[Subject]) -> Level {
+        self.level_of(host, &Outside::of(host, subjects))
+    }
+
+    fn level_of(&self, host: &Host, outside: &Outside) -> Level {
         let p = &self.params;
-        let outside = Outside::of(host, subjects);
         let short = host.available < p.reserve;
         let trigger_outside = host.psi_triggered && outside.some * 2.0 >= host.psi_some_avg10;
         if host.available < p.critical_reserve || (short && outside.full >= p.psi_full) {
@@ -230,7 +233,8 @@ impl Enforcer {
     /// One evaluation: the decisions for this moment, in the order to apply them. The policy
     /// assumes they are applied; a failed write is reported back with [`Enforcer::forget`].
     pub fn decide(&mut self, now_ms: i64, host: &Host, subjects: &[Subject]) -> Vec<Decision> {
-        let level = self.level(host, subjects);
+        let outside = Outside::of(host, subjects);
+        let level = self.level_of(host, &outside);
         match level {
             Level::Calm => {
                 self.calm_since_ms.get_or_insert(now_ms);
@@ -258,7 +262,6 @@ impl Enforcer {
                 self.budget_step(now_ms, calm_long, s, &mut out);
             }
             if level >= Level::Pressure {
-                let outside = Outside::of(host, subjects);
                 self.pressure_step(now_ms, host, outside, level, &acting, &mut out);
             }
         }
