@@ -1,9 +1,13 @@
 //! `cargo xtask dist`: guardian as people install system tools, into `target/dist/`: a static
 //! binary (eBPF object embedded, SQLite bundled), a Debian package made with cargo-deb (binary,
 //! systemd unit enabled on install, stopped and restored on removal, commented default config,
-//! docs, man page, completions), and a tarball with the very files of the package.
+//! docs, man page, completions), a tarball with the very files of the package, and a container
+//! image of the same binary (`docker load -i`), for hosts that run their agents as containers.
 
-use std::{path::Path, process::Command};
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
 
 use anyhow::{bail, Context as _};
 
@@ -125,6 +129,8 @@ pub fn run() -> anyhow::Result<()> {
     }
     std::fs::remove_dir_all(&tree)?;
 
+    let image = image(&dist, &staged, version)?;
+
     let bin = dist.join("guardian");
     std::fs::rename(&staged, &bin)?;
     std::fs::remove_dir_all(&stage)?;
@@ -135,7 +141,202 @@ pub fn run() -> anyhow::Result<()> {
         deb.display()
     );
     println!("  tarball  {}  (tar -C / -xzf …)", tarball.display());
+    match image {
+        Some(image) => println!(
+            "  image    {}  (docker load -i …; the docker run line is in docs/operating.md)",
+            image.display()
+        ),
+        None => println!("  image    not built: no Docker engine here (see above)"),
+    }
     Ok(())
+}
+
+/// The image's name; `docker load` of the saved file gives `guardian:<version>` and
+/// `guardian:latest`.
+pub const IMAGE: &str = "guardian";
+
+/// The file `cargo xtask dist` saves the image to (`docker save` format).
+pub fn image_file(version: &str) -> PathBuf {
+    workspace_root().join(format!("target/dist/guardian-image-{version}.tar"))
+}
+
+/// What the image runs and keeps, as `docker import --change` lines: the daemon by default,
+/// the store in a volume. (`docker stop` sends SIGTERM, on which it restores and exits.)
+fn image_changes(version: &str) -> Vec<String> {
+    vec![
+        r#"ENTRYPOINT ["/usr/bin/guardian"]"#.into(),
+        r#"CMD ["daemon"]"#.into(),
+        "VOLUME /var/lib/guardian".into(),
+        "LABEL org.opencontainers.image.title=guardian".into(),
+        format!("LABEL org.opencontainers.image.version={version}"),
+        "LABEL org.opencontainers.image.description=\"memory guardian for containers: run it with the docker run line of /usr/share/doc/guardian/operating.md\"".into(),
+    ]
+}
+
+/// The container image: the static binary, the commented default config and the docs on an
+/// empty base, made with `docker import` (no base image, no registry, no builder: the binary
+/// needs nothing else) and saved with `docker save`. Uses the engine at `DOCKER_HOST` or the
+/// system socket when one answers, else starts a private one (tests/testbed/dockerd) for the
+/// build; `None` when the host has no Docker engine at all (the rest of dist still stands).
+fn image(dist: &Path, binary: &Path, version: &str) -> anyhow::Result<Option<PathBuf>> {
+    let Some(engine) = Engine::find()? else {
+        println!("dist: no Docker engine (no DOCKER_HOST, no answering /var/run/docker.sock, no dockerd on PATH): the container image is skipped; install Docker and rerun `cargo xtask dist` to get it");
+        return Ok(None);
+    };
+    println!(
+        "dist: building the container image with the engine at {}",
+        engine.host
+    );
+    let root = dist.join("image-root");
+    let _ = std::fs::remove_dir_all(&root);
+    for dir in [
+        "usr/bin",
+        "etc/guardian",
+        "var/lib/guardian",
+        "usr/share/doc/guardian",
+        "tmp",
+    ] {
+        std::fs::create_dir_all(root.join(dir))?;
+    }
+    std::fs::copy(binary, root.join("usr/bin/guardian"))?;
+    let src = workspace_root();
+    std::fs::copy(
+        src.join("guardian/packaging/guardian.toml"),
+        root.join("etc/guardian/guardian.toml"),
+    )?;
+    for doc in ["README.md", "docs/operating.md"] {
+        let from = src.join(doc);
+        std::fs::copy(
+            &from,
+            root.join("usr/share/doc/guardian")
+                .join(from.file_name().unwrap()),
+        )?;
+    }
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(root.join("tmp"), std::fs::Permissions::from_mode(0o1777))?;
+    let rootfs = dist.join("image-rootfs.tar");
+    run_status(
+        Command::new("tar")
+            .args([
+                "--owner=0",
+                "--group=0",
+                "--numeric-owner",
+                "--sort=name",
+                "-cf",
+            ])
+            .arg(&rootfs)
+            .arg("-C")
+            .arg(&root)
+            .arg("."),
+    )?;
+    let tag = format!("{IMAGE}:{version}");
+    let result = (|| -> anyhow::Result<PathBuf> {
+        let mut import = engine.docker();
+        import.arg("import");
+        for change in image_changes(version) {
+            import.arg("--change").arg(change);
+        }
+        capture(import.arg(&rootfs).arg(&tag))?;
+        capture(
+            engine
+                .docker()
+                .args(["tag", &tag, &format!("{IMAGE}:latest")]),
+        )?;
+        // The image runs: the entrypoint answers with this version.
+        let out =
+            capture(
+                engine
+                    .docker()
+                    .args(["run", "--rm", "--network", "none", &tag, "--version"]),
+            )?;
+        if !out.contains(version) {
+            bail!("the image's `guardian --version` printed {out:?}, expected {version}");
+        }
+        let file = image_file(version);
+        capture(
+            engine
+                .docker()
+                .arg("save")
+                .arg("-o")
+                .arg(&file)
+                .arg(&tag)
+                .arg(format!("{IMAGE}:latest")),
+        )?;
+        Ok(file)
+    })();
+    engine.stop()?;
+    std::fs::remove_dir_all(&root)?;
+    std::fs::remove_file(&rootfs)?;
+    result.map(Some)
+}
+
+/// A Docker engine to build the image with: the user's, or a private one started for it.
+struct Engine {
+    host: String,
+    /// The private engine's directory, stopped and removed after the build.
+    private: Option<&'static str>,
+}
+
+impl Engine {
+    const PRIVATE_DIR: &'static str = "/tmp/guardian-dist-dockerd";
+
+    fn find() -> anyhow::Result<Option<Self>> {
+        if let Ok(host) = std::env::var("DOCKER_HOST") {
+            return Ok(Some(Engine {
+                host,
+                private: None,
+            }));
+        }
+        let system = "unix:///var/run/docker.sock";
+        let answers = Command::new("docker")
+            .args(["-H", system, "version", "--format", "{{.Server.Version}}"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if answers {
+            return Ok(Some(Engine {
+                host: system.into(),
+                private: None,
+            }));
+        }
+        if crate::setup::dockerd_on_path().is_none() {
+            return Ok(None);
+        }
+        let script = workspace_root().join("tests/testbed/dockerd");
+        let out = capture(Command::new(&script).args(["start", Self::PRIVATE_DIR])).with_context(
+            || {
+                format!(
+                    "starting a private Docker engine for the image (log: {}/dockerd.log)",
+                    Self::PRIVATE_DIR
+                )
+            },
+        )?;
+        let host = out
+            .lines()
+            .find_map(|l| l.strip_prefix("DOCKER_HOST="))
+            .context("tests/testbed/dockerd printed no DOCKER_HOST")?
+            .to_string();
+        Ok(Some(Engine {
+            host,
+            private: Some(Self::PRIVATE_DIR),
+        }))
+    }
+
+    fn docker(&self) -> Command {
+        let mut cmd = Command::new("docker");
+        cmd.env("DOCKER_HOST", &self.host);
+        cmd
+    }
+
+    fn stop(&self) -> anyhow::Result<()> {
+        if let Some(dir) = self.private {
+            run_status(
+                Command::new(workspace_root().join("tests/testbed/dockerd")).args(["stop", dir]),
+            )?;
+        }
+        Ok(())
+    }
 }
 
 /// The package's files and maintainer scripts are what operators rely on: check both.

@@ -487,7 +487,7 @@ fn image_key(deb_name: &str) -> String {
     format!("{h:016x}")
 }
 
-/// The second disk: what this run tests (the package, memload, the test image, the stacks and
+/// The second disk: what this run tests (the package and the container image, memload, the test image, the stacks and
 /// the scenario script), laid out as the guest's /payload.
 fn payload(dir: &Path) -> anyhow::Result<PathBuf> {
     // guardian as users install it: the Debian package `cargo xtask dist` builds.
@@ -508,6 +508,15 @@ fn payload(dir: &Path) -> anyhow::Result<PathBuf> {
         Ok(())
     };
     copy(&deb, "guardian.deb")?;
+    // And as hosts that run their agents as containers install it: the image dist saved.
+    let image_tar = crate::dist::image_file(env!("CARGO_PKG_VERSION"));
+    if !image_tar.exists() {
+        anyhow::bail!(
+            "cargo xtask dist built no container image ({} is missing): the runner VM tests it; the tests' setup installs a Docker engine",
+            image_tar.display()
+        );
+    }
+    copy(&image_tar, "guardian-image.tar")?;
     copy(&memload, "memload")?;
     copy(&ws.join("tests/runner-vm/run"), "run")?;
     copy(&ws.join("tests/stacks/spiky-5.yml"), "stacks/spiky-5.yml")?;

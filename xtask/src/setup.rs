@@ -169,12 +169,19 @@ fn present() -> anyhow::Result<Present> {
         .filter_map(|l| l.split_whitespace().next())
         .map(|p| p.split(':').next().unwrap_or(p).to_string())
         .collect();
-    let dockerd = std::env::var_os("PATH").and_then(|path| {
+    Ok(Present {
+        packages,
+        dockerd: dockerd_on_path(),
+    })
+}
+
+/// A `dockerd` on PATH, whatever installed it.
+pub fn dockerd_on_path() -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|path| {
         std::env::split_paths(&path)
             .map(|dir| dir.join("dockerd"))
             .find(|p| p.is_file())
-    });
-    Ok(Present { packages, dockerd })
+    })
 }
 
 fn install(plan: &Plan) -> anyhow::Result<()> {

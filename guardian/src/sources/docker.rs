@@ -301,3 +301,70 @@ pub async fn watch(hierarchy: Hierarchy, tx: mpsc::Sender<DockerUpdate>) {
         backoff = (backoff * 2).min(Duration::from_secs(30));
     }
 }
+
+/// The id of the Docker container guardian itself runs in, when it runs in one (the container
+/// image, `docker run … guardian`): from `/proc/self/cgroup` (`…/docker-<id>.scope` or
+/// `…/docker/<id>` with `--cgroupns host`) or, when a private cgroup namespace hides the path,
+/// from `/proc/self/mountinfo` (Docker bind-mounts `/var/lib/docker/containers/<id>/hostname`
+/// and friends into every container). `None` on the host.
+pub fn own_container_id() -> Option<String> {
+    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+    container_id_in(&read("/proc/self/cgroup"), &read("/proc/self/mountinfo"))
+}
+
+/// The 64-hex container id named by a process's cgroup lines, else by its mounts.
+pub fn container_id_in(proc_cgroup: &str, mountinfo: &str) -> Option<String> {
+    let hex64 = |s: &str| s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit());
+    let from_cgroup = proc_cgroup.lines().find_map(|line| {
+        let path = line.splitn(3, ':').nth(2)?;
+        path.split('/').rev().find_map(|part| {
+            let id = part
+                .strip_prefix("docker-")
+                .and_then(|p| p.strip_suffix(".scope"))
+                .unwrap_or(part);
+            hex64(id).then(|| id.to_string())
+        })
+    });
+    from_cgroup.or_else(|| {
+        mountinfo.lines().find_map(|line| {
+            let root = line.split_whitespace().nth(3)?;
+            let rest = root.split("/containers/").nth(1)?;
+            let id = rest.split('/').next()?;
+            hex64(id).then(|| id.to_string())
+        })
+    })
+}
+
+#[cfg(test)]
+mod own_container_tests {
+    use super::container_id_in;
+
+    const ID: &str = "3f4c2b0a9d8e7f6a5b4c3d2e1f0a9b8c7d6e5f4a3b2c1d0e9f8a7b6c5d4e3f2a";
+
+    #[test]
+    fn the_systemd_driver_scope_names_the_container() {
+        let cg = format!("0::/system.slice/docker-{ID}.scope\n");
+        assert_eq!(container_id_in(&cg, "").as_deref(), Some(ID));
+    }
+
+    #[test]
+    fn the_cgroupfs_driver_path_names_the_container_on_hybrid_hosts() {
+        let cg = format!("12:memory:/docker/{ID}\n0::/docker/{ID}\n");
+        assert_eq!(container_id_in(&cg, "").as_deref(), Some(ID));
+    }
+
+    #[test]
+    fn a_private_cgroup_namespace_falls_back_to_the_hostname_mount() {
+        let mi = format!(
+            "612 600 254:1 /var/lib/docker/containers/{ID}/hostname /etc/hostname rw,relatime - ext4 /dev/vda1 rw\n"
+        );
+        assert_eq!(container_id_in("0::/\n", &mi).as_deref(), Some(ID));
+    }
+
+    #[test]
+    fn a_process_on_the_host_is_in_no_container() {
+        let cg = "0::/user.slice/user-0.slice/session-1.scope\n";
+        let mi = "22 1 254:1 / / rw,relatime - ext4 /dev/vda1 rw\n";
+        assert_eq!(container_id_in(cg, mi), None);
+    }
+}

@@ -85,6 +85,9 @@ pub struct Enforcement {
     last_eval: Option<Instant>,
     level: Level,
     actions_total: BTreeMap<&'static str, u64>,
+    /// The container guardian itself runs in (the container image): never throttled, frozen
+    /// or killed by its own ladder, whatever rule or label would give it a budget.
+    own_container: Option<String>,
 }
 
 impl Enforcement {
@@ -155,7 +158,11 @@ impl Enforcement {
             last_eval: None,
             level: Level::Calm,
             actions_total: BTreeMap::new(),
+            own_container: crate::sources::docker::own_container_id(),
         };
+        if let Some(id) = &me.own_container {
+            info!(container = %&id[..12], "guardian runs in this container; it never throttles, freezes or kills it");
+        }
         me.refresh_cgroup_rules();
         Ok(me)
     }
@@ -230,6 +237,9 @@ impl Enforcement {
 
     /// Starts (or refreshes) guarding a running container.
     fn track_container(&mut self, c: &Container) {
+        if self.own_container.as_deref() == Some(c.id.as_str()) {
+            return;
+        }
         let Some(cg) = &c.cgroup else { return };
         let memory_rel = match (&cg.memory_path, &cg.path) {
             (Some(m), _) => m.clone(),
