@@ -339,6 +339,68 @@ impl Engine {
     }
 }
 
+/// Installs the `.deb` that `run` built into a clean Debian `suite` made with mmdebstrap from
+/// the host's own mirror (minbase: nothing of guardian's dependencies is there before), the way
+/// the README says (`apt install ./guardian_….deb`), checks that it runs and that its files
+/// are in place, then removes and purges it and checks that nothing of it is left. Nothing is
+/// kept: mmdebstrap's target is /dev/null. (The runner VM does the same on trixie with a
+/// running systemd; here no systemd runs, so the maintainer scripts' systemctl calls are skipped
+/// as on any chroot or container build.)
+pub fn install_check(suite: &str) -> anyhow::Result<()> {
+    let dist = workspace_root().join("target/dist");
+    let deb = std::fs::read_dir(&dist)?
+        .filter_map(|e| Some(e.ok()?.path()))
+        .find(|p| p.extension().is_some_and(|x| x == "deb"))
+        .context("no .deb in target/dist: run cargo xtask dist")?;
+    let name = deb.file_name().unwrap().to_string_lossy().into_owned();
+    let mirror = crate::debian::mirror()?;
+    println!("dist: installing {name} on a clean Debian {suite} (mmdebstrap, ≈ 1–2 minutes)");
+    let t = std::time::Instant::now();
+    let check_installed = "guardian --version && guardian --help >/dev/null \
+        && dpkg -s guardian | grep -qx 'Status: install ok installed' \
+        && test -f /etc/guardian/guardian.toml && test -f /usr/share/man/man1/guardian.1.gz \
+        && { test -f /lib/systemd/system/guardian.service || test -f /usr/lib/systemd/system/guardian.service; }";
+    let check_removed = "! test -e /usr/bin/guardian && test -f /etc/guardian/guardian.toml";
+    let check_purged =
+        "! test -e /etc/guardian && ! dpkg-query -W guardian 2>/dev/null | grep -q .";
+    let out = Command::new("mmdebstrap")
+        .args(["--variant=minbase", "--quiet"])
+        .arg(format!("--customize-hook=copy-in {} /tmp", deb.display()))
+        .arg(format!(
+            "--customize-hook=chroot \"$1\" apt-get install -y -q /tmp/{name} >/dev/null"
+        ))
+        .arg(format!(
+            "--customize-hook=chroot \"$1\" sh -ec \"{check_installed}\""
+        ))
+        .arg("--customize-hook=chroot \"$1\" apt-get remove -y -q guardian >/dev/null")
+        .arg(format!(
+            "--customize-hook=chroot \"$1\" sh -ec \"{check_removed}\""
+        ))
+        .arg("--customize-hook=chroot \"$1\" apt-get purge -y -q guardian >/dev/null")
+        .arg(format!(
+            "--customize-hook=chroot \"$1\" sh -ec \"{check_purged}\""
+        ))
+        .arg(suite)
+        .arg("/dev/null")
+        .arg(format!(
+            "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] {mirror} {suite} main"
+        ))
+        .output()
+        .context("starting mmdebstrap (cargo xtask setup --tests installs it)")?;
+    if !out.status.success() {
+        bail!(
+            "{name} on a clean Debian {suite}: install, check, remove or purge failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    println!(
+        "dist: {name} installs (apt install ./…), runs, removes and purges cleanly on Debian {suite} ({:.0} s)",
+        t.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
 /// The package's files and maintainer scripts are what operators rely on: check both.
 fn check_deb(deb: &Path) -> anyhow::Result<()> {
     let contents = capture(Command::new("dpkg-deb").arg("--contents").arg(deb))?;

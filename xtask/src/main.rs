@@ -52,8 +52,13 @@ enum Task {
         args: Vec<String>,
     },
     /// Build what people install, into target/dist: a static guardian, a Debian package
-    /// (cargo-deb) and a tarball with the package's files.
-    Dist,
+    /// (cargo-deb), a tarball with the package's files and a container image.
+    Dist {
+        /// Then install the package on a clean Debian of this suite (mmdebstrap from the
+        /// host's mirror: `apt install ./…deb`, run, remove, purge), e.g. `bookworm`.
+        #[arg(long, value_name = "SUITE")]
+        install_check: Option<String>,
+    },
     /// Start or stop the private Docker engine the tests use (with its test images).
     Testbed {
         #[command(subcommand)]
@@ -115,14 +120,24 @@ fn main() -> anyhow::Result<()> {
             // And where it will run: a systemd + Docker + Compose v2 runner, on its own kernel
             // and on an older one without memory.peak.
             runner_vm::run(&runner_vm::Opts::default())?;
+            // The package the runner VM installed, on a clean Debian bookworm (no systemd).
+            dist::install_check("bookworm")?;
             runner_vm::run(&runner_vm::Opts {
                 old_kernel: true,
                 ..Default::default()
             })
         }
-        Task::Dist => {
-            setup::run(Scope::Dist)?;
-            dist::run()
+        Task::Dist { install_check } => {
+            setup::run(if install_check.is_some() {
+                Scope::Tests
+            } else {
+                Scope::Dist
+            })?;
+            dist::run()?;
+            match install_check {
+                Some(suite) => dist::install_check(&suite),
+                None => Ok(()),
+            }
         }
         Task::Testbed { action } => testbed::run(action),
         Task::VmTest => {
