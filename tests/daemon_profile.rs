@@ -589,3 +589,138 @@ fn the_daemon_speaks_sd_notify_and_reloads_its_config_on_sighup() {
         "a reload restores nothing: {log}"
     );
 }
+
+/// Run as root, guardian refuses files others could change: a config or the hook's program
+/// writable by group/others stops the daemon with the fix (exit 2); such a profile file is
+/// skipped with the reason, and its budgets are not used.
+#[test]
+fn files_others_can_write_are_refused_as_sshd_refuses_them() {
+    use std::os::unix::fs::PermissionsExt;
+    support::require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let chmod = |p: &Path, mode: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    let config = dir.path().join("guardian.toml");
+    std::fs::write(&config, "[enforce]\nprofiles = []\n").unwrap();
+    chmod(&config, 0o666);
+    let (status, _, stderr) = run_guardian(&[
+        "daemon",
+        "--config",
+        config.to_str().unwrap(),
+        "--state-dir",
+        state.to_str().unwrap(),
+    ]);
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("writable by non-root users")
+            && stderr.contains(&format!("chmod go-w {}", config.display())),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+
+    let hook = dir.path().join("hook.sh");
+    std::fs::write(&hook, "#!/bin/sh\ntrue\n").unwrap();
+    chmod(&hook, 0o777);
+    std::fs::write(
+        &config,
+        format!("[incidents]\nhook = '{} \"$1\"'\n", hook.display()),
+    )
+    .unwrap();
+    chmod(&config, 0o644);
+    let (status, _, stderr) = run_guardian(&[
+        "daemon",
+        "--config",
+        config.to_str().unwrap(),
+        "--state-dir",
+        state.to_str().unwrap(),
+    ]);
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("incident hook") && stderr.contains("hook.sh is writable"),
+        "{stderr}"
+    );
+
+    let profiles = dir.path().join("profiles");
+    std::fs::create_dir(&profiles).unwrap();
+    let profile = profiles.join("ci.toml");
+    std::fs::write(
+        &profile,
+        "schema = 1\ngenerated_at = \"2026-11-30T00:00:00Z\"\nmargin = 0.2\n\n[[service]]\nservice = \"web\"\nruns = 1\npeak = 1000\nstartup_peak = 1000\ntypical_working_set = 1000\noom_killed = false\nrecommended_limit = 83886080\nrecommended_reservation = 8388608\nreason = \"test\"\n",
+    )
+    .unwrap();
+    chmod(&profile, 0o666);
+    std::fs::write(
+        &config,
+        format!("[enforce]\nprofiles = [\"{}\"]\n", profiles.display()),
+    )
+    .unwrap();
+    // A state directory left world-readable is made private.
+    std::fs::create_dir(&state).unwrap();
+    chmod(&state, 0o755);
+    let daemon = Daemon::start(&state, &["--config", config.to_str().unwrap()]);
+    std::thread::sleep(Duration::from_secs(1));
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&state), 0o700);
+    assert_eq!(mode(&state.join("guardian.db")), 0o600);
+    let (_, log) = daemon.stop(Signal::SIGTERM);
+    assert!(
+        log.contains("profile skipped") && log.contains("ci.toml is writable by non-root users"),
+        "{log}"
+    );
+}
+
+/// A store file that is not guardian's (garbage here) holds the journal of original values:
+/// `restore` refuses and names every cgroup that may still be changed (a frozen test cgroup),
+/// and the daemon moves the file aside (kept, never deleted), says the same, and runs on a new
+/// store.
+#[test]
+fn a_corrupt_store_is_moved_aside_and_what_may_be_changed_is_named() {
+    support::require_root();
+    let cg = support::TestCgroup::new("corrupt-store", "64m");
+    std::fs::write(cg.unified_dir.join("cgroup.freeze"), "1").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    let garbage: Vec<u8> = (0..16384u32).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(state.join("guardian.db"), &garbage).unwrap();
+
+    let (status, _, stderr) = run_guardian(&["restore", "--state-dir", state.to_str().unwrap()]);
+    let frozen = cg.unified_dir.display().to_string();
+    let thaw = || std::fs::write(cg.unified_dir.join("cgroup.freeze"), "0").unwrap();
+    if status.code() != Some(2) || !stderr.contains(&format!("{frozen} is frozen")) {
+        thaw();
+        panic!("restore: {status:?} {stderr}");
+    }
+    assert!(
+        stderr.contains("journal of original values cannot be read"),
+        "{stderr}"
+    );
+
+    let daemon = Daemon::start(&state, &["--no-enforce"]);
+    let status_json = daemon.status();
+    let (_, log) = daemon.stop(Signal::SIGTERM);
+    thaw();
+    assert!(log.contains("the store was unreadable"), "{log}");
+    assert!(log.contains(&format!("{frozen} is frozen")), "{log}");
+    assert!(
+        status_json.is_object(),
+        "the new store answers: {status_json}"
+    );
+    let aside: Vec<_> = std::fs::read_dir(&state)
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("guardian.db.unreadable-")
+        })
+        .collect();
+    assert_eq!(aside.len(), 1, "moved aside once");
+    assert_eq!(
+        std::fs::read(aside[0].path()).unwrap(),
+        garbage,
+        "kept as it was"
+    );
+}

@@ -354,3 +354,110 @@ fn restore_refuses_while_the_daemon_runs() {
         "{stderr}"
     );
 }
+
+/// Labels are set by whoever starts a container: a budget label of 0, above the host or
+/// garbage is ignored and said (the rule or nothing applies, the container stays watched), and
+/// `trusted_labels = []` makes guardian read none of them.
+#[test]
+fn hostile_budget_labels_are_ignored_and_said_and_labels_can_be_untrusted() {
+    require_docker();
+    let _turn = take_turn();
+    let zero = unique("zero");
+    let huge = unique("huge");
+    let garbage = unique("garbage");
+    let fine = unique("fine");
+    let dir = tempfile::tempdir().unwrap();
+    let rules = format!(
+        "[[budget]]\nname = \"{zero}\"\nmemory = \"96m\"\n\n[[budget]]\nname = \"{fine}\"\nmemory = \"1g\"\npriority = 2\n"
+    );
+    let trusting = dir.path().join("trusting.toml");
+    std::fs::write(&trusting, format!("[enforce]\nprofiles = []\n\n{rules}")).unwrap();
+    let untrusting = dir.path().join("untrusting.toml");
+    std::fs::write(
+        &untrusting,
+        format!("[enforce]\nprofiles = []\ntrusted_labels = []\n\n{rules}"),
+    )
+    .unwrap();
+    idle_container(&zero, &["guardian.budget=0"]);
+    idle_container(&huge, &["guardian.budget=100t"]);
+    idle_container(
+        &garbage,
+        &["guardian.budget=lots", "guardian.priority=high"],
+    );
+    idle_container(
+        &fine,
+        &[
+            "guardian.budget=64m",
+            "guardian.priority=9",
+            "guardian.avoid=true",
+        ],
+    );
+    let ps = |config: &Path| {
+        let (status, stdout, stderr) = run_guardian(&[
+            "ps",
+            "--config",
+            config.to_str().unwrap(),
+            "--output",
+            "json",
+        ]);
+        assert!(status.success(), "guardian ps failed: {stderr}");
+        serde_json::from_str::<Vec<Value>>(&stdout).unwrap()
+    };
+    let trusted = ps(&trusting);
+    let untrusted = ps(&untrusting);
+    let (_, human, _) = run_guardian(&["ps", "--config", trusting.to_str().unwrap()]);
+    for n in [&zero, &huge, &garbage, &fine] {
+        docker(&["rm", "-f", n]);
+    }
+    let row = |rows: &[Value], name: &str| {
+        rows.iter()
+            .find(|r| r["name"] == name)
+            .unwrap_or_else(|| panic!("{name} not in {rows:?}"))
+            .clone()
+    };
+    let z = row(&trusted, &zero);
+    assert_eq!(z["budget"]["bytes"], 96 * MIB, "the rule applies: {z}");
+    assert!(
+        z["ignored_labels"][0]
+            .as_str()
+            .unwrap()
+            .contains("below the floor"),
+        "{z}"
+    );
+    let h = row(&trusted, &huge);
+    assert!(h["budget"].is_null(), "{h}");
+    assert!(
+        h["ignored_labels"][0]
+            .as_str()
+            .unwrap()
+            .contains("more than the host"),
+        "{h}"
+    );
+    let g = row(&trusted, &garbage);
+    assert!(g["budget"].is_null(), "{g}");
+    assert_eq!(g["priority"], 0);
+    assert_eq!(g["ignored_labels"].as_array().unwrap().len(), 2, "{g}");
+    let f = row(&trusted, &fine);
+    assert_eq!(
+        (
+            f["budget"]["bytes"].clone(),
+            f["priority"].clone(),
+            f["avoid"].clone()
+        ),
+        (Value::from(64 * MIB), Value::from(9), Value::from(true))
+    );
+    assert!(human.contains("is not a size"), "{human}");
+    // Untrusted: the rules only, nothing said about labels.
+    let f = row(&untrusted, &fine);
+    assert_eq!(
+        (
+            f["budget"]["bytes"].clone(),
+            f["priority"].clone(),
+            f["avoid"].clone()
+        ),
+        (Value::from(1u64 << 30), Value::from(2), Value::from(false))
+    );
+    let z = row(&untrusted, &zero);
+    assert_eq!(z["budget"]["bytes"], 96 * MIB);
+    assert!(z["ignored_labels"].as_array().unwrap().is_empty(), "{z}");
+}

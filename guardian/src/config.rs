@@ -8,7 +8,7 @@ use std::{
 
 use serde::{Deserialize, Deserializer};
 
-use crate::model::{BudgetRule, Bytes, SizeText};
+use crate::model::{BudgetRule, Bytes, LabelPolicy, SizeText, TrustedLabel};
 
 /// Where guardian looks when neither `--config` nor `GUARDIAN_CONFIG` is given; a missing file
 /// means the defaults.
@@ -25,6 +25,8 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("config {0}")]
+    Untrusted(String),
     #[error("config {path}, line {line}: {message}")]
     Invalid {
         path: PathBuf,
@@ -156,6 +158,23 @@ pub struct EnforceConfig {
     pub kill_after: Dur,
     /// Profile files (or directories of them) whose recommended limits are budgets.
     pub profiles: Vec<PathBuf>,
+    /// Container labels guardian believes: `guardian.budget`, `guardian.priority`,
+    /// `guardian.avoid`. Whoever can start a container sets its labels; on a runner that runs
+    /// untrusted jobs, `[]` makes budgets, priorities and exemptions come from this file's
+    /// rules and the profiles only.
+    pub trusted_labels: Vec<TrustedLabel>,
+}
+
+impl EnforceConfig {
+    /// How container labels are believed: `trusted_labels`, a label budget within `floor` and
+    /// the host's MemTotal (/proc/meminfo; unbounded above when it cannot be read).
+    pub fn label_policy(&self) -> LabelPolicy {
+        LabelPolicy {
+            trusted: self.trusted_labels.clone(),
+            floor: self.floor.0,
+            host_total: crate::sources::host::mem_total().ok(),
+        }
+    }
 }
 
 impl Default for EnforceConfig {
@@ -181,6 +200,11 @@ impl Default for EnforceConfig {
             release_below: 0.9,
             kill_after: Dur(Duration::from_secs(30)),
             profiles: vec![PathBuf::from("/etc/guardian/profiles")],
+            trusted_labels: vec![
+                TrustedLabel::Budget,
+                TrustedLabel::Priority,
+                TrustedLabel::Avoid,
+            ],
         }
     }
 }
@@ -216,6 +240,8 @@ impl Config {
             }
             Err(source) => return Err(ConfigError::Read { path, source }),
         };
+        // Run as root, guardian executes the hook and sets budgets this file names.
+        crate::sources::host::check_trusted(&path).map_err(ConfigError::Untrusted)?;
         Self::parse(&path, &text)
     }
 

@@ -269,3 +269,47 @@ impl Executor {
         Ok(())
     }
 }
+
+/// Cgroups that hold a value guardian writes: a `memory.high` other than `max` (v2) or
+/// `cgroup.freeze` = 1 (the unified tree). When the journal of original values is lost (an
+/// unreadable store), these are the groups guardian may have left changed — others set
+/// memory.high too (systemd's MemoryHigh=, Kubernetes) — each with the command that resets it.
+/// Walks at most 8 levels below the roots.
+pub fn possibly_changed(hierarchy: &Hierarchy) -> Vec<String> {
+    fn walk(dir: &Path, depth: usize, v2_memory: bool, out: &mut Vec<String>) {
+        let read = |f: &str| std::fs::read_to_string(dir.join(f)).ok();
+        if v2_memory {
+            if let Some(high) = read("memory.high").filter(|h| h.trim() != "max") {
+                out.push(format!(
+                    "memory.high {} of {}: reset with `echo max > {}`",
+                    high.trim(),
+                    dir.display(),
+                    dir.join("memory.high").display()
+                ));
+            }
+        }
+        if read("cgroup.freeze").is_some_and(|f| f.trim() == "1") {
+            out.push(format!(
+                "{} is frozen: thaw with `echo 0 > {}`",
+                dir.display(),
+                dir.join("cgroup.freeze").display()
+            ));
+        }
+        if depth == 0 {
+            return;
+        }
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                walk(&e.path(), depth - 1, v2_memory, out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    if let Some(unified) = &hierarchy.unified {
+        walk(unified, 8, hierarchy.memory_is_v2(), &mut out);
+    }
+    out
+}

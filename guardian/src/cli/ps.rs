@@ -7,7 +7,10 @@ use serde::Serialize;
 use super::{Output, UsageError};
 use crate::{
     config::Config,
-    model::{resolve_guard, Budget, BudgetRule, Bytes, Container, MemoryReading, ProfileBudget},
+    model::{
+        resolve_guard, Budget, BudgetRule, Bytes, Container, LabelPolicy, MemoryReading,
+        ProfileBudget,
+    },
     report::profile::budgets_from,
     sources::{
         cgroup::{read_memory, Hierarchy},
@@ -46,6 +49,9 @@ struct Row {
     budget: Option<Budget>,
     priority: i32,
     avoid: bool,
+    /// Labels set on the container but not used, each with why (not a size, below the floor,
+    /// more than the host).
+    ignored_labels: Vec<String>,
     psi_some_avg10: Option<f64>,
     oom_kills: Option<u64>,
     oom_killed: bool,
@@ -57,13 +63,14 @@ pub async fn run(args: PsArgs, output: Output) -> anyhow::Result<ExitCode> {
     let client = DockerClient::connect(hierarchy.clone()).await?;
     let config = Config::load(args.config.as_deref()).map_err(|e| UsageError(e.to_string()))?;
     let (profiles, errors) = budgets_from(&config.enforce.profiles);
+    let labels = config.enforce.label_policy();
     if let Some(e) = errors.first() {
         return Err(UsageError(format!("{e}; fix or remove the profile")).into());
     }
     let containers = client.containers(args.all).await?;
     let mut rows: Vec<Row> = containers
         .iter()
-        .map(|c| row(&hierarchy, c, &config.budget, &profiles))
+        .map(|c| row(&hierarchy, c, &config.budget, &profiles, &labels))
         .collect();
     rows.sort_by(|a, b| b.usage.cmp(&a.usage).then_with(|| a.name.cmp(&b.name)));
     match output {
@@ -78,8 +85,9 @@ fn row(
     c: &Container,
     rules: &[BudgetRule],
     profiles: &[ProfileBudget],
+    labels: &LabelPolicy,
 ) -> Row {
-    let guard = resolve_guard(c, rules, profiles);
+    let guard = resolve_guard(c, rules, profiles, labels);
     // A container that exits between the listing and this read has no reading: blank row.
     let reading: Option<MemoryReading> = c.cgroup.as_ref().and_then(|cg| {
         let memory = cg.memory_path.as_deref()?;
@@ -105,6 +113,7 @@ fn row(
         budget: guard.budget,
         priority: guard.priority,
         avoid: guard.avoid,
+        ignored_labels: guard.ignored_labels,
         psi_some_avg10: reading
             .as_ref()
             .and_then(|r| r.pressure)
@@ -123,11 +132,14 @@ fn print_table(rows: &[Row]) {
         "NAME", "STATE", "USAGE", "WORKSET", "PEAK", "LIMIT", "HIGH", "BUDGET", "PSI10", "OOM"
     );
     for r in rows {
-        let from = match (&r.budget, r.avoid) {
+        let mut from = match (&r.budget, r.avoid) {
             (_, true) => "avoid (never squeezed)".to_string(),
             (Some(b), false) => b.source.to_string(),
             (None, false) => "- (observed only)".to_string(),
         };
+        for why in &r.ignored_labels {
+            from.push_str(&format!("; {why}"));
+        }
         println!(
             "{:<width$}  {:<10}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}  {:>6}  {:>4}  {from}",
             r.name,

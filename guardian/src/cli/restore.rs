@@ -23,7 +23,25 @@ pub struct RestoreArgs {
 
 pub async fn run(args: RestoreArgs, output: Output) -> anyhow::Result<ExitCode> {
     let state_dir = args.state.state_dir()?;
-    let store = Store::open_existing(&state_dir)?;
+    let store = match Store::open_existing(&state_dir) {
+        Ok(store) => store,
+        // The journal of original values is in that file: say what may still be changed.
+        Err(e) if e.is_unreadable_file() => {
+            let suspects = Hierarchy::detect()
+                .map(|h| crate::actions::possibly_changed(&h))
+                .unwrap_or_default();
+            let list = if suspects.is_empty() {
+                "no cgroup has a memory.high other than max or is frozen, so nothing is left changed".to_string()
+            } else {
+                format!("these may still be changed: {}", suspects.join("; "))
+            };
+            return Err(UsageError(format!(
+                "{e}; the journal of original values cannot be read: {list}"
+            ))
+            .into());
+        }
+        Err(e) => return Err(e.into()),
+    };
     // The lock, not a pid file, says whether a daemon is alive; holding it while we restore
     // also keeps a daemon from starting half-way through.
     let _lock = match StateLock::acquire(&state_dir) {

@@ -50,6 +50,65 @@ pub struct Guard {
     pub priority: i32,
     /// Never act on it.
     pub avoid: bool,
+    /// Labels that were set but not used, each with why (not a size, below the floor, more
+    /// than the host): logged when guarding starts. An ignored label never stops the watching.
+    pub ignored_labels: Vec<String>,
+}
+
+/// One of the labels guardian reads from containers; whoever starts a container sets them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TrustedLabel {
+    #[serde(rename = "guardian.budget")]
+    Budget,
+    #[serde(rename = "guardian.priority")]
+    Priority,
+    #[serde(rename = "guardian.avoid")]
+    Avoid,
+}
+
+/// How far container labels are believed: which labels count at all (`[enforce]
+/// trusted_labels`), and the bounds a label budget must fall in to be used.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LabelPolicy {
+    pub trusted: Vec<TrustedLabel>,
+    /// A label budget below this is ignored (the ladder's `floor`).
+    pub floor: Bytes,
+    /// A label budget above the host's MemTotal is ignored; `None` when unknown.
+    pub host_total: Option<Bytes>,
+}
+
+impl Default for LabelPolicy {
+    /// Every label trusted, no bounds: what tests of rules and profiles need.
+    fn default() -> Self {
+        Self {
+            trusted: vec![
+                TrustedLabel::Budget,
+                TrustedLabel::Priority,
+                TrustedLabel::Avoid,
+            ],
+            floor: Bytes(0),
+            host_total: None,
+        }
+    }
+}
+
+/// A `guardian.budget` label's value as a budget, or why it is not used.
+pub fn label_budget(value: &str, policy: &LabelPolicy) -> Result<Bytes, String> {
+    let bytes: Bytes = value
+        .parse()
+        .map_err(|_| format!("{LABEL_BUDGET}={value:?} is not a size (e.g. 512m): ignored"))?;
+    if bytes < policy.floor {
+        return Err(format!(
+            "{LABEL_BUDGET}={value} is below the floor of {} (enforce.floor): ignored",
+            policy.floor
+        ));
+    }
+    if let Some(total) = policy.host_total.filter(|t| bytes > *t) {
+        return Err(format!(
+            "{LABEL_BUDGET}={value} is more than the host's memory ({total}): ignored"
+        ));
+    }
+    Ok(bytes)
 }
 
 /// A `[[budget]]` rule of the config: every given field must match.
@@ -138,16 +197,44 @@ pub struct ProfileBudget {
 
 /// Resolves a container's guard: its labels, then the first matching rule, then a profile.
 /// Priority and avoid come from the label, else the first matching rule that sets them.
-pub fn resolve_guard(c: &Container, rules: &[BudgetRule], profiles: &[ProfileBudget]) -> Guard {
-    let labels = &c.labels;
+/// Labels not in `policy.trusted` are not read at all; a label that is read but unusable is
+/// named in [`Guard::ignored_labels`] and the next source is used.
+pub fn resolve_guard(
+    c: &Container,
+    rules: &[BudgetRule],
+    profiles: &[ProfileBudget],
+    policy: &LabelPolicy,
+) -> Guard {
+    let trusted = |label: TrustedLabel, name: &str| {
+        policy
+            .trusted
+            .contains(&label)
+            .then(|| c.labels.get(name))
+            .flatten()
+    };
+    let mut ignored_labels = Vec::new();
     let matching: Vec<&BudgetRule> = rules.iter().filter(|r| r.matches(c)).collect();
-    let label_budget = labels
-        .get(LABEL_BUDGET)
-        .and_then(|v| v.parse::<Bytes>().ok())
+    let label_budget = trusted(TrustedLabel::Budget, LABEL_BUDGET)
+        .and_then(|v| {
+            label_budget(v, policy)
+                .map_err(|why| ignored_labels.push(why))
+                .ok()
+        })
         .map(|bytes| Budget {
             bytes,
             source: BudgetSource::Label,
         });
+    let label_priority = trusted(TrustedLabel::Priority, LABEL_PRIORITY).and_then(|v| {
+        v.parse::<i32>()
+            .map_err(|_| {
+                ignored_labels.push(format!(
+                    "{LABEL_PRIORITY}={v:?} is not a whole number: ignored"
+                ))
+            })
+            .ok()
+    });
+    let label_avoid = trusted(TrustedLabel::Avoid, LABEL_AVOID)
+        .map(|v| v.eq_ignore_ascii_case("true") || v == "1");
     let rule_budget = || {
         matching.iter().find_map(|r| {
             r.memory.map(|m| Budget {
@@ -171,15 +258,11 @@ pub fn resolve_guard(c: &Container, rules: &[BudgetRule], profiles: &[ProfileBud
     };
     Guard {
         budget: label_budget.or_else(rule_budget).or_else(profile_budget),
-        priority: labels
-            .get(LABEL_PRIORITY)
-            .and_then(|v| v.parse().ok())
+        priority: label_priority
             .or_else(|| matching.iter().find_map(|r| r.priority))
             .unwrap_or(0),
-        avoid: labels
-            .get(LABEL_AVOID)
-            .map(|v| v.eq_ignore_ascii_case("true") || v == "1")
-            .unwrap_or_else(|| matching.iter().any(|r| r.avoid)),
+        avoid: label_avoid.unwrap_or_else(|| matching.iter().any(|r| r.avoid)),
+        ignored_labels,
     }
 }
 
@@ -192,6 +275,7 @@ pub fn cgroup_guard(rule: &BudgetRule) -> Guard {
         }),
         priority: rule.priority.unwrap_or(0),
         avoid: rule.avoid,
+        ignored_labels: Vec::new(),
     }
 }
 
@@ -251,22 +335,30 @@ mod tests {
         let rules = [rule("service = \"db\"\nmemory = \"256m\"")];
         let profiles = [profile(128 * MIB)];
         let labels = BTreeMap::from([(LABEL_BUDGET.to_string(), "512m".to_string())]);
-        let g = resolve_guard(&with_labels(labels), &rules, &profiles);
+        let g = resolve_guard(
+            &with_labels(labels),
+            &rules,
+            &profiles,
+            &LabelPolicy::default(),
+        );
         assert_eq!(g.budget.unwrap().bytes, Bytes(512 * MIB));
 
-        let g = resolve_guard(&db(), &rules, &profiles);
+        let g = resolve_guard(&db(), &rules, &profiles, &LabelPolicy::default());
         let b = g.budget.unwrap();
         assert_eq!(
             (b.bytes, b.source),
             (Bytes(256 * MIB), BudgetSource::Rule("service=db".into()))
         );
 
-        let g = resolve_guard(&db(), &[], &profiles);
+        let g = resolve_guard(&db(), &[], &profiles, &LabelPolicy::default());
         let b = g.budget.unwrap();
         assert_eq!(b.bytes, Bytes(128 * MIB));
         assert_eq!(b.source.to_string(), "profile profiles/ci.toml");
 
-        assert_eq!(resolve_guard(&db(), &[], &[]).budget, None);
+        assert_eq!(
+            resolve_guard(&db(), &[], &[], &LabelPolicy::default()).budget,
+            None
+        );
     }
 
     #[test]
@@ -282,13 +374,13 @@ mod tests {
     #[test]
     fn priority_and_avoid_from_labels_or_rules() {
         let rules = [rule("service = \"db\"\npriority = 5\navoid = true")];
-        let g = resolve_guard(&db(), &rules, &[]);
+        let g = resolve_guard(&db(), &rules, &[], &LabelPolicy::default());
         assert_eq!((g.priority, g.avoid), (5, true));
         let labels = BTreeMap::from([
             (LABEL_PRIORITY.to_string(), "-3".to_string()),
             (LABEL_AVOID.to_string(), "false".to_string()),
         ]);
-        let g = resolve_guard(&with_labels(labels), &rules, &[]);
+        let g = resolve_guard(&with_labels(labels), &rules, &[], &LabelPolicy::default());
         assert_eq!((g.priority, g.avoid), (-3, false));
     }
 
@@ -296,5 +388,88 @@ mod tests {
     fn a_bad_size_in_a_rule_is_an_error() {
         let e = toml::from_str::<BudgetRule>("memory = \"lots\"").unwrap_err();
         assert!(e.message().contains("invalid size"), "{e}");
+    }
+
+    fn labelled(pairs: &[(&str, &str)]) -> Container {
+        with_labels(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+    }
+
+    fn bounded() -> LabelPolicy {
+        LabelPolicy {
+            floor: Bytes(32 << 20),
+            host_total: Some(Bytes(8 << 30)),
+            ..LabelPolicy::default()
+        }
+    }
+
+    #[test]
+    fn a_label_budget_of_zero_or_below_the_floor_is_ignored_and_the_rule_applies() {
+        let rules = [rule("image = \"postgres\"\nmemory = \"1g\"")];
+        for value in ["0", "1m", "31m"] {
+            let g = resolve_guard(&labelled(&[(LABEL_BUDGET, value)]), &rules, &[], &bounded());
+            assert_eq!(
+                g.budget.as_ref().map(|b| b.bytes),
+                Some(Bytes(1 << 30)),
+                "{value}"
+            );
+            assert!(
+                g.ignored_labels[0].contains("below the floor"),
+                "{:?}",
+                g.ignored_labels
+            );
+        }
+        let g = resolve_guard(&labelled(&[(LABEL_BUDGET, "32m")]), &rules, &[], &bounded());
+        assert_eq!(g.budget.unwrap().bytes, Bytes(32 << 20));
+    }
+
+    #[test]
+    fn a_label_budget_above_the_host_or_garbage_is_ignored_and_said() {
+        for (value, why) in [
+            ("64g", "more than the host"),
+            ("lots", "not a size"),
+            ("-5m", "not a size"),
+            ("", "not a size"),
+        ] {
+            let g = resolve_guard(&labelled(&[(LABEL_BUDGET, value)]), &[], &[], &bounded());
+            assert_eq!(g.budget, None, "{value}");
+            assert!(
+                g.ignored_labels[0].contains(why),
+                "{value}: {:?}",
+                g.ignored_labels
+            );
+        }
+        let g = resolve_guard(&labelled(&[(LABEL_PRIORITY, "high")]), &[], &[], &bounded());
+        assert_eq!(g.priority, 0);
+        assert!(g.ignored_labels[0].contains("not a whole number"));
+    }
+
+    #[test]
+    fn untrusted_labels_are_not_read_at_all() {
+        let rules = [rule("image = \"postgres\"\nmemory = \"1g\"\npriority = 3")];
+        let c = labelled(&[
+            (LABEL_BUDGET, "64m"),
+            (LABEL_PRIORITY, "100"),
+            (LABEL_AVOID, "true"),
+        ]);
+        let none = LabelPolicy {
+            trusted: vec![],
+            ..bounded()
+        };
+        let g = resolve_guard(&c, &rules, &[], &none);
+        assert_eq!(g.budget.unwrap().bytes, Bytes(1 << 30));
+        assert_eq!((g.priority, g.avoid), (3, false));
+        assert!(g.ignored_labels.is_empty());
+        let budget_only = LabelPolicy {
+            trusted: vec![TrustedLabel::Budget],
+            ..bounded()
+        };
+        let g = resolve_guard(&c, &rules, &[], &budget_only);
+        assert_eq!(g.budget.unwrap().bytes, Bytes(64 << 20));
+        assert_eq!((g.priority, g.avoid), (3, false));
     }
 }

@@ -11,8 +11,8 @@ mod usage;
 
 pub use action::{ActionRecord, JournalEntry};
 pub use budget::{
-    cgroup_guard, resolve_guard, Budget, BudgetRule, BudgetSource, Guard, ProfileBudget, SizeText,
-    LABEL_AVOID, LABEL_BUDGET, LABEL_PRIORITY,
+    cgroup_guard, label_budget, resolve_guard, Budget, BudgetRule, BudgetSource, Guard,
+    LabelPolicy, ProfileBudget, SizeText, TrustedLabel, LABEL_AVOID, LABEL_BUDGET, LABEL_PRIORITY,
 };
 pub use container::{ComposeService, Container, ContainerRef, ContainerTable, LimitKey};
 pub use event::{

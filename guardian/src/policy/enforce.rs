@@ -510,6 +510,7 @@ mod tests {
                 }),
                 priority,
                 avoid: false,
+                ignored_labels: Vec::new(),
             },
             usage: Bytes(usage_mib * MIB),
             unreclaimable: Bytes(usage_mib * MIB / 4),

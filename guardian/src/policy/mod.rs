@@ -6,3 +6,4 @@ pub mod profile;
 pub mod reload;
 pub mod stack;
 pub mod staging;
+pub mod trust;

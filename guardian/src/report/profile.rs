@@ -36,6 +36,8 @@ pub enum ProfileError {
     },
     #[error("{path}: not a guardian profile ({message})")]
     Invalid { path: String, message: String },
+    #[error("profile {0}")]
+    Untrusted(String),
     #[error("{path}: profile schema {found} is newer than this guardian's ({PROFILE_SCHEMA}); upgrade guardian")]
     TooNew { path: String, found: u32 },
 }
@@ -91,6 +93,11 @@ pub fn budgets_from(paths: &[std::path::PathBuf]) -> (Vec<ProfileBudget>, Vec<Pr
     let mut budgets = Vec::new();
     let mut errors = Vec::new();
     for file in files {
+        // Run as root, a profile's limits become budgets that squeeze containers.
+        if let Err(why) = crate::sources::host::check_trusted(&file) {
+            errors.push(ProfileError::Untrusted(why));
+            continue;
+        }
         match ProfileFile::read(&file) {
             Ok(p) => budgets.extend(p.services.into_iter().map(|r| ProfileBudget {
                 project: r.usage.project,

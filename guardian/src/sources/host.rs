@@ -37,3 +37,35 @@ pub fn mem_total() -> io::Result<Bytes> {
         .map(Bytes::from_kib)
         .ok_or_else(|| io::Error::other("/proc/meminfo has no MemTotal line"))
 }
+
+/// Ownership and mode of `path` (symlinks resolved) and of every directory above it, the file
+/// first: what [`crate::policy::trust::judge`] decides on.
+pub fn path_chain(path: &std::path::Path) -> io::Result<Vec<crate::policy::trust::PathFacts>> {
+    use std::os::unix::fs::MetadataExt as _;
+    let real = std::fs::canonicalize(path)?;
+    real.ancestors()
+        .map(|p| {
+            let m = std::fs::metadata(p)?;
+            Ok(crate::policy::trust::PathFacts {
+                path: p.to_path_buf(),
+                uid: m.uid(),
+                mode: m.mode() & 0o7777,
+                is_dir: m.is_dir(),
+            })
+        })
+        .collect()
+}
+
+/// For a daemon running as root: refuses (one line, with the fix) a file that users other than
+/// root can change. Not root: nothing to protect, always `Ok`. A file that cannot be read is
+/// left to the caller's own read to report.
+pub fn check_trusted(path: &std::path::Path) -> Result<(), String> {
+    let euid = nix::unistd::geteuid().as_raw();
+    if euid != 0 {
+        return Ok(());
+    }
+    match path_chain(path) {
+        Ok(chain) => crate::policy::trust::judge(&chain, euid),
+        Err(_) => Ok(()),
+    }
+}

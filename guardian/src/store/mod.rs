@@ -33,6 +33,33 @@ pub enum StoreError {
     },
     #[error("no store at {0}: start `guardian daemon` first, or pass --state-dir")]
     Missing(PathBuf),
+    #[error("{0} is another program's database, not guardian's store; move it away or pass another --state-dir")]
+    Foreign(PathBuf),
+}
+
+impl StoreError {
+    /// The file itself is unusable (corrupt, not SQLite, another program's database), as
+    /// opposed to a permission problem or a newer schema, which moving it aside would not fix
+    /// or would lose.
+    pub fn is_unreadable_file(&self) -> bool {
+        match self {
+            StoreError::Foreign(_) => true,
+            StoreError::Sqlite { source, .. } => matches!(
+                source.sqlite_error_code(),
+                Some(rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt)
+            ),
+            _ => false,
+        }
+    }
+}
+
+/// A store file moved aside by [`Store::open_or_set_aside`].
+#[derive(Debug)]
+pub struct SetAside {
+    pub from: PathBuf,
+    pub to: PathBuf,
+    /// The error that made it unusable.
+    pub why: String,
 }
 
 /// Which runs to read.
@@ -70,6 +97,7 @@ impl Store {
         })?;
         let mut store = Self { path, conn };
         store.configure()?;
+        store.check_ours()?;
         migrations::migrate(&mut store.conn).map_err(|e| match e {
             migrations::MigrateError::TooNew { found, supported } => StoreError::TooNew {
                 path: store.path.clone(),
@@ -82,6 +110,48 @@ impl Store {
             },
         })?;
         Ok(store)
+    }
+
+    /// Opens the store for the daemon; a file that is not a guardian store (corrupt, not
+    /// SQLite, or another program's database) is moved aside to `guardian.db.unreadable-<unix
+    /// seconds>` (with its -wal/-shm) and a new store started, so the daemon keeps working.
+    /// What was moved is returned for the caller to say; the journal of original values it
+    /// held is lost with it (the caller points at the cgroups that may still be changed).
+    pub fn open_or_set_aside(state_dir: &Path) -> Result<(Self, Option<SetAside>), StoreError> {
+        match Self::open(state_dir) {
+            Ok(store) => Ok((store, None)),
+            Err(e) if e.is_unreadable_file() => {
+                let from = Self::file(state_dir);
+                let secs = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
+                let to = state_dir.join(format!("guardian.db.unreadable-{secs}"));
+                std::fs::rename(&from, &to).map_err(|source| StoreError::StateDir {
+                    path: from.clone(),
+                    source,
+                })?;
+                for suffix in ["-wal", "-shm"] {
+                    let side = state_dir.join(format!("guardian.db{suffix}"));
+                    if side.exists() {
+                        let _ = std::fs::rename(
+                            &side,
+                            state_dir.join(format!("guardian.db.unreadable-{secs}{suffix}")),
+                        );
+                    }
+                }
+                let store = Self::open(state_dir)?;
+                Ok((
+                    store,
+                    Some(SetAside {
+                        from,
+                        to,
+                        why: e.to_string(),
+                    }),
+                ))
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Opens an existing store for reading; `Missing` when the daemon never ran there.
@@ -98,6 +168,22 @@ impl Store {
             path: self.path.clone(),
             source,
         }
+    }
+
+    /// A database that holds tables but not guardian's (`runs`) belongs to another program.
+    fn check_ours(&self) -> Result<(), StoreError> {
+        let (tables, ours): (i64, i64) = self
+            .conn
+            .query_row(
+                "SELECT count(*), count(*) FILTER (WHERE name = 'runs') FROM sqlite_master WHERE type = 'table'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .map_err(|e| self.err(e))?;
+        if tables > 0 && ours == 0 {
+            return Err(StoreError::Foreign(self.path.clone()));
+        }
+        Ok(())
     }
 
     fn configure(&mut self) -> Result<(), StoreError> {
@@ -364,5 +450,51 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let err = Store::open_existing(dir.path()).err().unwrap();
         assert!(err.to_string().contains("start `guardian daemon` first"));
+    }
+
+    #[test]
+    fn a_corrupt_store_is_moved_aside_and_a_new_one_started() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(Store::file(dir.path()), vec![0x5a_u8; 8192]).unwrap();
+        let e = Store::open(dir.path()).err().unwrap();
+        assert!(e.is_unreadable_file(), "{e}");
+        let (store, aside) = Store::open_or_set_aside(dir.path()).unwrap();
+        let aside = aside.expect("moved aside");
+        assert_eq!(
+            std::fs::read(&aside.to).unwrap(),
+            vec![0x5a_u8; 8192],
+            "kept, not deleted"
+        );
+        assert!(aside
+            .to
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("guardian.db.unreadable-"));
+        assert!(store.journal().unwrap().is_empty());
+    }
+
+    #[test]
+    fn another_programs_database_is_foreign_and_moved_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = Connection::open(Store::file(dir.path())).unwrap();
+        conn.execute_batch("CREATE TABLE moz_places (id INTEGER PRIMARY KEY, url TEXT); INSERT INTO moz_places (url) VALUES ('x');").unwrap();
+        drop(conn);
+        let e = Store::open(dir.path()).err().unwrap();
+        assert!(matches!(e, StoreError::Foreign(_)), "{e}");
+        let (_, aside) = Store::open_or_set_aside(dir.path()).unwrap();
+        let kept = Connection::open(aside.unwrap().to).unwrap();
+        let n: i64 = kept
+            .query_row("SELECT count(*) FROM moz_places", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 1);
+    }
+
+    #[test]
+    fn a_good_store_is_never_moved() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Store::open(dir.path()).unwrap());
+        let (_, aside) = Store::open_or_set_aside(dir.path()).unwrap();
+        assert!(aside.is_none());
     }
 }

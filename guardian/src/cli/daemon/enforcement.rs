@@ -17,7 +17,7 @@ use crate::{
     config::EnforceConfig,
     model::{
         cgroup_guard, resolve_guard, ActionRecord, BudgetRule, Bytes, Container, ContainerTable,
-        Guard, ProfileBudget,
+        Guard, LabelPolicy, ProfileBudget,
     },
     policy::{
         enforce::{Act, Enforcer, Host, Level, Outside, Params, Subject},
@@ -88,6 +88,10 @@ pub struct Enforcement {
     /// The container guardian itself runs in (the container image): never throttled, frozen
     /// or killed by its own ladder, whatever rule or label would give it a budget.
     own_container: Option<String>,
+    /// How container labels are believed (`trusted_labels`, floor, host size).
+    labels: LabelPolicy,
+    /// Containers whose unusable labels were already logged (once each).
+    told_labels: std::collections::HashSet<String>,
 }
 
 impl Enforcement {
@@ -159,6 +163,8 @@ impl Enforcement {
             level: Level::Calm,
             actions_total: BTreeMap::new(),
             own_container: crate::sources::docker::own_container_id(),
+            labels: config.label_policy(),
+            told_labels: Default::default(),
         };
         if let Some(id) = &me.own_container {
             info!(container = %&id[..12], "guardian runs in this container; it never throttles, freezes or kills it");
@@ -246,7 +252,12 @@ impl Enforcement {
             (None, Some(u)) if self.hierarchy.memory_is_v2() => u.clone(),
             _ => return,
         };
-        let guard = resolve_guard(c, &self.rules, &self.profiles);
+        let guard = resolve_guard(c, &self.rules, &self.profiles, &self.labels);
+        if !guard.ignored_labels.is_empty() && self.told_labels.insert(c.id.clone()) {
+            for why in &guard.ignored_labels {
+                warn!(subject = %c.display_name(), "label {why}; still watched");
+            }
+        }
         self.track(
             c.id.clone(),
             c.display_name(),

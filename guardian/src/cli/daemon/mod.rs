@@ -72,6 +72,29 @@ pub fn pid_file(state_dir: &std::path::Path) -> PathBuf {
 }
 
 /// The configuration file with this command line's overrides; read at start and on SIGHUP.
+/// Creates the state directory 0700, or takes group and other access away from an existing one
+/// (a directory made by hand or by an older unit with mode 0755).
+fn private_state_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| {
+            format!(
+                "creating the state directory {}; pass --state-dir or run as root",
+                dir.display()
+            )
+        })?;
+    let mode = std::fs::metadata(dir)?.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode & 0o700))
+            .with_context(|| format!("making {} private (chmod go-rwx)", dir.display()))?;
+        info!(state_dir = %dir.display(), was = format!("{mode:04o}"), "state directory made private (0700): it holds command lines");
+    }
+    Ok(())
+}
+
 fn load_config(args: &DaemonArgs) -> Result<Config, UsageError> {
     let mut config = args.state.config()?;
     if let Some(d) = args.sample_interval {
@@ -85,6 +108,16 @@ fn load_config(args: &DaemonArgs) -> Result<Config, UsageError> {
     }
     if args.no_metrics {
         config.metrics.enabled = false;
+    }
+    // The hook runs as root on every incident: its program must be root's alone.
+    if let Some(program) = config
+        .incidents
+        .hook
+        .as_deref()
+        .and_then(crate::policy::trust::hook_program)
+    {
+        crate::sources::host::check_trusted(&program)
+            .map_err(|why| UsageError(format!("incident hook {why}")))?;
     }
     config.enforce.dry_run |= args.dry_run;
     config.enforce.allow_kill |= args.allow_kill;
@@ -102,7 +135,11 @@ pub async fn run(args: DaemonArgs, _output: Output) -> anyhow::Result<ExitCode> 
     let mut terminate = signal(SignalKind::terminate())?;
     let mut hangup = signal(SignalKind::hangup())?;
 
-    let mut store = Store::open(&config.state_dir)?;
+    // The store, reports and journal hold command lines and what guardian changed: root's
+    // alone. Everything the daemon creates is 0600/0700, and so is its state directory.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    private_state_dir(&config.state_dir)?;
+    let (mut store, set_aside) = Store::open_or_set_aside(&config.state_dir)?;
     // Held until we exit: a second daemon on this store fails here, naming us.
     let _lock = StateLock::acquire(&config.state_dir)?;
     // For people and scripts; whether a daemon is alive is the lock's to say, not this file's.
@@ -111,6 +148,12 @@ pub async fn run(args: DaemonArgs, _output: Output) -> anyhow::Result<ExitCode> 
         .with_context(|| format!("writing {}", pid_path.display()))?;
 
     let hierarchy = Hierarchy::detect()?;
+    if let Some(aside) = set_aside {
+        warn!(from = %aside.from.display(), to = %aside.to.display(), "the store was unreadable ({}): moved aside, a new one started; the values it journaled cannot be restored automatically", aside.why);
+        for line in crate::actions::possibly_changed(&hierarchy) {
+            warn!("may still be changed by an earlier guardian: {line}");
+        }
+    }
     let mut index = CgroupIndex::new(hierarchy.clone());
     let mut table = ContainerTable::new(1024);
     let mut recorder = Recorder::new(
