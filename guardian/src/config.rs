@@ -101,6 +101,10 @@ pub struct IncidentsConfig {
     pub hook: Option<String>,
     /// Arguments of the victim's command line holding one of these words lose their value.
     pub redact: Vec<String>,
+    /// Incidents older than this are deleted with their report files (checked hourly).
+    pub retention: Dur,
+    /// At most this many incidents are kept; the oldest go first.
+    pub max_count: usize,
 }
 
 impl Default for IncidentsConfig {
@@ -113,6 +117,8 @@ impl Default for IncidentsConfig {
             ]
             .map(String::from)
             .to_vec(),
+            retention: Dur(Duration::from_secs(90 * 24 * 3600)),
+            max_count: 10_000,
         }
     }
 }

@@ -78,15 +78,28 @@ pub fn reconcile(dir: &Path, store: &Store) -> Result<usize, StoreError> {
             }
         }
     }
+    // Ids first: a year of incidents whose files exist costs a directory check each, and only
+    // the missing ones are read and rendered.
     let mut written = 0;
-    for i in store.incidents(0)? {
-        if Format::ALL.iter().any(|f| !path(dir, &i.id, *f).exists())
-            && write_files(dir, &i).is_ok()
-        {
-            written += 1;
+    for id in store.incident_ids()? {
+        if Format::ALL.iter().any(|f| !path(dir, &id, *f).exists()) {
+            if let Some(i) = store.incident(&id)? {
+                if write_files(dir, &i).is_ok() {
+                    written += 1;
+                }
+            }
         }
     }
     Ok(written)
+}
+
+/// Removes the report files of incidents the store no longer holds (pruned).
+pub fn remove_files(dir: &Path, ids: &[String]) {
+    for id in ids {
+        for f in Format::ALL {
+            let _ = std::fs::remove_file(path(dir, id, f));
+        }
+    }
 }
 
 /// An optional size for a table cell, `-` when unknown.

@@ -46,6 +46,45 @@ impl Store {
         Ok(out)
     }
 
+    /// The ids of every stored incident, oldest first: cheap, the reports stay unread.
+    pub fn incident_ids(&self) -> Result<Vec<String>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT id FROM incidents ORDER BY at_ms, id")
+            .map_err(|e| self.err(e))?;
+        let ids = stmt
+            .query_map([], |r| r.get::<_, String>(0))
+            .map_err(|e| self.err(e))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.err(e));
+        ids
+    }
+
+    /// Deletes incidents recorded before `before_ms`, then the oldest beyond the newest
+    /// `keep`; returns the ids deleted (their report files are the caller's).
+    pub fn prune_incidents(&self, before_ms: i64, keep: usize) -> Result<Vec<String>, StoreError> {
+        let ids: Vec<String> = {
+            let mut stmt = self
+                .conn
+                .prepare(
+                    "SELECT id FROM incidents WHERE at_ms < ?1
+                     UNION
+                     SELECT id FROM (SELECT id FROM incidents ORDER BY at_ms DESC, id DESC LIMIT -1 OFFSET ?2)",
+                )
+                .map_err(|e| self.err(e))?;
+            let rows = stmt
+                .query_map(params![before_ms, keep as i64], |r| r.get::<_, String>(0))
+                .map_err(|e| self.err(e))?;
+            rows.collect::<Result<_, _>>().map_err(|e| self.err(e))?
+        };
+        for id in &ids {
+            self.conn
+                .execute("DELETE FROM incidents WHERE id = ?1", params![id])
+                .map_err(|e| self.err(e))?;
+        }
+        Ok(ids)
+    }
+
     /// One incident by id, or by a unique prefix of it.
     pub fn incident(&self, id: &str) -> Result<Option<Incident>, StoreError> {
         let text: Option<String> = self
@@ -73,5 +112,37 @@ impl Store {
                 |r| r.get(0),
             )
             .map_err(|e| self.err(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{model::Incident, store::Store};
+
+    fn incident(n: i64) -> Incident {
+        Incident {
+            id: format!("2026110{n}T000000-web-{n}"),
+            at_ms: n * 1000,
+            name: "web".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn pruning_drops_the_old_then_keeps_the_newest_n() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        for n in 1..=6 {
+            store.put_incident(&incident(n)).unwrap();
+        }
+        // Older than 2 s: 1; then beyond the newest 3 of what is left: 2 and 3.
+        let mut gone = store.prune_incidents(2000, 3).unwrap();
+        gone.sort();
+        assert_eq!(gone, [incident(1).id, incident(2).id, incident(3).id]);
+        assert_eq!(
+            store.incident_ids().unwrap(),
+            [incident(4).id, incident(5).id, incident(6).id]
+        );
+        assert!(store.prune_incidents(0, 10).unwrap().is_empty());
     }
 }

@@ -399,6 +399,20 @@ impl Incidents {
         });
     }
 
+    /// Deletes incidents older than `retention` and beyond the newest `max_count`, with their
+    /// report files (hourly, from the daemon's prune tick).
+    pub fn prune(&self, store: &Store, retention: std::time::Duration, max_count: usize) {
+        let before = crate::model::now_ms() - retention.as_millis() as i64;
+        match store.prune_incidents(before, max_count) {
+            Ok(ids) if !ids.is_empty() => {
+                crate::report::incident::remove_files(&self.dir, &ids);
+                info!(count = ids.len(), "pruned old incidents and their reports");
+            }
+            Ok(_) => {}
+            Err(e) => warn!("pruning old incidents: {e}"),
+        }
+    }
+
     /// Writes the incidents whose gathering time is over.
     pub fn flush_due(&mut self, store: &Store, force: bool) {
         let now = Instant::now();

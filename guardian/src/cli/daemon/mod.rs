@@ -284,6 +284,7 @@ pub async fn run(args: DaemonArgs, _output: Output) -> anyhow::Result<ExitCode> 
                 if let Err(e) = store.prune_samples(before) {
                     error!("pruning old timeline points: {e}");
                 }
+                incidents.prune(&store, config.incidents.retention.0, config.incidents.max_count);
             }
             result = ebpf::next_batch_if_loaded(probes.as_mut(), &mut batch) => {
                 result.context("reading the eBPF ring buffers")?;
