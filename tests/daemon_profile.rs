@@ -724,3 +724,75 @@ fn a_corrupt_store_is_moved_aside_and_what_may_be_changed_is_named() {
         "kept as it was"
     );
 }
+
+/// The state directory on a small tmpfs that fills up: the daemon says so once (not at every
+/// flush), keeps running, and writes again — what it held included — once space returns; the
+/// store stays sound.
+#[test]
+fn a_full_disk_is_said_once_and_writing_resumes_when_space_returns() {
+    support::require_root();
+    require_docker();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    let (status, _, stderr) = output(
+        std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=8m", "guardian-test-full"])
+            .arg(&state),
+    );
+    assert!(status.success(), "mount: {stderr}");
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(state.clone());
+    let name = unique("full-disk");
+    let daemon = Daemon::start(&state, &["--no-enforce"]);
+    std::thread::sleep(Duration::from_secs(1));
+    // Fill what is left; dd stops at ENOSPC.
+    let filler = state.join("filler");
+    let _ = std::process::Command::new("dd")
+        .args(["if=/dev/zero", "bs=64k"])
+        .arg(format!("of={}", filler.display()))
+        .stderr(std::process::Stdio::null())
+        .status();
+    docker(&["run", "-d", "--name", &name, IMAGE, "sleep", "300"]);
+    // Many flushes (every 300 ms) fail while it is full.
+    std::thread::sleep(Duration::from_secs(4));
+    std::fs::remove_file(&filler).unwrap();
+    let db = state.join("guardian.db");
+    let runs_of = |name: &str| -> i64 {
+        rusqlite::Connection::open(&db)
+            .and_then(|c| {
+                c.query_row("SELECT count(*) FROM runs WHERE name = ?1", [name], |r| {
+                    r.get(0)
+                })
+            })
+            .unwrap_or(0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut seen = false;
+    while Instant::now() < deadline && !seen {
+        std::thread::sleep(Duration::from_millis(500));
+        seen = runs_of(&name) > 0;
+    }
+    let (_, log) = daemon.stop(Signal::SIGTERM);
+    docker(&["rm", "-f", &name]);
+    assert_eq!(
+        log.matches("the store cannot take writes").count(),
+        1,
+        "said once: {log}"
+    );
+    assert!(log.contains("the store takes writes again"), "{log}");
+    assert!(
+        seen,
+        "the container's run reached the store after space returned: {log}"
+    );
+    let integrity: String = rusqlite::Connection::open(&db)
+        .unwrap()
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(integrity, "ok");
+}

@@ -50,6 +50,26 @@ pub struct Flush {
     pub samples: Vec<(String, i64, Sample)>,
 }
 
+impl Flush {
+    /// Keeps a flush the store could not take within bounds while the store stays unwritable
+    /// (disk full, read-only): the newest record of each run (a later one supersedes the
+    /// earlier), and only samples taken at or after `keep_since_ms`. Returns how many samples
+    /// were dropped.
+    pub fn bound(&mut self, keep_since_ms: i64) -> usize {
+        let mut seen = std::collections::HashSet::new();
+        let mut runs: Vec<RunRecord> = std::mem::take(&mut self.runs)
+            .into_iter()
+            .rev()
+            .filter(|r| seen.insert((r.container_id.clone(), r.started_at_ms)))
+            .collect();
+        runs.reverse();
+        self.runs = runs;
+        let before = self.samples.len();
+        self.samples.retain(|(_, _, s)| s.at_ms >= keep_since_ms);
+        before - self.samples.len()
+    }
+}
+
 /// Running containers' records plus what has finished since the last flush.
 #[derive(Debug)]
 pub struct Recorder {
@@ -237,10 +257,15 @@ impl Recorder {
         flush
     }
 
-    /// Puts back a flush the store could not take, so the next one writes it.
-    pub fn restore(&mut self, flush: Flush) {
-        self.pending.runs.extend(flush.runs);
-        self.pending.samples.extend(flush.samples);
+    /// Puts back a flush the store could not take, so the next one writes it, bounded as
+    /// [`Flush::bound`] says; returns the samples dropped.
+    pub fn restore(&mut self, flush: Flush, keep_since_ms: i64) -> usize {
+        let mut kept = flush;
+        kept.runs.append(&mut self.pending.runs);
+        kept.samples.append(&mut self.pending.samples);
+        let dropped = kept.bound(keep_since_ms);
+        self.pending = kept;
+        dropped
     }
 
     /// The containers being recorded.
@@ -345,8 +370,38 @@ mod tests {
         let mut rec = Recorder::new(10_000, 30_000);
         rec.start(&container("a", T0), t0);
         let flush = rec.take_flush();
-        rec.restore(flush);
+        assert_eq!(rec.restore(flush, 0), 0);
         assert_eq!(rec.take_flush().runs.len(), 1);
+    }
+
+    #[test]
+    fn while_the_store_fails_one_record_per_run_and_the_last_minute_of_samples_wait() {
+        let t0 = rfc3339_ms(T0).unwrap();
+        let mut rec = Recorder::new(10_000, 30_000);
+        rec.start(&container("a", T0), t0);
+        // Ten failed flushes, a sample every 10 s: the run's record once, the samples of the
+        // last minute only.
+        let mut dropped = 0;
+        for k in 0..10i64 {
+            let mut f = rec.take_flush();
+            let at = t0 + k * 10_000;
+            f.samples.push((
+                "a".into(),
+                t0,
+                Sample {
+                    at_ms: at,
+                    usage: Bytes(1),
+                    working_set: Bytes(1),
+                    anon: Bytes(1),
+                },
+            ));
+            dropped += rec.restore(f, at - 60_000);
+        }
+        let f = rec.take_flush();
+        assert_eq!(f.runs.len(), 1);
+        assert_eq!(f.samples.len(), 7, "{:?}", f.samples);
+        assert_eq!(f.samples[0].2.at_ms, t0 + 30_000);
+        assert_eq!(dropped, 3);
     }
 
     #[test]

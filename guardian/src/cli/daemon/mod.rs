@@ -210,6 +210,7 @@ pub async fn run(args: DaemonArgs, _output: Output) -> anyhow::Result<ExitCode> 
 
     let mut sample_tick = tokio::time::interval(config.sample_interval.0);
     sample_tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    let mut store_health = StoreHealth::default();
     let mut flush_tick = tokio::time::interval(config.flush_interval.0);
     flush_tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
     let mut prune_tick = tokio::time::interval(Duration::from_secs(3600));
@@ -260,7 +261,7 @@ pub async fn run(args: DaemonArgs, _output: Output) -> anyhow::Result<ExitCode> 
                 snapshot_tx.send_replace(Arc::new(text));
             }
             _ = flush_tick.tick() => {
-                flush(&mut store, &mut recorder);
+                flush(&mut store, &mut recorder, &mut store_health);
                 systemd.status(&format!("recording {} container(s)", recorder.live().count()));
             }
             // Fed from this loop, so a loop stuck in a blocking read starves it.
@@ -337,7 +338,7 @@ pub async fn run(args: DaemonArgs, _output: Output) -> anyhow::Result<ExitCode> 
     }
     incidents.flush_due(&store, true);
     sample(&hierarchy, &mut recorder, &mut counters);
-    flush(&mut store, &mut recorder);
+    flush(&mut store, &mut recorder, &mut store_health);
     let _ = std::fs::remove_file(&pid_path);
     info!("guardian daemon stopped");
     Ok(ExitCode::SUCCESS)
@@ -426,15 +427,41 @@ fn sample(
     }
 }
 
-/// Commits what changed; on failure keeps it for the next flush.
-fn flush(store: &mut Store, recorder: &mut Recorder) {
+/// Whether the store takes writes: a full disk or a read-only state directory is said once
+/// when it starts and once when it ends, not at every flush.
+#[derive(Default)]
+struct StoreHealth {
+    failing_since: Option<i64>,
+    dropped_samples: usize,
+}
+
+/// While the store cannot take writes, the last minute of samples waits in memory.
+const KEEP_UNWRITTEN_MS: i64 = 60_000;
+
+/// Commits what changed; on failure keeps it (bounded) for the next flush.
+fn flush(store: &mut Store, recorder: &mut Recorder, health: &mut StoreHealth) {
     let pending = recorder.take_flush();
     if pending.runs.is_empty() && pending.samples.is_empty() {
         return;
     }
-    if let Err(e) = store.flush(&pending.runs, &pending.samples) {
-        error!("flushing to the store failed, will retry: {e}");
-        recorder.restore(pending);
+    match store.flush(&pending.runs, &pending.samples) {
+        Ok(()) => {
+            if let Some(since) = health.failing_since.take() {
+                info!(
+                    unwritable_for_s = (now_ms() - since) / 1000,
+                    dropped_samples = health.dropped_samples,
+                    "the store takes writes again"
+                );
+                health.dropped_samples = 0;
+            }
+        }
+        Err(e) => {
+            if health.failing_since.is_none() {
+                health.failing_since = Some(now_ms());
+                error!("the store cannot take writes ({e}); enforcement goes on, the last minute of samples waits in memory and is written when it can (free space in the state directory)");
+            }
+            health.dropped_samples += recorder.restore(pending, now_ms() - KEEP_UNWRITTEN_MS);
+        }
     }
 }
 
