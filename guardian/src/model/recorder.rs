@@ -270,6 +270,7 @@ mod tests {
             health: None,
             cgroup: None,
             labels: Default::default(),
+            tmpfs: Vec::new(),
         }
     }
 

@@ -22,7 +22,7 @@ use crate::{
     sources::{
         ebpf::{self, StallTotals},
         host,
-        kmsg::{self, KillLine},
+        kmsg::{self, KillLine, OomKind},
         oom,
     },
     store::Store,
@@ -190,6 +190,11 @@ impl Incidents {
         incident.working_set = memory.map(|m| m.working_set);
         incident.pressure = memory.and_then(|m| m.pressure);
         incident.budget = budget;
+        incident.memory_stat = kill.memory_stat.clone();
+        incident.tmpfs = container
+            .as_ref()
+            .map(|c| c.tmpfs.clone())
+            .unwrap_or_default();
         incident.reclaim_stalls = stalls.map(|s| StallBrief {
             count: s.count,
             total_ms: s.total_ns as f64 / 1e6,
@@ -298,6 +303,7 @@ impl Incidents {
             }
             if action == "die" {
                 p.incident.exit_code = c.exit_code;
+                p.incident.container_survived = Some(false);
             }
             if !p.incident.sources.iter().any(|s| s == "docker") {
                 p.incident.sources.push("docker".into());
@@ -399,19 +405,29 @@ impl Incidents {
         });
     }
 
-    /// Writes the incidents whose gathering time is over.
-    pub fn flush_due(&mut self, store: &Store, force: bool) {
+    /// Writes the incidents whose gathering time is over. A container that `table` still has
+    /// running then (and Docker sent no `die` for) survived the kill: a child was killed.
+    pub fn flush_due(&mut self, store: &Store, table: &ContainerTable, force: bool) {
         let now = Instant::now();
         let (due, waiting): (Vec<Pending>, Vec<Pending>) = std::mem::take(&mut self.pending)
             .into_iter()
             .partition(|p| force || p.due <= now);
         self.pending = waiting;
-        for p in due {
+        for mut p in due {
+            if p.incident.container_survived.is_none() && p.incident.exit_code.is_none() {
+                p.incident.container_survived = p
+                    .container_id
+                    .as_deref()
+                    .and_then(|id| table.get(id))
+                    .map(|c| c.state == "running" || c.state == "paused");
+            }
             self.finish(p.incident, store);
         }
     }
 
     fn finish(&self, mut i: Incident, store: &Store) {
+        i.filled_by = postmortem::filled_by(&i.memory_stat);
+        i.climb_per_s = postmortem::climb_per_s(&i.timeline);
         if i.kind.is_none() {
             if let Some((kind, why)) = postmortem::kind_from_counters(i.peak, i.limit) {
                 i.kind = Some(kind);
@@ -443,7 +459,7 @@ impl Incidents {
                     i.next_step
                 );
                 if let Some(hook) = &self.hook {
-                    run_hook(hook, &path);
+                    run_hook(hook, &i, &path);
                 }
             }
             Err(e) => {
@@ -465,21 +481,75 @@ fn apply_line(i: &mut Incident, line: &KillLine) {
     }
 }
 
-/// Runs the configured hook with the report's path; its outcome is logged, never waited on by
-/// the daemon's loop.
-fn run_hook(hook: &str, report: &Path) {
+/// The environment an incident hook gets, besides the positional `$1` (the report's path):
+/// the incident's id, kind (and for OOM kills which killer), container, compose project and service, victim, and report path.
+/// Unknown values are empty strings, so a script can test `[ -n "$GUARDIAN_SERVICE" ]`.
+pub fn hook_env(i: &Incident, report: &Path) -> Vec<(&'static str, String)> {
+    let oom_kind = match i.kind {
+        Some(OomKind::Cgroup) => "cgroup",
+        Some(OomKind::Global) => "global",
+        None => "",
+    };
+    let container = i.container.as_ref();
+    vec![
+        ("GUARDIAN_INCIDENT_ID", i.id.clone()),
+        // Every incident so far is a kernel OOM kill; other kinds name themselves here.
+        ("GUARDIAN_KIND", "oom".to_string()),
+        // Which OOM killer: its own limit (cgroup) or the host's memory (global).
+        ("GUARDIAN_OOM_KIND", oom_kind.to_string()),
+        (
+            "GUARDIAN_CONTAINER",
+            container.map(|c| c.name.clone()).unwrap_or_default(),
+        ),
+        (
+            "GUARDIAN_PROJECT",
+            container
+                .and_then(|c| c.project.clone())
+                .unwrap_or_default(),
+        ),
+        (
+            "GUARDIAN_SERVICE",
+            container
+                .and_then(|c| c.service.clone())
+                .unwrap_or_default(),
+        ),
+        (
+            "GUARDIAN_VICTIM_PID",
+            i.victim.pid.map(|p| p.to_string()).unwrap_or_default(),
+        ),
+        (
+            "GUARDIAN_VICTIM_COMM",
+            i.victim.comm.clone().unwrap_or_default(),
+        ),
+        ("GUARDIAN_REPORT", report.display().to_string()),
+    ]
+}
+
+/// Runs the configured hook for an incident of any kind: `sh -c <hook> guardian-hook <report>`
+/// with [`hook_env`] in its environment and the incident's JSON on its stdin (as earlyoom's
+/// `-N` script gets the details). Its outcome is logged, never waited on by the daemon's loop.
+pub fn run_hook(hook: &str, incident: &Incident, report: &Path) {
     let child = tokio::process::Command::new("sh")
         .arg("-c")
         .arg(hook)
         .arg("guardian-hook")
         .arg(report)
-        .env("GUARDIAN_REPORT", report)
+        .envs(hook_env(incident, report))
+        .stdin(std::process::Stdio::piped())
         .kill_on_drop(false)
         .spawn();
     match child {
         Ok(mut child) => {
             let hook = hook.to_string();
+            let json = serde_json::to_vec(incident).expect("incidents always serialize");
+            let stdin = child.stdin.take();
             tokio::spawn(async move {
+                if let Some(mut stdin) = stdin {
+                    use tokio::io::AsyncWriteExt as _;
+                    // A hook that does not read its stdin closes the pipe: not an error.
+                    let _ = stdin.write_all(&json).await;
+                    drop(stdin);
+                }
                 match child.wait().await {
                     Ok(s) if s.success() => {}
                     Ok(s) => warn!(hook = %hook, "the incident hook failed: {s}"),

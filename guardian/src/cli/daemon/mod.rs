@@ -208,7 +208,7 @@ pub async fn run(args: DaemonArgs, _output: Output) -> anyhow::Result<ExitCode> 
             _ = sample_tick.tick() => {
                 sample(&hierarchy, &mut recorder, &mut counters);
                 incidents.sample_host(now_ms());
-                incidents.flush_due(&store, false);
+                incidents.flush_due(&store, &table, false);
                 let stalls = stall_series(probes.as_ref(), &mut index, &table);
                 let mut text = metrics::render(recorder.live(), &stalls, oom_kills_total);
                 if let Some(e) = &enforcement {
@@ -291,7 +291,7 @@ pub async fn run(args: DaemonArgs, _output: Output) -> anyhow::Result<ExitCode> 
     if let Some(e) = enforcement.as_mut() {
         e.shutdown(&store);
     }
-    incidents.flush_due(&store, true);
+    incidents.flush_due(&store, &table, true);
     sample(&hierarchy, &mut recorder, &mut counters);
     flush(&mut store, &mut recorder);
     let _ = std::fs::remove_file(&pid_path);
