@@ -71,6 +71,9 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// How often each container's cgroup is read.
     pub sample_interval: Dur,
+    /// How often a container that is new or near its limit, budget or memory.high is read
+    /// (policy/sampling.rs decides which); "0s" turns fast sampling off.
+    pub fast_sample_interval: Dur,
     /// How often recorded data is committed to the store (what a crash can lose at most).
     pub flush_interval: Dur,
     /// Spacing of the stored timeline points.
@@ -190,6 +193,7 @@ impl Default for Config {
         Self {
             state_dir: PathBuf::from(DEFAULT_STATE_DIR),
             sample_interval: Dur(Duration::from_secs(1)),
+            fast_sample_interval: Dur(Duration::from_millis(20)),
             flush_interval: Dur(Duration::from_secs(5)),
             timeline_interval: Dur(Duration::from_secs(10)),
             timeline_retention: Dur(Duration::from_secs(7 * 24 * 3600)),

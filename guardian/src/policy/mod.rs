@@ -4,5 +4,6 @@ pub mod enforce;
 pub mod postmortem;
 pub mod profile;
 pub mod reload;
+pub mod sampling;
 pub mod stack;
 pub mod staging;

@@ -190,6 +190,18 @@ impl Incidents {
         incident.working_set = memory.map(|m| m.working_set);
         incident.pressure = memory.and_then(|m| m.pressure);
         incident.budget = budget;
+        // The kernel's witness at the kill: a group whose high-water mark (memory.peak, v1
+        // memory.max_usage_in_bytes) reached its limit was at that limit when the OOM killer ran,
+        // however long ago the last sample was.
+        if let (Some(peak), Some(limit)) = (incident.peak, incident.limit) {
+            if peak.0 + (1 << 20) >= limit.0 && incident.timeline.last().is_none_or(|p| p.t_ms < 0)
+            {
+                incident.timeline.push(Point {
+                    t_ms: 0,
+                    bytes: peak,
+                });
+            }
+        }
         incident.memory_stat = kill.memory_stat.clone();
         incident.tmpfs = container
             .as_ref()
@@ -283,8 +295,15 @@ impl Incidents {
     }
 
     /// Docker's `oom` and `die` events: confirm an incident, or make one when no kernel event
-    /// came (eBPF off, or the kill happened before guardian watched the container).
+    /// came (eBPF off, or the kill happened before guardian watched the container). A `die`
+    /// with exit code 137 and no `State.OOMKilled` is a SIGKILL from someone else (`docker stop`
+    /// after its grace period, `docker kill`): not an OOM kill, no incident. A `die` after an
+    /// incident of the same run completes that incident (the exit code of a container that
+    /// survived the kill of a child) instead of making a second one.
     pub fn on_docker(&mut self, action: &str, c: &Container, recorder: &Recorder, store: &Store) {
+        if action == "die" && self.complete_stored(c, store) {
+            return;
+        }
         if action != "oom" && !(action == "die" && c.oom_killed) {
             return;
         }
@@ -310,13 +329,63 @@ impl Incidents {
             }
             return;
         }
+        let run_start = c
+            .started_at
+            .as_deref()
+            .and_then(crate::model::rfc3339_ms)
+            .unwrap_or(i64::MAX)
+            .min(now_ms() - WINDOW_MS);
         let recent = store
-            .has_incident_for(&c.to_ref().id, now_ms() - WINDOW_MS)
+            .has_incident_for(&c.to_ref().id, run_start)
             .unwrap_or(false);
         if recent || action != "die" {
             return;
         }
         self.add_from_docker_state(c, recorder.get(&c.id), None, "guardian saw no kernel event for this kill (eBPF was off, or the container died before guardian mapped it); this report is from Docker's record");
+    }
+
+    /// A container died after an incident of its run was written (a child was OOM-killed and
+    /// the container went on): records its exit code in that incident and rewrites the reports.
+    /// Returns whether there was such an incident.
+    fn complete_stored(&self, c: &Container, store: &Store) -> bool {
+        if self
+            .pending
+            .iter()
+            .any(|p| p.container_id.as_deref() == Some(c.id.as_str()))
+        {
+            return false;
+        }
+        let Some(started) = c.started_at.as_deref().and_then(crate::model::rfc3339_ms) else {
+            return false;
+        };
+        let Some(mut i) = store
+            .incidents(started)
+            .unwrap_or_default()
+            .into_iter()
+            .rev()
+            .find(|i| i.container.as_ref().is_some_and(|r| r.id == c.to_ref().id))
+        else {
+            return false;
+        };
+        if i.exit_code.is_some() {
+            return true;
+        }
+        i.exit_code = c.exit_code;
+        if i.container_survived == Some(true) {
+            i.notes.push(format!(
+                "the container went on after the kill and exited later with code {}",
+                c.exit_code
+                    .map_or_else(|| "?".to_string(), |e| e.to_string())
+            ));
+        }
+        i.next_step = postmortem::next_step(&i);
+        if let Err(e) = store.put_incident(&i) {
+            warn!(incident = %i.id, "storing the exit code failed: {e}");
+        } else if let Err(e) = write_files(&self.dir, &i) {
+            warn!(incident = %i.id, "rewriting the report files failed: {e}");
+        }
+        info!(incident = %i.id, name = %i.name, exit_code = ?c.exit_code, survived = ?i.container_survived, "container of an earlier incident exited");
+        true
     }
 
     /// At (re)connection: containers OOM-killed in the last ten minutes that have no report
@@ -390,6 +459,11 @@ impl Incidents {
             .unwrap_or_else(now_ms);
         let mut incident = self.blank(at_ms, c.display_name(), None, Some(c), run);
         incident.exit_code = c.exit_code;
+        // Docker's OOMKilled flag is set by a kill of any process of the container: one that
+        // exited with another code than 137 (SIGKILL) outlived the kill.
+        if c.exit_code.is_some_and(|e| e != 137) {
+            incident.container_survived = Some(true);
+        }
         if c.oom_killed || kernel.is_none() {
             incident.sources.push("docker state".into());
         }
