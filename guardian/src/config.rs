@@ -98,7 +98,8 @@ pub struct IncidentsConfig {
     /// Where report files go (default `<state_dir>/reports`).
     pub dir: Option<PathBuf>,
     /// A shell command run for every incident with the Markdown report's path as `$1` (and in
-    /// `GUARDIAN_REPORT`), e.g. `notify-send "OOM kill" "$1"` or a chat webhook.
+    /// `GUARDIAN_REPORT`), the incident in `GUARDIAN_*` variables and its JSON on stdin
+    /// (docs/operating.md, "The incident hook"), e.g. a chat webhook.
     pub hook: Option<String>,
     /// Arguments of the victim's command line holding one of these words lose their value.
     pub redact: Vec<String>,
