@@ -78,15 +78,32 @@ fn incident_id(at_ms: i64, name: &str, pid: Option<u32>) -> String {
     )
 }
 
+/// Points within this long before the kill keep every fast sample; older ones are thinned.
+const DENSE_MS: i64 = 5000;
+/// Older than [`DENSE_MS`], one point (the highest) per this many milliseconds.
+const SPARSE_STEP_MS: i64 = 250;
+
+/// The window of a usage series relative to the kill: every sample of the last [`DENSE_MS`],
+/// and before that the highest of each [`SPARSE_STEP_MS`], so a group sampled fast for a minute
+/// does not make a report of thousands of points while no peak is lost.
 fn relative(series: &VecDeque<(i64, Bytes)>, at_ms: i64) -> Vec<Point> {
-    series
+    let mut out: Vec<Point> = Vec::new();
+    for (t, b) in series
         .iter()
         .filter(|(t, _)| at_ms - t <= WINDOW_MS && *t <= at_ms + 1000)
-        .map(|(t, b)| Point {
-            t_ms: t - at_ms,
-            bytes: *b,
-        })
-        .collect()
+    {
+        let t_ms = t - at_ms;
+        if t_ms < -DENSE_MS {
+            if let Some(last) = out.last_mut() {
+                if last.t_ms.div_euclid(SPARSE_STEP_MS) == t_ms.div_euclid(SPARSE_STEP_MS) {
+                    last.bytes = last.bytes.max(*b);
+                    continue;
+                }
+            }
+        }
+        out.push(Point { t_ms, bytes: *b });
+    }
+    out
 }
 
 impl Incidents {
@@ -632,5 +649,31 @@ pub fn run_hook(hook: &str, incident: &Incident, report: &Path) {
             });
         }
         Err(e) => warn!(hook = %hook, "could not run the incident hook: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fast_samples_are_kept_near_the_kill_and_thinned_before_keeping_the_highest() {
+        let at = 100_000;
+        // 20 ms samples over the last 10 s: a peak of 50 at -8000 ms must survive the thinning.
+        let series: VecDeque<(i64, Bytes)> = (0..500)
+            .map(|k| {
+                let t = at - 10_000 + k * 20;
+                (t, Bytes(if t == at - 8000 { 50 } else { 10 }))
+            })
+            .collect();
+        let points = relative(&series, at);
+        let dense = points.iter().filter(|p| p.t_ms >= -DENSE_MS).count();
+        let sparse = points.iter().filter(|p| p.t_ms < -DENSE_MS).count();
+        assert_eq!(dense, 250, "every sample of the last 5 s");
+        assert_eq!(sparse, 20, "one per 250 ms before");
+        assert!(
+            points.iter().any(|p| p.bytes == Bytes(50)),
+            "the peak is kept"
+        );
     }
 }
