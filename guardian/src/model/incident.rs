@@ -124,12 +124,14 @@ pub struct Incident {
     pub kernel_line: Option<String>,
     /// What guardian could not know, in words (e.g. it was not watching yet).
     pub notes: Vec<String>,
-    /// The victim cgroup's memory.stat read when guardian saw the kill, byte fields only, under
-    /// the kernel's own names (v2: `anon`, `file`, `shmem`, `kernel`, `sock`, ...; v1: `rss`,
+    /// The victim cgroup's memory.stat read when guardian saw the kill (the victim's own pages
+    /// may already be freed then: `filled_by` adds its RSS back), byte fields only, under the
+    /// kernel's own names (v2: `anon`, `file`, `shmem`, `kernel`, `sock`, ...; v1: `rss`,
     /// `cache`, `shmem`, `mapped_file`, `total_*`, ...). Empty when the group was already gone.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub memory_stat: BTreeMap<String, Bytes>,
-    /// The largest part of `memory_stat`: what filled the limit.
+    /// The largest part of the group's memory at the kill (`memory_stat`, each part at least the
+    /// victim's RSS of it from the kill record): what filled the limit.
     #[serde(default)]
     pub filled_by: Option<Filler>,
     /// The container's tmpfs mounts (Docker's HostConfig.Tmpfs, HostConfig.ShmSize, Mounts of

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use crate::{
-    model::{Bytes, Filler, Incident, MemoryPart, Point},
+    model::{Bytes, Filler, Incident, MemoryPart, Point, RssBreakdown},
     policy::profile::{recommend, ServiceUsage},
     report::profile::compose_size,
     sources::kmsg::OomKind,
@@ -63,11 +63,14 @@ pub const STILL_GROWING_PER_S: Bytes = Bytes(1 << 20);
 /// How far back from the kill the climb rate looks, in milliseconds.
 const CLIMB_WINDOW_MS: i64 = 2000;
 
-/// The largest part of a cgroup's charge, from its memory.stat (kernel field names): v2 splits
-/// `anon`, `file` (which includes `shmem`), `kernel` and `sock`; v1 `total_rss` and `total_cache`
-/// (which includes `total_shmem`; the local names when the totals are absent). Page cache is
-/// `file` − `shmem` so each byte counts once. `None` for an empty stat.
-pub fn filled_by(stat: &BTreeMap<String, Bytes>) -> Option<Filler> {
+/// The largest part of a cgroup's charge at the kill, from its memory.stat (kernel field names)
+/// read when guardian saw the kill, and the victim's RSS from the kernel's kill record: by the
+/// time memory.stat is read the victim's own pages may already be freed (the OOM reaper is
+/// quick), so each part is at least the victim's share of it. v2 splits `anon`, `file` (which
+/// includes `shmem`), `kernel` and `sock`; v1 `total_rss` and `total_cache` (which includes
+/// `total_shmem`; the local names when the totals are absent). Page cache is `file` − `shmem`
+/// so each byte counts once. `None` when nothing is known.
+pub fn filled_by(stat: &BTreeMap<String, Bytes>, victim: Option<&RssBreakdown>) -> Option<Filler> {
     let get = |names: &[&str]| names.iter().find_map(|n| stat.get(*n)).map(|b| b.0);
     let v2 = stat.contains_key("anon");
     let (anon, file, shmem) = if v2 {
@@ -79,11 +82,25 @@ pub fn filled_by(stat: &BTreeMap<String, Bytes>) -> Option<Filler> {
             get(&["total_shmem", "shmem"]),
         )
     };
-    let shmem = shmem.unwrap_or(0);
+    let at_least =
+        |from_stat: Option<u64>, from_victim: Option<Bytes>| match (from_stat, from_victim) {
+            (None, None) => None,
+            (a, b) => Some(a.unwrap_or(0).max(b.map_or(0, |b| b.0))),
+        };
+    let shmem_stat = shmem.unwrap_or(0);
     let parts = [
-        (MemoryPart::Anon, anon),
-        (MemoryPart::File, file.map(|f| f.saturating_sub(shmem))),
-        (MemoryPart::Shmem, Some(shmem)),
+        (MemoryPart::Anon, at_least(anon, victim.map(|v| v.anon_rss))),
+        (
+            MemoryPart::File,
+            at_least(
+                file.map(|f| f.saturating_sub(shmem_stat)),
+                victim.map(|v| v.file_rss),
+            ),
+        ),
+        (
+            MemoryPart::Shmem,
+            at_least(shmem, victim.map(|v| v.shmem_rss)),
+        ),
         (MemoryPart::Kernel, get(&["kernel"])),
         (MemoryPart::Sock, get(&["sock"])),
     ];
@@ -290,7 +307,7 @@ mod tests {
             ("total_mapped_file", 0),
         ]);
         assert_eq!(
-            filled_by(&s),
+            filled_by(&s, None),
             Some(Filler {
                 part: MemoryPart::Shmem,
                 bytes: Bytes(62 * MIB)
@@ -307,8 +324,43 @@ mod tests {
             ("kernel", MIB),
             ("sock", 0),
         ]);
-        assert_eq!(filled_by(&s).unwrap().part, MemoryPart::Anon);
-        assert_eq!(filled_by(&BTreeMap::new()), None);
+        assert_eq!(filled_by(&s, None).unwrap().part, MemoryPart::Anon);
+        assert_eq!(filled_by(&BTreeMap::new(), None), None);
+    }
+
+    #[test]
+    fn a_victim_already_reaped_when_memory_stat_was_read_still_counts_by_its_rss() {
+        // Captured in the cgroup v2 runner VM: the oomer's heap was freed before memory.stat was
+        // read, leaving kernel memory the largest part; the kill record has its 31 MiB anon.
+        let s = stat(&[
+            ("anon", 0),
+            ("file", 0),
+            ("shmem", 0),
+            ("kernel", 135168),
+            ("sock", 0),
+        ]);
+        let rss = RssBreakdown {
+            total_vm: Bytes(34 * MIB),
+            anon_rss: Bytes(31 * MIB),
+            file_rss: Bytes(MIB),
+            shmem_rss: Bytes(0),
+            pgtables: None,
+            source: crate::model::Source::Tracepoint,
+        };
+        assert_eq!(
+            filled_by(&s, Some(&rss)),
+            Some(Filler {
+                part: MemoryPart::Anon,
+                bytes: Bytes(31 * MIB)
+            })
+        );
+        // Not reaped yet (v1 on the host): the larger of the two, not their sum.
+        let v1 = stat(&[
+            ("total_rss", 32 * MIB),
+            ("total_cache", 0),
+            ("total_shmem", 0),
+        ]);
+        assert_eq!(filled_by(&v1, Some(&rss)).unwrap().bytes, Bytes(32 * MIB));
     }
 
     #[test]

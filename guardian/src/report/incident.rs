@@ -173,7 +173,7 @@ fn summary_rows(i: &Incident) -> Vec<(&'static str, String, bool)> {
         rows.push(("What filled it", words, false));
     }
     if !i.memory_stat.is_empty() {
-        rows.push(("memory.stat at the kill", stat_summary(i), false));
+        rows.push(("memory.stat just after the kill", stat_summary(i), false));
     }
     if let Some(rate) = i.climb_per_s {
         rows.push((
@@ -600,7 +600,7 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), Bytes(*v)))
             .collect();
-        i.filled_by = postmortem::filled_by(&i.memory_stat);
+        i.filled_by = postmortem::filled_by(&i.memory_stat, None);
         let md = render(&i, Format::Md);
         assert!(
             md.contains("| Suggested limit | at least 152.0MiB (test) |"),
@@ -611,7 +611,9 @@ mod tests {
             "{md}"
         );
         assert!(
-            md.contains("| memory.stat at the kill | anon 1.0MiB, file 63.0MiB, shmem 62.0MiB |"),
+            md.contains(
+                "| memory.stat just after the kill | anon 1.0MiB, file 63.0MiB, shmem 62.0MiB |"
+            ),
             "{md}"
         );
     }

@@ -388,7 +388,15 @@ impl Incidents {
             return true;
         }
         i.exit_code = c.exit_code;
-        if i.container_survived == Some(true) {
+        // Killed with its main process, Docker's `die` only came after the gathering window.
+        let died_with_it = c.exit_code == Some(137)
+            && c.finished_at
+                .as_deref()
+                .and_then(crate::model::rfc3339_ms)
+                .is_some_and(|f| f - i.at_ms < 2 * GATHER.as_millis() as i64);
+        if died_with_it {
+            i.container_survived = Some(false);
+        } else if i.container_survived == Some(true) {
             i.notes.push(format!(
                 "the container went on after the kill and exited later with code {}",
                 c.exit_code
@@ -517,7 +525,7 @@ impl Incidents {
     }
 
     fn finish(&self, mut i: Incident, store: &Store) {
-        i.filled_by = postmortem::filled_by(&i.memory_stat);
+        i.filled_by = postmortem::filled_by(&i.memory_stat, i.victim.rss.as_ref());
         i.climb_per_s = postmortem::climb_per_s(&i.timeline);
         if i.kind.is_none() {
             if let Some((kind, why)) = postmortem::kind_from_counters(i.peak, i.limit) {
