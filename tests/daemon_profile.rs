@@ -185,7 +185,7 @@ fn profile_of_a_spiky_service_is_its_true_peak_plus_20_percent_and_the_override_
 }
 
 #[test]
-fn a_service_oom_killed_at_its_limit_gets_its_limit_plus_margin_and_is_flagged() {
+fn a_service_oom_killed_at_its_limit_gets_at_least_its_limit_plus_100_mib_and_is_flagged() {
     require_docker();
     let state = tempfile::tempdir().unwrap();
     let daemon = Daemon::start(state.path(), &["--no-metrics"]);
@@ -221,9 +221,11 @@ fn a_service_oom_killed_at_its_limit_gets_its_limit_plus_margin_and_is_flagged()
     assert!(status.success(), "{stderr}");
     let rec = &serde_json::from_str::<Value>(&stdout).unwrap()["recommendations"][0];
     assert_eq!(rec["oom_killed"], true, "{rec}");
-    // The observed peak is censored at 64 MiB: the limit is at least 64 MiB x 1.2.
-    assert!(
-        rec["recommended_limit"].as_u64().unwrap() >= (64.0 * 1.2 * MIB as f64) as u64,
+    // The observed peak is censored at 64 MiB: the limit is at least max(64 MiB x 1.2,
+    // 64 MiB + 100 MiB) = 164 MiB, rounded up to 168 MiB.
+    assert_eq!(
+        rec["recommended_limit"].as_u64().unwrap(),
+        168 * MIB,
         "{rec}"
     );
     assert!(

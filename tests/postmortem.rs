@@ -67,11 +67,15 @@ fn a_compose_service_killed_at_its_limit_gets_a_report_naming_it() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
     let hook_copy = dir.path().join("hook-got.md");
+    let hook_env = dir.path().join("hook-env");
+    let hook_stdin = dir.path().join("hook-stdin.json");
     let config = dir.path().join("guardian.toml");
     std::fs::write(
         &config,
         format!(
-            "[incidents]\nhook = 'cp \"$1\" {}'\n[enforce]\nprofiles = []\n",
+            "[incidents]\nhook = 'env > {}; cat > {}; cp \"$1\" {}'\n[enforce]\nprofiles = []\n",
+            hook_env.display(),
+            hook_stdin.display(),
             hook_copy.display()
         ),
     )
@@ -179,6 +183,39 @@ fn a_compose_service_killed_at_its_limit_gets_a_report_naming_it() {
         md_file,
         "the hook got the report"
     );
+    // The hook's environment and stdin carry the incident.
+    let env_text = std::fs::read_to_string(&hook_env).unwrap();
+    let env: std::collections::HashMap<&str, &str> =
+        env_text.lines().filter_map(|l| l.split_once('=')).collect();
+    let report_path = reports.join(format!("{id}.md"));
+    for (key, want) in [
+        ("GUARDIAN_INCIDENT_ID", id.to_string()),
+        ("GUARDIAN_KIND", "oom".to_string()),
+        ("GUARDIAN_OOM_KIND", "cgroup".to_string()),
+        (
+            "GUARDIAN_CONTAINER",
+            i["container"]["name"].as_str().unwrap().to_string(),
+        ),
+        ("GUARDIAN_PROJECT", project.clone()),
+        ("GUARDIAN_SERVICE", "worker".to_string()),
+        ("GUARDIAN_VICTIM_PID", pid.to_string()),
+        ("GUARDIAN_VICTIM_COMM", "memload".to_string()),
+        ("GUARDIAN_REPORT", report_path.display().to_string()),
+    ] {
+        assert_eq!(
+            env.get(key).copied(),
+            Some(want.as_str()),
+            "{key} in\n{env_text}"
+        );
+    }
+    let stdin: Value =
+        serde_json::from_str(&std::fs::read_to_string(&hook_stdin).unwrap()).unwrap();
+    for key in ["id", "name", "kind", "victim", "container", "limit"] {
+        assert_eq!(
+            stdin[key], i[key],
+            "the hook's stdin is the incident's JSON: {key}"
+        );
+    }
     assert_eq!(junit_status.code(), Some(1), "a run with kills fails");
     assert!(junit.contains("<failure message=\"OOM kill of"), "{junit}");
     assert!(
@@ -340,4 +377,359 @@ fn after_a_crash_reports_are_complete_or_absent_never_half_written() {
     )
     .unwrap();
     assert_eq!(json["victim"]["comm"], "postgres");
+}
+
+/// A daemon with the default one-second sampling, so only fast sampling can catch a short life.
+fn daemon_with_default_sampling(state: &Path, config: &Path) -> Daemon {
+    let child = Command::new(support::guardian_bin())
+        .args(["daemon", "--state-dir", state.to_str().unwrap()])
+        .args(["--config", config.to_str().unwrap(), "--no-metrics"])
+        .args(["--flush-interval", "300ms"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("starting guardian daemon");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !state.join("guardian.pid").exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        state.join("guardian.pid").exists(),
+        "the daemon did not start"
+    );
+    // Docker connected and the inventory read: the first container event is seen.
+    std::thread::sleep(Duration::from_millis(1500));
+    Daemon {
+        child,
+        state_dir: state.to_path_buf(),
+    }
+}
+
+fn empty_config(dir: &Path) -> std::path::PathBuf {
+    let config = dir.join("guardian.toml");
+    std::fs::write(&config, "[enforce]\nprofiles = []\n").unwrap();
+    config
+}
+
+/// Docker's own State of a container, as `docker inspect` prints it.
+fn docker_state(name: &str) -> Value {
+    serde_json::from_str(&docker(&["inspect", "-f", "{{json .State}}", name])).unwrap()
+}
+
+/// The v1 memory cgroup directory of a running container (the host's memory controller is on
+/// v1), or its unified directory on a pure v2 host.
+fn memory_cgroup_dir(name: &str) -> std::path::PathBuf {
+    let pid = docker(&["inspect", "-f", "{{.State.Pid}}", name]);
+    let own = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let v1 = own.lines().find_map(|l| {
+        let mut p = l.splitn(3, ':');
+        let (_, c, path) = (p.next()?, p.next()?, p.next()?);
+        c.split(',')
+            .any(|c| c == "memory")
+            .then(|| format!("/sys/fs/cgroup/memory{path}"))
+    });
+    match v1 {
+        Some(dir) => dir.into(),
+        None => support::container_cgroup(name).1,
+    }
+}
+
+fn stat_field(text: &str, key: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{key} "))?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {key} in memory.stat:\n{text}"))
+}
+
+fn points_before_kill(i: &Value) -> Vec<(i64, u64)> {
+    i["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["t_ms"].as_i64().unwrap(), p["bytes"].as_u64().unwrap()))
+        .filter(|(t, _)| *t < 0)
+        .collect()
+}
+
+#[test]
+fn a_container_killed_within_a_second_still_shows_its_climb() {
+    require_docker();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let config = empty_config(dir.path());
+    let name = unique("fastclimb");
+    let daemon = daemon_with_default_sampling(&state, &config);
+    // 48 MiB limit, 8 MiB more every 40 ms towards 256 MiB: killed ~0.3 s after the start, well
+    // inside one normal sampling interval (1 s).
+    let (status, _, stderr) = output(Command::new("docker").args([
+        "run",
+        "--name",
+        &name,
+        "--memory",
+        "48m",
+        "--memory-swap",
+        "48m",
+        "guardian-test/memload",
+        "memload",
+        "staircase",
+        "--step",
+        "8m",
+        "--every-ms",
+        "40",
+        "--max",
+        "256m",
+    ]));
+    let incident = wait_incident(&state, |i| i["name"] == name.as_str());
+    let (_, log) = daemon.stop(Signal::SIGTERM);
+    let docker_state = docker_state(&name);
+    docker(&["rm", "-f", &name]);
+    assert_eq!(status.code(), Some(137), "memload was not killed: {stderr}");
+    assert_eq!(docker_state["ExitCode"], 137);
+    let lived_ms = support_lifetime_ms(&docker_state);
+    assert!(lived_ms < 1000, "the container lived {lived_ms} ms");
+    let i = incident.unwrap_or_else(|| panic!("no report for {name}; daemon log:\n{log}"));
+    let before = points_before_kill(&i);
+    assert!(
+        before.len() >= 4,
+        "too few points before the kill: {before:?}"
+    );
+    let rises = before.windows(2).filter(|w| w[1].1 > w[0].1).count();
+    assert!(rises >= 3, "no climb in {before:?}");
+    assert!(
+        before.last().unwrap().1 >= before.first().unwrap().1 + 16 * MIB,
+        "no climb in {before:?}"
+    );
+    // The kernel's high-water mark closes the climb at the kill, at the 48 MiB limit.
+    let last = i["timeline"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["t_ms"], 0, "{i}");
+    assert!(last["bytes"].as_u64().unwrap() + MIB >= 48 * MIB, "{i}");
+    // Still climbing when killed: the suggestion is a floor with the +100 MiB minimum.
+    assert!(i["climb_per_s"].as_u64().unwrap() >= MIB, "{i}");
+    assert_eq!(i["suggested_limit"], 152 * MIB, "{i}");
+    assert!(
+        i["next_step"].as_str().unwrap().contains("still growing"),
+        "{i}"
+    );
+}
+
+/// How long a finished container ran, from Docker's State.StartedAt and FinishedAt.
+fn support_lifetime_ms(state: &Value) -> i64 {
+    let ms = |k: &str| {
+        humantime::parse_rfc3339(state[k].as_str().unwrap())
+            .unwrap()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64
+    };
+    ms("FinishedAt") - ms("StartedAt")
+}
+
+#[test]
+fn tmpfs_that_filled_the_limit_is_named_with_the_containers_mounts() {
+    require_docker();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let name = unique("shmfill");
+    let daemon = Daemon::start(&state, &["--no-metrics"]);
+    std::thread::sleep(Duration::from_millis(1000));
+    // dd writes 100 MB into a 256 MiB /dev/shm of a 64 MiB container: the kernel kills dd, the
+    // files stay charged, and the shell goes on so the test can read the cgroup afterwards.
+    docker(&[
+        "run",
+        "-d",
+        "--name",
+        &name,
+        "--memory",
+        "64m",
+        "--memory-swap",
+        "64m",
+        "--shm-size",
+        "256m",
+        "guardian-test/memload",
+        "sh",
+        "-c",
+        "dd if=/dev/zero of=/dev/shm/fill bs=1M count=100; sleep 60",
+    ]);
+    let incident = wait_incident(&state, |i| i["name"] == name.as_str());
+    let stat = std::fs::read_to_string(memory_cgroup_dir(&name).join("memory.stat")).unwrap();
+    let oom_control = std::fs::read_to_string(memory_cgroup_dir(&name).join("memory.oom_control"))
+        .unwrap_or_default();
+    let md = incident.as_ref().map(|i| {
+        run_guardian(&[
+            "report",
+            "show",
+            "--state-dir",
+            state.to_str().unwrap(),
+            i["id"].as_str().unwrap(),
+        ])
+        .1
+    });
+    let (_, log) = daemon.stop(Signal::SIGTERM);
+    docker(&["rm", "-f", &name]);
+    let i = incident.unwrap_or_else(|| panic!("no report for {name}; daemon log:\n{log}"));
+    let md = md.unwrap();
+    assert_eq!(i["victim"]["comm"], "dd", "{i}");
+    // The kernel's own breakdown, read just after: the shmem is still charged.
+    let v1 = stat.contains("total_shmem");
+    let key = if v1 { "total_shmem" } else { "shmem" };
+    let shmem_now = stat_field(&stat, key);
+    assert!(shmem_now >= 60 * MIB, "memory.stat now:\n{stat}");
+    if v1 {
+        assert!(oom_control.contains("oom_kill 1"), "{oom_control}");
+    }
+    let shmem_at_kill = i["memory_stat"][key].as_u64().unwrap();
+    assert!(
+        shmem_at_kill.abs_diff(shmem_now) <= 2 * MIB,
+        "at the kill {shmem_at_kill}, now {shmem_now}"
+    );
+    assert_eq!(i["filled_by"]["part"], "shmem", "{i}");
+    assert!(i["filled_by"]["bytes"].as_u64().unwrap() >= 60 * MIB, "{i}");
+    assert!(
+        i["tmpfs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["path"] == "/dev/shm" && m["size"] == 256 * MIB),
+        "{i}"
+    );
+    assert!(
+        md.contains("| What filled it | tmpfs and shared memory (shmem)"),
+        "{md}"
+    );
+    assert!(md.contains("killing processes does not free"), "{md}");
+    assert!(
+        md.contains("/dev/shm (256.0MiB, HostConfig.ShmSize)"),
+        "{md}"
+    );
+    assert_eq!(i["container_survived"], true, "{i}");
+}
+
+#[test]
+fn a_child_killed_in_a_container_that_goes_on_gets_one_report_and_fails_ci() {
+    require_docker();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let name = unique("childoom");
+    let daemon = Daemon::start(&state, &["--no-metrics"]);
+    std::thread::sleep(Duration::from_millis(1000));
+    let (status, _, stderr) = output(Command::new("docker").args([
+        "run",
+        "--name",
+        &name,
+        "--memory",
+        "32m",
+        "--memory-swap",
+        "32m",
+        "guardian-test/memload",
+        "sh",
+        "-c",
+        "memload hog --step 1m; sleep 4; exit 0",
+    ]));
+    assert!(status.success(), "the container did not exit 0: {stderr}");
+    let docker_state = docker_state(&name);
+    // The exit code reaches the incident from Docker's `die` event.
+    let incident = wait_incident(&state, |i| {
+        i["name"] == name.as_str() && i["exit_code"] == 0
+    });
+    let all = incidents(&state);
+    let (ci_status, ci, _) =
+        run_guardian(&["report", "ci", "--state-dir", state.to_str().unwrap()]);
+    let md = incident.as_ref().map(|i| {
+        run_guardian(&[
+            "report",
+            "show",
+            "--state-dir",
+            state.to_str().unwrap(),
+            i["id"].as_str().unwrap(),
+        ])
+        .1
+    });
+    let (_, log) = daemon.stop(Signal::SIGTERM);
+    docker(&["rm", "-f", &name]);
+    assert_eq!(docker_state["ExitCode"], 0);
+    let i = incident.unwrap_or_else(|| panic!("no report for {name}: {all:?}; daemon log:\n{log}"));
+    assert_eq!(
+        all.iter().filter(|i| i["name"] == name.as_str()).count(),
+        1,
+        "{all:?}"
+    );
+    assert_eq!(i["victim"]["comm"], "memload", "{i}");
+    assert_eq!(i["container_survived"], true, "{i}");
+    assert_eq!(i["kind"], "cgroup", "{i}");
+    let md = md.unwrap();
+    assert!(
+        md.contains("| Container | survived: a child process was killed"),
+        "{md}"
+    );
+    assert!(md.contains("exited later with code 0"), "{md}");
+    assert!(!md.contains("died"), "{md}");
+    assert_eq!(
+        ci_status.code(),
+        Some(1),
+        "a worker died: the run fails\n{ci}"
+    );
+    assert!(ci.contains(name.as_str()), "{ci}");
+}
+
+#[test]
+fn a_container_sigkilled_by_docker_stop_is_not_an_oom_kill() {
+    require_docker();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let project = unique("stopkill");
+    let file = dir.path().join("compose.yml");
+    // sleep as PID 1 has no SIGTERM handler, so the kernel ignores SIGTERM for it: `docker
+    // stop -t 1` ends in SIGKILL, exit code 137, with no OOM anywhere.
+    std::fs::write(
+        &file,
+        "version: \"2.4\"\nservices:\n  app:\n    image: guardian-test/memload\n    command: sleep 600\n    mem_limit: 64m\n",
+    )
+    .unwrap();
+    let f = file.to_str().unwrap();
+    let daemon = Daemon::start(&state, &["--no-metrics"]);
+    std::thread::sleep(Duration::from_millis(1000));
+    let (status, _, stderr) = output(compose().args(["-p", &project, "-f", f, "up", "-d"]));
+    assert!(status.success(), "compose up: {stderr}");
+    let (_, id, _) = output(compose().args(["-p", &project, "-f", f, "ps", "-q", "app"]));
+    let id = id.trim().to_string();
+    std::thread::sleep(Duration::from_millis(1000));
+    let cgroup = memory_cgroup_dir(&id);
+    let oom_control = std::fs::read_to_string(cgroup.join("memory.oom_control")).ok();
+    let events = std::fs::read_to_string(cgroup.join("memory.events")).ok();
+    docker(&["stop", "-t", "1", &id]);
+    let docker_state = docker_state(&id);
+    // Longer than an incident's gathering time (2 s).
+    std::thread::sleep(Duration::from_secs(4));
+    let mine = |all: Vec<Value>| -> Vec<Value> {
+        all.into_iter()
+            .filter(|i| i["container"]["project"] == project.as_str())
+            .collect()
+    };
+    let live = mine(incidents(&state));
+    let (_, log) = daemon.stop(Signal::SIGTERM);
+    // A restart reads Docker's inventory, where the dead container is: still no incident.
+    let daemon = Daemon::start(&state, &["--no-metrics"]);
+    std::thread::sleep(Duration::from_secs(4));
+    let after_restart = mine(incidents(&state));
+    let (ci_status, ci, _) = run_guardian(&[
+        "report",
+        "ci",
+        "--state-dir",
+        state.to_str().unwrap(),
+        "--project",
+        &project,
+    ]);
+    let (_, log2) = daemon.stop(Signal::SIGTERM);
+    let _ = output(compose().args(["-p", &project, "-f", f, "down", "-t", "1"]));
+    assert_eq!(docker_state["ExitCode"], 137, "{docker_state}");
+    assert_eq!(docker_state["OOMKilled"], false, "{docker_state}");
+    // The cgroup's own OOM-kill counter, read just before the stop: no OOM kill.
+    let kills = oom_control
+        .as_deref()
+        .or(events.as_deref())
+        .and_then(|t| t.lines().find_map(|l| l.strip_prefix("oom_kill ")))
+        .map(|n| n.trim().parse::<u64>().unwrap());
+    assert_eq!(kills, Some(0), "{oom_control:?} {events:?}");
+    assert!(live.is_empty(), "{live:?}\n{log}");
+    assert!(after_restart.is_empty(), "{after_restart:?}\n{log2}");
+    assert_eq!(ci_status.code(), Some(0), "{ci}");
 }

@@ -73,6 +73,9 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// How often each container's cgroup is read.
     pub sample_interval: Dur,
+    /// How often a container that is new or near its limit, budget or memory.high is read
+    /// (policy/sampling.rs decides which); "0s" turns fast sampling off.
+    pub fast_sample_interval: Dur,
     /// How often recorded data is committed to the store (what a crash can lose at most).
     pub flush_interval: Dur,
     /// Spacing of the stored timeline points.
@@ -97,7 +100,8 @@ pub struct IncidentsConfig {
     /// Where report files go (default `<state_dir>/reports`).
     pub dir: Option<PathBuf>,
     /// A shell command run for every incident with the Markdown report's path as `$1` (and in
-    /// `GUARDIAN_REPORT`), e.g. `notify-send "OOM kill" "$1"` or a chat webhook.
+    /// `GUARDIAN_REPORT`), the incident in `GUARDIAN_*` variables and its JSON on stdin
+    /// (docs/operating.md, "The incident hook"), e.g. a chat webhook.
     pub hook: Option<String>,
     /// Arguments of the victim's command line holding one of these words lose their value.
     pub redact: Vec<String>,
@@ -220,6 +224,7 @@ impl Default for Config {
         Self {
             state_dir: PathBuf::from(DEFAULT_STATE_DIR),
             sample_interval: Dur(Duration::from_secs(1)),
+            fast_sample_interval: Dur(Duration::from_millis(20)),
             flush_interval: Dur(Duration::from_secs(5)),
             timeline_interval: Dur(Duration::from_secs(10)),
             timeline_retention: Dur(Duration::from_secs(7 * 24 * 3600)),

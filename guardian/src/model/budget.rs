@@ -310,6 +310,7 @@ mod tests {
             health: None,
             cgroup: None,
             labels: BTreeMap::new(),
+            tmpfs: Vec::new(),
         }
     }
 

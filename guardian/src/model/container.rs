@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{Bytes, CgroupId, CgroupRef};
 
@@ -60,6 +60,21 @@ pub struct Container {
     pub cgroup: Option<CgroupRef>,
     /// Its `guardian.*` labels (budget, priority, avoid); other labels are not kept.
     pub labels: BTreeMap<String, String>,
+    /// Its tmpfs mounts, /dev/shm included: their files are charged to its memory cgroup.
+    pub tmpfs: Vec<TmpfsMount>,
+}
+
+/// A tmpfs mounted in a container, from Docker's inspect: `HostConfig.Tmpfs` (compose
+/// `tmpfs:`), `HostConfig.ShmSize` for /dev/shm (compose `shm_size`), `Mounts` of type tmpfs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TmpfsMount {
+    /// Where it is mounted inside the container, e.g. `/dev/shm`.
+    pub path: String,
+    /// Its size limit in bytes (`size=` option, ShmSize, TmpfsOptions.SizeBytes); `None` when
+    /// unset (the kernel's default: half the host's RAM).
+    pub size: Option<Bytes>,
+    /// The Docker setting it comes from: `HostConfig.Tmpfs`, `HostConfig.ShmSize`, `Mounts`.
+    pub source: String,
 }
 
 impl Container {
@@ -220,6 +235,7 @@ mod tests {
                 memory_path: None,
             }),
             labels: BTreeMap::new(),
+            tmpfs: Vec::new(),
         }
     }
 

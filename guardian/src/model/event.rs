@@ -71,6 +71,9 @@ pub struct OomKill {
     pub trigger_tgid: u32,
     /// The victim's memory cgroup just after the kill, while it still exists.
     pub memory: Option<MemoryReading>,
+    /// The byte fields of that cgroup's memory.stat just after the kill (kernel names).
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub memory_stat: std::collections::BTreeMap<String, Bytes>,
 }
 
 /// A direct-reclaim stall of a task in a memory cgroup above the reporting threshold.

@@ -1,8 +1,10 @@
 //! An OOM incident: one kill, with what led to it, as the post-mortem report shows it.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
-use super::{ActionRecord, Bytes, ContainerRef, PressureStats, RssBreakdown};
+use super::{ActionRecord, Bytes, ContainerRef, PressureStats, RssBreakdown, TmpfsMount};
 use crate::sources::kmsg::OomKind;
 
 /// A point of a timeline: milliseconds relative to the kill (negative = before) and a value.
@@ -48,6 +50,31 @@ pub struct StallBrief {
     pub count: u64,
     pub total_ms: f64,
     pub max_ms: f64,
+}
+
+/// The parts a memory cgroup's charge is made of, as the kernel's memory.stat splits it; each
+/// byte is in exactly one part, so the largest is what filled the limit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MemoryPart {
+    /// Anonymous memory: heaps, stacks (v2 `anon`, v1 `total_rss`).
+    Anon,
+    /// Page cache of files on disk (v2 `file` − `shmem`, v1 `total_cache` − `total_shmem`).
+    File,
+    /// tmpfs files and shared memory (v2 `shmem`, v1 `total_shmem`): killing processes does not
+    /// free it, only deleting the files does.
+    Shmem,
+    /// Kernel memory charged to the group (v2 `kernel`: slab, stacks, page tables).
+    Kernel,
+    /// Network socket buffers (v2 `sock`).
+    Sock,
+}
+
+/// The largest part of the group's charge at the kill.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Filler {
+    pub part: MemoryPart,
+    pub bytes: Bytes,
 }
 
 /// One OOM kill and its context, deduplicated across the eBPF event, the kernel log line,
@@ -97,4 +124,26 @@ pub struct Incident {
     pub kernel_line: Option<String>,
     /// What guardian could not know, in words (e.g. it was not watching yet).
     pub notes: Vec<String>,
+    /// The victim cgroup's memory.stat read when guardian saw the kill (the victim's own pages
+    /// may already be freed then: `filled_by` adds its RSS back), byte fields only, under the
+    /// kernel's own names (v2: `anon`, `file`, `shmem`, `kernel`, `sock`, ...; v1: `rss`,
+    /// `cache`, `shmem`, `mapped_file`, `total_*`, ...). Empty when the group was already gone.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub memory_stat: BTreeMap<String, Bytes>,
+    /// The largest part of the group's memory at the kill (`memory_stat`, each part at least the
+    /// victim's RSS of it from the kill record): what filled the limit.
+    #[serde(default)]
+    pub filled_by: Option<Filler>,
+    /// The container's tmpfs mounts (Docker's HostConfig.Tmpfs, HostConfig.ShmSize, Mounts of
+    /// type tmpfs): memory that outlives the processes that wrote it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tmpfs: Vec<TmpfsMount>,
+    /// Whether the container went on running after the kill (a child was killed, not its main
+    /// process); `None` when guardian could not tell.
+    #[serde(default)]
+    pub container_survived: Option<bool>,
+    /// How fast the group's usage was still climbing at the kill, in bytes per second, from the
+    /// samples of the last two seconds; `None` with fewer than two samples there.
+    #[serde(default)]
+    pub climb_per_s: Option<Bytes>,
 }

@@ -14,12 +14,16 @@ pub use budget::{
     cgroup_guard, label_budget, resolve_guard, Budget, BudgetRule, BudgetSource, Guard,
     LabelPolicy, ProfileBudget, SizeText, TrustedLabel, LABEL_AVOID, LABEL_BUDGET, LABEL_PRIORITY,
 };
-pub use container::{ComposeService, Container, ContainerRef, ContainerTable, LimitKey};
+pub use container::{
+    ComposeService, Container, ContainerRef, ContainerTable, LimitKey, TmpfsMount,
+};
 pub use event::{
     CgroupRef, ContainerChange, Event, MemcgOom, OomKill, OomTask, Pressure, ReclaimStall,
     RssBreakdown, Source, StallSummary,
 };
-pub use incident::{Incident, Neighbour, Point, StallBrief, TriggerTask, Victim};
+pub use incident::{
+    Filler, Incident, MemoryPart, Neighbour, Point, StallBrief, TriggerTask, Victim,
+};
 pub use memory::{Bytes, MemoryReading, PressureStats, PsiLine};
 pub use recorder::{now_ms, rfc3339_ms, unix_ms, Flush, LiveRun, Recorder, RECENT_MS};
 pub use usage::{RunRecord, Sample};

@@ -295,6 +295,7 @@ mod tests {
             health: None,
             cgroup: None,
             labels: Default::default(),
+            tmpfs: Vec::new(),
         }
     }
 

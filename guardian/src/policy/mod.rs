@@ -4,6 +4,7 @@ pub mod enforce;
 pub mod postmortem;
 pub mod profile;
 pub mod reload;
+pub mod sampling;
 pub mod stack;
 pub mod staging;
 pub mod trust;

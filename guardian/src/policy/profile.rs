@@ -1,6 +1,7 @@
 //! From observed peaks to memory limits: peak × (1 + margin), rounded up to a tidy size, and
 //! OOM-aware — a service killed at its limit never showed its real peak, so its limit is the
-//! floor (as the Kubernetes VPA recommender bumps OOM-killed containers).
+//! floor and it grows by at least [`OOM_MIN_BUMP`] (as the Kubernetes VPA recommender bumps
+//! OOM-killed containers).
 
 use std::collections::BTreeMap;
 
@@ -87,16 +88,25 @@ pub fn tidy_round_up(b: Bytes) -> Bytes {
     Bytes(b.0.div_ceil(step).max(1) * step)
 }
 
-/// The limit for one service: max(peak × (1 + margin), limit × (1 + margin) if it was
-/// OOM-killed), tidied.
+/// The least a limit grows by after an OOM kill at that limit, whatever the margin: a small
+/// limit × 1.2 is still too small for a process that wanted far more (the Kubernetes VPA
+/// recommender bumps OOM-killed containers by max(×1.2, +100 MiB) for the same reason).
+pub const OOM_MIN_BUMP: Bytes = Bytes(100 * MIB);
+
+/// The limit for one service, a floor: max(peak × (1 + margin), and if it was OOM-killed at
+/// its limit, max(limit × (1 + margin), limit + [`OOM_MIN_BUMP`])), rounded up to a tidy size.
 pub fn recommend(usage: &ServiceUsage, margin: f64) -> Recommendation {
     let scaled = |b: Bytes| Bytes((b.0 as f64 * (1.0 + margin)).ceil() as u64);
     let from_peak = scaled(usage.peak);
-    let (base, reason) = match (usage.oom_killed, usage.limit) {
-        (true, Some(limit)) if scaled(limit) >= from_peak => (
-            scaled(limit),
+    let after_oom = usage
+        .limit
+        .filter(|_| usage.oom_killed)
+        .map(|limit| (limit, scaled(limit).max(Bytes(limit.0 + OOM_MIN_BUMP.0))));
+    let (base, reason) = match after_oom {
+        Some((limit, floor)) if floor >= from_peak => (
+            floor,
             format!(
-                "OOM-killed at its {limit} limit, so its real peak is unknown: limit × {:.2}",
+                "OOM-killed at its {limit} limit, so its real peak is unknown: at least {floor}, the larger of limit × {:.2} and limit + {OOM_MIN_BUMP}",
                 1.0 + margin
             ),
         ),
@@ -219,10 +229,31 @@ mod tests {
     }
 
     #[test]
-    fn oom_killed_service_gets_at_least_its_limit_plus_margin() {
-        let r = recommend(&usage(63 * MIB, Some(64 * MIB), true), 0.2);
-        assert_eq!(r.recommended_limit, Bytes(80 * MIB));
-        assert!(r.reason.contains("OOM-killed"), "{}", r.reason);
+    fn a_small_limit_killed_by_oom_gets_at_least_100_mib_more() {
+        // 48 MiB × 1.2 = 57.6 MiB would fail again; +100 MiB is the larger: 148 MiB, rounded
+        // up to the next 8 MiB step.
+        let r = recommend(&usage(48 * MIB, Some(48 * MIB), true), 0.2);
+        assert_eq!(r.recommended_limit, Bytes(152 * MIB));
+        assert!(
+            r.reason.contains("OOM-killed") && r.reason.contains("at least 148.0MiB"),
+            "{}",
+            r.reason
+        );
+    }
+
+    #[test]
+    fn a_large_limit_killed_by_oom_gets_the_factor() {
+        // 1 GiB × 1.2 = 1.2 GiB beats 1 GiB + 100 MiB; 1228.8 MiB rounds up to 1280 MiB.
+        let r = recommend(&usage(1024 * MIB, Some(1024 * MIB), true), 0.2);
+        assert!(r.reason.contains("at least 1.2GiB"), "{}", r.reason);
+        assert_eq!(r.recommended_limit, Bytes(1280 * MIB));
+    }
+
+    #[test]
+    fn a_peak_above_the_oom_floor_wins() {
+        let r = recommend(&usage(300 * MIB, Some(64 * MIB), true), 0.2);
+        assert_eq!(r.recommended_limit, Bytes(384 * MIB));
+        assert!(r.reason.starts_with("peak 300.0MiB"), "{}", r.reason);
     }
 
     #[test]

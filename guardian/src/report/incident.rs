@@ -10,6 +10,7 @@ use std::{
 
 use crate::{
     model::{Bytes, Incident, Point},
+    policy::postmortem,
     sources::kmsg::OomKind,
     store::{Store, StoreError},
 };
@@ -115,6 +116,27 @@ fn kind_words(i: &Incident) -> &'static str {
     }
 }
 
+/// The parts of memory.stat a person reads first, under the kernel's names, in the order the
+/// kernel prints them (v2: anon, file, shmem, kernel, sock; v1: the hierarchical totals).
+fn stat_summary(i: &Incident) -> String {
+    const NAMES: [&str; 9] = [
+        "anon",
+        "file",
+        "shmem",
+        "kernel",
+        "sock",
+        "total_rss",
+        "total_cache",
+        "total_shmem",
+        "total_mapped_file",
+    ];
+    NAMES
+        .iter()
+        .filter_map(|n| Some(format!("{n} {}", i.memory_stat.get(*n)?)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Up to `n` points spread over the series, always with the last.
 fn thin(points: &[Point], n: usize) -> Vec<Point> {
     if points.len() <= n {
@@ -153,10 +175,39 @@ fn summary_rows(i: &Incident) -> Vec<(&'static str, String, bool)> {
         ),
         (
             "Suggested limit",
-            format!("{} ({})", show(i.suggested_limit), i.suggestion),
+            match i.suggested_limit {
+                Some(l) => format!("at least {l} ({})", i.suggestion),
+                None => format!("- ({})", i.suggestion),
+            },
             false,
         ),
     ];
+    if let Some(words) = postmortem::filler_words(i) {
+        rows.push(("What filled it", words, false));
+    }
+    if !i.memory_stat.is_empty() {
+        rows.push(("memory.stat just after the kill", stat_summary(i), false));
+    }
+    if let Some(rate) = i.climb_per_s {
+        rows.push((
+            "Climb at the kill",
+            if rate >= postmortem::STILL_GROWING_PER_S {
+                format!("{rate}/s: still growing when it was killed")
+            } else {
+                format!("{rate}/s: it had stopped growing")
+            },
+            false,
+        ));
+    }
+    match i.container_survived {
+        Some(true) => rows.push((
+            "Container",
+            "survived: a child process was killed, the container went on running".into(),
+            false,
+        )),
+        Some(false) => rows.push(("Container", "died with the kill".into(), false)),
+        None => {}
+    }
     if let Some(r) = &i.victim.rss {
         rows.push((
             "Victim memory",
@@ -266,8 +317,14 @@ fn markdown(i: &Incident) -> String {
             );
         }
     }
-    if !i.neighbours.is_empty() {
-        let _ = writeln!(o, "\n## Who else was using memory\n\n| container | usage | peak | limit |\n|---|---:|---:|---:|");
+    let _ = writeln!(o, "\n## Who else was using memory\n");
+    if i.neighbours.is_empty() {
+        let _ = writeln!(o, "No other containers were running.");
+    } else {
+        let _ = writeln!(
+            o,
+            "| container | usage | peak | limit |\n|---|---:|---:|---:|"
+        );
         for n in &i.neighbours {
             let _ = writeln!(
                 o,
@@ -281,7 +338,7 @@ fn markdown(i: &Incident) -> String {
     }
     let _ = writeln!(o, "\n## What guardian did\n");
     if i.actions.is_empty() {
-        let _ = writeln!(o, "Nothing in the last 60 s.");
+        let _ = writeln!(o, "Nothing: guardian changed no cgroup in the last 60 s.");
     }
     for a in &i.actions {
         let _ = writeln!(
@@ -423,6 +480,9 @@ fn html(i: &Incident) -> String {
         let _ = write!(rows, "<tr><th>{}</th><td>{value}</td></tr>", esc(label));
     }
     let mut neighbours = String::new();
+    if i.neighbours.is_empty() {
+        neighbours.push_str("<tr><td colspan=\"4\">No other containers were running.</td></tr>");
+    }
     for n in &i.neighbours {
         let _ = write!(
             neighbours,
@@ -434,6 +494,9 @@ fn html(i: &Incident) -> String {
         );
     }
     let mut actions = String::new();
+    if i.actions.is_empty() {
+        actions.push_str("<li>Nothing: guardian changed no cgroup in the last 60 s.</li>");
+    }
     for a in &i.actions {
         let _ = write!(
             actions,
@@ -468,4 +531,103 @@ fn html(i: &Incident) -> String {
         sources = esc(&i.sources.join(", ")),
         id = esc(&i.id),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{ActionRecord, Neighbour};
+
+    const MIB: u64 = 1 << 20;
+
+    fn lone_kill() -> Incident {
+        Incident {
+            id: "20261125T000000Z-ci-db-42".into(),
+            time: "2026-11-25T00:00:00Z".into(),
+            kind: Some(OomKind::Cgroup),
+            name: "ci/db".into(),
+            limit: Some(Bytes(48 * MIB)),
+            suggested_limit: Some(Bytes(152 * MIB)),
+            suggestion: "test".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_kill_with_no_neighbours_and_no_actions_says_so_in_words() {
+        let i = lone_kill();
+        let md = render(&i, Format::Md);
+        assert!(
+            md.contains("## Who else was using memory\n\nNo other containers were running.\n"),
+            "{md}"
+        );
+        assert!(!md.contains("| container | usage |"), "{md}");
+        assert!(
+            md.contains("## What guardian did\n\nNothing: guardian changed no cgroup"),
+            "{md}"
+        );
+        let html = render(&i, Format::Html);
+        assert!(html.contains("No other containers were running."), "{html}");
+        assert!(
+            html.contains("<li>Nothing: guardian changed no cgroup"),
+            "{html}"
+        );
+    }
+
+    #[test]
+    fn neighbours_and_actions_are_listed_without_the_empty_words() {
+        let mut i = lone_kill();
+        i.neighbours.push(Neighbour {
+            name: "ci/cache".into(),
+            usage: Bytes(100 * MIB),
+            peak: Bytes(120 * MIB),
+            limit: None,
+            timeline: vec![],
+        });
+        i.actions.push(ActionRecord {
+            at_ms: 0,
+            action: "set memory.high".into(),
+            name: "ci/cache".into(),
+            before: "max".into(),
+            after: "100m".into(),
+            reason: "budget".into(),
+            ..Default::default()
+        });
+        let md = render(&i, Format::Md);
+        assert!(
+            md.contains("| ci/cache | 100.0MiB | 120.0MiB | - |"),
+            "{md}"
+        );
+        assert!(!md.contains("No other containers"), "{md}");
+        assert!(
+            md.contains("set memory.high on ci/cache: max -> 100m"),
+            "{md}"
+        );
+        assert!(!md.contains("Nothing:"), "{md}");
+    }
+
+    #[test]
+    fn the_suggested_limit_reads_as_a_floor_and_the_filler_is_named() {
+        let mut i = lone_kill();
+        i.memory_stat = [("anon", MIB), ("file", 63 * MIB), ("shmem", 62 * MIB)]
+            .iter()
+            .map(|(k, v)| (k.to_string(), Bytes(*v)))
+            .collect();
+        i.filled_by = postmortem::filled_by(&i.memory_stat, None);
+        let md = render(&i, Format::Md);
+        assert!(
+            md.contains("| Suggested limit | at least 152.0MiB (test) |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| What filled it | tmpfs and shared memory (shmem), 62.0MiB"),
+            "{md}"
+        );
+        assert!(
+            md.contains(
+                "| memory.stat just after the kill | anon 1.0MiB, file 63.0MiB, shmem 62.0MiB |"
+            ),
+            "{md}"
+        );
+    }
 }

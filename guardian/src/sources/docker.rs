@@ -11,7 +11,7 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
 use super::cgroup::{pid_cgroups, Hierarchy};
-use crate::model::{Bytes, CgroupId, CgroupRef, ComposeService, Container};
+use crate::model::{Bytes, CgroupId, CgroupRef, ComposeService, Container, TmpfsMount};
 
 /// Errors reaching the Docker Engine API.
 #[derive(Debug, thiserror::Error)]
@@ -174,6 +174,7 @@ impl DockerClient {
             .unwrap_or_default();
         let state = info.state.unwrap_or_default();
         let host = info.host_config.unwrap_or_default();
+        let tmpfs = tmpfs_mounts(&host);
         let positive = |v: Option<i64>| v.filter(|v| *v > 0).map(|v| Bytes(v as u64));
         let pid = state.pid.filter(|p| *p > 0).map(|p| p as u32);
         Ok(Some(Container {
@@ -208,6 +209,7 @@ impl DockerClient {
                 .filter(|(k, _)| k.starts_with("guardian."))
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
+            tmpfs,
         }))
     }
 
@@ -366,5 +368,87 @@ mod own_container_tests {
         let cg = "0::/user.slice/user-0.slice/session-1.scope\n";
         let mi = "22 1 254:1 / / rw,relatime - ext4 /dev/vda1 rw\n";
         assert_eq!(container_id_in(cg, mi), None);
+    }
+}
+
+/// The tmpfs mounts Docker gives a container: `HostConfig.Tmpfs` (`--tmpfs`, compose `tmpfs:`,
+/// size from its `size=` option), `HostConfig.Mounts` of type tmpfs (`--mount type=tmpfs`,
+/// `TmpfsOptions.SizeBytes`) and /dev/shm of `HostConfig.ShmSize` when the container has its
+/// own IPC namespace (`IpcMode` private or shareable, Docker's default).
+fn tmpfs_mounts(host: &bollard::models::HostConfig) -> Vec<TmpfsMount> {
+    let mut out: Vec<TmpfsMount> = host
+        .tmpfs
+        .iter()
+        .flatten()
+        .map(|(path, options)| TmpfsMount {
+            path: path.clone(),
+            size: options
+                .split(',')
+                .find_map(|o| o.strip_prefix("size="))
+                .and_then(|s| s.parse().ok()),
+            source: "HostConfig.Tmpfs".into(),
+        })
+        .collect();
+    out.extend(
+        host.mounts
+            .iter()
+            .flatten()
+            .filter(|m| m.typ == Some(bollard::models::MountType::TMPFS))
+            .filter_map(|m| {
+                Some(TmpfsMount {
+                    path: m.target.clone()?,
+                    size: m
+                        .tmpfs_options
+                        .as_ref()
+                        .and_then(|o| o.size_bytes)
+                        .filter(|b| *b > 0)
+                        .map(|b| Bytes(b as u64)),
+                    source: "Mounts".into(),
+                })
+            }),
+    );
+    let own_ipc = matches!(
+        host.ipc_mode.as_deref(),
+        None | Some("") | Some("private") | Some("shareable")
+    );
+    if own_ipc && !out.iter().any(|m| m.path == "/dev/shm") {
+        out.push(TmpfsMount {
+            path: "/dev/shm".into(),
+            size: host.shm_size.filter(|b| *b > 0).map(|b| Bytes(b as u64)),
+            source: "HostConfig.ShmSize".into(),
+        });
+    }
+    out.sort_by(|a, b| a.path.cmp(&b.path));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tmpfs_mounts_come_from_tmpfs_mounts_and_shm_size() {
+        let host: bollard::models::HostConfig = serde_json::from_str(
+            r#"{"Tmpfs":{"/run":"rw,noexec,size=65536k"},"ShmSize":268435456,"IpcMode":"private",
+                "Mounts":[{"Type":"tmpfs","Target":"/cache","TmpfsOptions":{"SizeBytes":1048576}},
+                          {"Type":"bind","Source":"/x","Target":"/y"}]}"#,
+        )
+        .unwrap();
+        let m = tmpfs_mounts(&host);
+        let got: Vec<(&str, Option<u64>)> = m
+            .iter()
+            .map(|m| (m.path.as_str(), m.size.map(|b| b.0)))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("/cache", Some(1 << 20)),
+                ("/dev/shm", Some(256 << 20)),
+                ("/run", Some(64 << 20))
+            ]
+        );
+        let host_ipc: bollard::models::HostConfig =
+            serde_json::from_str(r#"{"ShmSize":67108864,"IpcMode":"host"}"#).unwrap();
+        assert!(tmpfs_mounts(&host_ipc).is_empty());
     }
 }

@@ -4,7 +4,7 @@
 use guardian_common::{oom_field, OomEvent};
 
 use super::{
-    cgroup::{pid_cgroups, read_memory, CgroupIndex},
+    cgroup::{pid_cgroups, read_memory, read_memory_stat, CgroupIndex},
     ebpf::{self, comm_string},
 };
 use crate::model::{Bytes, CgroupId, OomKill, OomTask, RssBreakdown, Source};
@@ -88,6 +88,11 @@ pub fn enrich(e: &OomEvent, index: &mut CgroupIndex) -> OomKill {
         .memory_path
         .as_deref()
         .and_then(|mem| read_memory(index.hierarchy(), mem, victim_cgroup.path.as_deref()).ok());
+    let memory_stat = victim_cgroup
+        .memory_path
+        .as_deref()
+        .and_then(|mem| read_memory_stat(index.hierarchy(), mem).ok())
+        .unwrap_or_default();
     let trigger_cgroup = index.resolve(CgroupId(e.trigger_cgroup_id));
 
     OomKill {
@@ -111,6 +116,7 @@ pub fn enrich(e: &OomEvent, index: &mut CgroupIndex) -> OomKill {
         },
         trigger_tgid: e.trigger_tgid,
         memory,
+        memory_stat,
     }
 }
 

@@ -22,7 +22,7 @@ use crate::{
     sources::{
         ebpf::{self, StallTotals},
         host,
-        kmsg::{self, KillLine},
+        kmsg::{self, KillLine, OomKind},
         oom,
     },
     store::Store,
@@ -78,15 +78,32 @@ fn incident_id(at_ms: i64, name: &str, pid: Option<u32>) -> String {
     )
 }
 
+/// Points within this long before the kill keep every fast sample; older ones are thinned.
+const DENSE_MS: i64 = 5000;
+/// Older than [`DENSE_MS`], one point (the highest) per this many milliseconds.
+const SPARSE_STEP_MS: i64 = 250;
+
+/// The window of a usage series relative to the kill: every sample of the last [`DENSE_MS`],
+/// and before that the highest of each [`SPARSE_STEP_MS`], so a group sampled fast for a minute
+/// does not make a report of thousands of points while no peak is lost.
 fn relative(series: &VecDeque<(i64, Bytes)>, at_ms: i64) -> Vec<Point> {
-    series
+    let mut out: Vec<Point> = Vec::new();
+    for (t, b) in series
         .iter()
         .filter(|(t, _)| at_ms - t <= WINDOW_MS && *t <= at_ms + 1000)
-        .map(|(t, b)| Point {
-            t_ms: t - at_ms,
-            bytes: *b,
-        })
-        .collect()
+    {
+        let t_ms = t - at_ms;
+        if t_ms < -DENSE_MS {
+            if let Some(last) = out.last_mut() {
+                if last.t_ms.div_euclid(SPARSE_STEP_MS) == t_ms.div_euclid(SPARSE_STEP_MS) {
+                    last.bytes = last.bytes.max(*b);
+                    continue;
+                }
+            }
+        }
+        out.push(Point { t_ms, bytes: *b });
+    }
+    out
 }
 
 impl Incidents {
@@ -190,6 +207,23 @@ impl Incidents {
         incident.working_set = memory.map(|m| m.working_set);
         incident.pressure = memory.and_then(|m| m.pressure);
         incident.budget = budget;
+        // The kernel's witness at the kill: a group whose high-water mark (memory.peak, v1
+        // memory.max_usage_in_bytes) reached its limit was at that limit when the OOM killer ran,
+        // however long ago the last sample was.
+        if let (Some(peak), Some(limit)) = (incident.peak, incident.limit) {
+            if peak.0 + (1 << 20) >= limit.0 && incident.timeline.last().is_none_or(|p| p.t_ms < 0)
+            {
+                incident.timeline.push(Point {
+                    t_ms: 0,
+                    bytes: peak,
+                });
+            }
+        }
+        incident.memory_stat = kill.memory_stat.clone();
+        incident.tmpfs = container
+            .as_ref()
+            .map(|c| c.tmpfs.clone())
+            .unwrap_or_default();
         incident.reclaim_stalls = stalls.map(|s| StallBrief {
             count: s.count,
             total_ms: s.total_ns as f64 / 1e6,
@@ -278,8 +312,15 @@ impl Incidents {
     }
 
     /// Docker's `oom` and `die` events: confirm an incident, or make one when no kernel event
-    /// came (eBPF off, or the kill happened before guardian watched the container).
+    /// came (eBPF off, or the kill happened before guardian watched the container). A `die`
+    /// with exit code 137 and no `State.OOMKilled` is a SIGKILL from someone else (`docker stop`
+    /// after its grace period, `docker kill`): not an OOM kill, no incident. A `die` after an
+    /// incident of the same run completes that incident (the exit code of a container that
+    /// survived the kill of a child) instead of making a second one.
     pub fn on_docker(&mut self, action: &str, c: &Container, recorder: &Recorder, store: &Store) {
+        if action == "die" && self.complete_stored(c, store) {
+            return;
+        }
         if action != "oom" && !(action == "die" && c.oom_killed) {
             return;
         }
@@ -298,19 +339,78 @@ impl Incidents {
             }
             if action == "die" {
                 p.incident.exit_code = c.exit_code;
+                p.incident.container_survived = Some(false);
             }
             if !p.incident.sources.iter().any(|s| s == "docker") {
                 p.incident.sources.push("docker".into());
             }
             return;
         }
+        let run_start = c
+            .started_at
+            .as_deref()
+            .and_then(crate::model::rfc3339_ms)
+            .unwrap_or(i64::MAX)
+            .min(now_ms() - WINDOW_MS);
         let recent = store
-            .has_incident_for(&c.to_ref().id, now_ms() - WINDOW_MS)
+            .has_incident_for(&c.to_ref().id, run_start)
             .unwrap_or(false);
         if recent || action != "die" {
             return;
         }
         self.add_from_docker_state(c, recorder.get(&c.id), None, "guardian saw no kernel event for this kill (eBPF was off, or the container died before guardian mapped it); this report is from Docker's record");
+    }
+
+    /// A container died after an incident of its run was written (a child was OOM-killed and
+    /// the container went on): records its exit code in that incident and rewrites the reports.
+    /// Returns whether there was such an incident.
+    fn complete_stored(&self, c: &Container, store: &Store) -> bool {
+        if self
+            .pending
+            .iter()
+            .any(|p| p.container_id.as_deref() == Some(c.id.as_str()))
+        {
+            return false;
+        }
+        let Some(started) = c.started_at.as_deref().and_then(crate::model::rfc3339_ms) else {
+            return false;
+        };
+        let Some(mut i) = store
+            .incidents(started)
+            .unwrap_or_default()
+            .into_iter()
+            .rev()
+            .find(|i| i.container.as_ref().is_some_and(|r| r.id == c.to_ref().id))
+        else {
+            return false;
+        };
+        if i.exit_code.is_some() {
+            return true;
+        }
+        i.exit_code = c.exit_code;
+        // Killed with its main process, Docker's `die` only came after the gathering window.
+        let died_with_it = c.exit_code == Some(137)
+            && c.finished_at
+                .as_deref()
+                .and_then(crate::model::rfc3339_ms)
+                .is_some_and(|f| f - i.at_ms < 2 * GATHER.as_millis() as i64);
+        if died_with_it {
+            i.container_survived = Some(false);
+        } else if i.container_survived == Some(true) {
+            i.notes.push(format!(
+                "the container went on after the kill and exited later with code {}",
+                c.exit_code
+                    .map_or_else(|| "?".to_string(), |e| e.to_string())
+            ));
+        }
+        i.next_step = postmortem::next_step(&i);
+        if let Err(e) = store.put_incident(&i) {
+            warn!(incident = %i.id, "storing the exit code failed: {e}");
+        } else if let Err(e) = write_files(&self.dir, &i) {
+            warn!(incident = %i.id, "rewriting the report files failed: {e}");
+        }
+        info!(incident = %i.id, name = %i.name, exit_code = ?c.exit_code, survived = ?i.container_survived, "container of an earlier incident exited");
+        true
     }
 
     /// At (re)connection: containers OOM-killed in the last ten minutes that have no report
@@ -384,6 +484,11 @@ impl Incidents {
             .unwrap_or_else(now_ms);
         let mut incident = self.blank(at_ms, c.display_name(), None, Some(c), run);
         incident.exit_code = c.exit_code;
+        // Docker's OOMKilled flag is set by a kill of any process of the container: one that
+        // exited with another code than 137 (SIGKILL) outlived the kill.
+        if c.exit_code.is_some_and(|e| e != 137) {
+            incident.container_survived = Some(true);
+        }
         if c.oom_killed || kernel.is_none() {
             incident.sources.push("docker state".into());
         }
@@ -413,19 +518,29 @@ impl Incidents {
         }
     }
 
-    /// Writes the incidents whose gathering time is over.
-    pub fn flush_due(&mut self, store: &Store, force: bool) {
+    /// Writes the incidents whose gathering time is over. A container that `table` still has
+    /// running then (and Docker sent no `die` for) survived the kill: a child was killed.
+    pub fn flush_due(&mut self, store: &Store, table: &ContainerTable, force: bool) {
         let now = Instant::now();
         let (due, waiting): (Vec<Pending>, Vec<Pending>) = std::mem::take(&mut self.pending)
             .into_iter()
             .partition(|p| force || p.due <= now);
         self.pending = waiting;
-        for p in due {
+        for mut p in due {
+            if p.incident.container_survived.is_none() && p.incident.exit_code.is_none() {
+                p.incident.container_survived = p
+                    .container_id
+                    .as_deref()
+                    .and_then(|id| table.get(id))
+                    .map(|c| c.state == "running" || c.state == "paused");
+            }
             self.finish(p.incident, store);
         }
     }
 
     fn finish(&self, mut i: Incident, store: &Store) {
+        i.filled_by = postmortem::filled_by(&i.memory_stat, i.victim.rss.as_ref());
+        i.climb_per_s = postmortem::climb_per_s(&i.timeline);
         if i.kind.is_none() {
             if let Some((kind, why)) = postmortem::kind_from_counters(i.peak, i.limit) {
                 i.kind = Some(kind);
@@ -457,7 +572,7 @@ impl Incidents {
                     i.next_step
                 );
                 if let Some(hook) = &self.hook {
-                    run_hook(hook, &path);
+                    run_hook(hook, &i, &path);
                 }
             }
             Err(e) => {
@@ -479,21 +594,75 @@ fn apply_line(i: &mut Incident, line: &KillLine) {
     }
 }
 
-/// Runs the configured hook with the report's path; its outcome is logged, never waited on by
-/// the daemon's loop.
-fn run_hook(hook: &str, report: &Path) {
+/// The environment an incident hook gets, besides the positional `$1` (the report's path):
+/// the incident's id, kind (and for OOM kills which killer), container, compose project and service, victim, and report path.
+/// Unknown values are empty strings, so a script can test `[ -n "$GUARDIAN_SERVICE" ]`.
+pub fn hook_env(i: &Incident, report: &Path) -> Vec<(&'static str, String)> {
+    let oom_kind = match i.kind {
+        Some(OomKind::Cgroup) => "cgroup",
+        Some(OomKind::Global) => "global",
+        None => "",
+    };
+    let container = i.container.as_ref();
+    vec![
+        ("GUARDIAN_INCIDENT_ID", i.id.clone()),
+        // Every incident so far is a kernel OOM kill; other kinds name themselves here.
+        ("GUARDIAN_KIND", "oom".to_string()),
+        // Which OOM killer: its own limit (cgroup) or the host's memory (global).
+        ("GUARDIAN_OOM_KIND", oom_kind.to_string()),
+        (
+            "GUARDIAN_CONTAINER",
+            container.map(|c| c.name.clone()).unwrap_or_default(),
+        ),
+        (
+            "GUARDIAN_PROJECT",
+            container
+                .and_then(|c| c.project.clone())
+                .unwrap_or_default(),
+        ),
+        (
+            "GUARDIAN_SERVICE",
+            container
+                .and_then(|c| c.service.clone())
+                .unwrap_or_default(),
+        ),
+        (
+            "GUARDIAN_VICTIM_PID",
+            i.victim.pid.map(|p| p.to_string()).unwrap_or_default(),
+        ),
+        (
+            "GUARDIAN_VICTIM_COMM",
+            i.victim.comm.clone().unwrap_or_default(),
+        ),
+        ("GUARDIAN_REPORT", report.display().to_string()),
+    ]
+}
+
+/// Runs the configured hook for an incident of any kind: `sh -c <hook> guardian-hook <report>`
+/// with [`hook_env`] in its environment and the incident's JSON on its stdin (as earlyoom's
+/// `-N` script gets the details). Its outcome is logged, never waited on by the daemon's loop.
+pub fn run_hook(hook: &str, incident: &Incident, report: &Path) {
     let child = tokio::process::Command::new("sh")
         .arg("-c")
         .arg(hook)
         .arg("guardian-hook")
         .arg(report)
-        .env("GUARDIAN_REPORT", report)
+        .envs(hook_env(incident, report))
+        .stdin(std::process::Stdio::piped())
         .kill_on_drop(false)
         .spawn();
     match child {
         Ok(mut child) => {
             let hook = hook.to_string();
+            let json = serde_json::to_vec(incident).expect("incidents always serialize");
+            let stdin = child.stdin.take();
             tokio::spawn(async move {
+                if let Some(mut stdin) = stdin {
+                    use tokio::io::AsyncWriteExt as _;
+                    // A hook that does not read its stdin closes the pipe: not an error.
+                    let _ = stdin.write_all(&json).await;
+                    drop(stdin);
+                }
                 match child.wait().await {
                     Ok(s) if s.success() => {}
                     Ok(s) => warn!(hook = %hook, "the incident hook failed: {s}"),
@@ -502,5 +671,31 @@ fn run_hook(hook: &str, report: &Path) {
             });
         }
         Err(e) => warn!(hook = %hook, "could not run the incident hook: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fast_samples_are_kept_near_the_kill_and_thinned_before_keeping_the_highest() {
+        let at = 100_000;
+        // 20 ms samples over the last 10 s: a peak of 50 at -8000 ms must survive the thinning.
+        let series: VecDeque<(i64, Bytes)> = (0..500)
+            .map(|k| {
+                let t = at - 10_000 + k * 20;
+                (t, Bytes(if t == at - 8000 { 50 } else { 10 }))
+            })
+            .collect();
+        let points = relative(&series, at);
+        let dense = points.iter().filter(|p| p.t_ms >= -DENSE_MS).count();
+        let sparse = points.iter().filter(|p| p.t_ms < -DENSE_MS).count();
+        assert_eq!(dense, 250, "every sample of the last 5 s");
+        assert_eq!(sparse, 20, "one per 250 ms before");
+        assert!(
+            points.iter().any(|p| p.bytes == Bytes(50)),
+            "the peak is kept"
+        );
     }
 }

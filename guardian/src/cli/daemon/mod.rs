@@ -7,7 +7,11 @@ mod incidents;
 mod systemd;
 
 use std::{
-    collections::HashMap, net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc,
+    collections::{HashMap, HashSet},
+    net::SocketAddr,
+    path::PathBuf,
+    process::ExitCode,
+    sync::Arc,
     time::Duration,
 };
 
@@ -17,7 +21,7 @@ use tokio::{
     sync::{mpsc, watch},
     time::MissedTickBehavior,
 };
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use self::{
     enforcement::{Enforcement, Wake},
@@ -29,6 +33,7 @@ use crate::{
     config::{Config, Dur},
     metrics::{self, StallSeries},
     model::{now_ms, CgroupId, CgroupRef, Container, ContainerTable, Recorder},
+    policy::sampling::{self, SampleInputs},
     sources::{
         cgroup::{read_memory, CgroupIndex, Hierarchy, PeakSource, UsageCounters},
         docker::{self, DockerUpdate},
@@ -211,6 +216,15 @@ pub async fn run(args: DaemonArgs, _output: Output) -> anyhow::Result<ExitCode> 
     let mut sample_tick = tokio::time::interval(config.sample_interval.0);
     sample_tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
     let mut store_health = StoreHealth::default();
+    // Containers read every fast_sample_interval: new, or near a ceiling (policy/sampling.rs).
+    let fast_on = !config.fast_sample_interval.0.is_zero();
+    let mut fast_tick = tokio::time::interval(if fast_on {
+        config.fast_sample_interval.0
+    } else {
+        Duration::from_secs(3600)
+    });
+    fast_tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    let mut fast: HashSet<String> = HashSet::new();
     let mut flush_tick = tokio::time::interval(config.flush_interval.0);
     flush_tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
     let mut prune_tick = tokio::time::interval(Duration::from_secs(3600));
@@ -251,14 +265,21 @@ pub async fn run(args: DaemonArgs, _output: Output) -> anyhow::Result<ExitCode> 
             _ = terminate.recv() => break,
             _ = sample_tick.tick() => {
                 sample(&hierarchy, &mut recorder, &mut counters);
+                if fast_on {
+                    choose_fast(&recorder, enforcement.as_ref(), &mut fast);
+                }
                 incidents.sample_host(now_ms());
-                incidents.flush_due(&store, false);
+                incidents.flush_due(&store, &table, false);
                 let stalls = stall_series(probes.as_ref(), &mut index, &table);
                 let mut text = metrics::render(recorder.live(), &stalls, oom_kills_total);
                 if let Some(e) = &enforcement {
                     text.push_str(&e.metrics());
                 }
                 snapshot_tx.send_replace(Arc::new(text));
+            }
+            _ = fast_tick.tick(), if fast_on && !fast.is_empty() => {
+                sample_usage(&hierarchy, &mut recorder, &mut counters, &fast);
+                choose_fast(&recorder, enforcement.as_ref(), &mut fast);
             }
             _ = flush_tick.tick() => {
                 flush(&mut store, &mut recorder, &mut store_health);
@@ -323,6 +344,9 @@ pub async fn run(args: DaemonArgs, _output: Output) -> anyhow::Result<ExitCode> 
                     DockerUpdate::Lost(_) => {}
                 }
                 apply(update, &mut table, &mut recorder, &hierarchy, &mut docker_lost);
+                if fast_on {
+                    choose_fast(&recorder, enforcement.as_ref(), &mut fast);
+                }
                 if let Some(e) = enforcement.as_mut() {
                     e.sync_containers(&table, &store);
                 }
@@ -336,7 +360,7 @@ pub async fn run(args: DaemonArgs, _output: Output) -> anyhow::Result<ExitCode> 
     if let Some(e) = enforcement.as_mut() {
         e.shutdown(&store);
     }
-    incidents.flush_due(&store, true);
+    incidents.flush_due(&store, &table, true);
     sample(&hierarchy, &mut recorder, &mut counters);
     flush(&mut store, &mut recorder, &mut store_health);
     let _ = std::fs::remove_file(&pid_path);
@@ -437,6 +461,73 @@ struct StoreHealth {
 
 /// While the store cannot take writes, the last minute of samples waits in memory.
 const KEEP_UNWRITTEN_MS: i64 = 60_000;
+
+/// Decides which containers are sampled fast from their latest usage (policy/sampling.rs), and
+/// logs each change with the reason.
+fn choose_fast(recorder: &Recorder, enforcement: Option<&Enforcement>, fast: &mut HashSet<String>) {
+    let now = now_ms();
+    let mut next = HashSet::new();
+    for l in recorder.live() {
+        let id = &l.record.container_id;
+        let inputs = SampleInputs {
+            usage: l
+                .recent
+                .back()
+                .map(|(_, u)| *u)
+                .or(l.last.as_ref().map(|m| m.usage))
+                .unwrap_or_default(),
+            limit: l.record.memory_limit,
+            budget: enforcement.and_then(|e| e.budget_of(id)),
+            high: l.last.as_ref().and_then(|m| m.high),
+            age_ms: now - l.record.started_at_ms,
+            fast_now: fast.contains(id),
+        };
+        let rate = sampling::rate(&inputs);
+        if rate.is_fast() != inputs.fast_now {
+            debug!(container = %l.record.display_name(), usage = inputs.usage.0, rate = ?rate, "sampling rate changed");
+        }
+        if rate.is_fast() {
+            next.insert(id.clone());
+        }
+    }
+    *fast = next;
+}
+
+/// Reads the usage and high-water mark of the fast-sampled containers (two `pread`s each).
+fn sample_usage(
+    hierarchy: &Hierarchy,
+    recorder: &mut Recorder,
+    counters: &mut HashMap<String, UsageCounters>,
+    ids: &HashSet<String>,
+) {
+    let now = now_ms();
+    for id in ids {
+        if !counters.contains_key(id) {
+            let Some(memory) = recorder
+                .get(id)
+                .and_then(|l| l.cgroup.as_ref())
+                .and_then(|c| c.memory_path.clone())
+            else {
+                continue;
+            };
+            match UsageCounters::open(hierarchy, &memory) {
+                Ok(c) => {
+                    counters.insert(id.clone(), c);
+                }
+                Err(_) => continue,
+            }
+        }
+        match counters.get(id).map(UsageCounters::read) {
+            Some(Ok((usage, high))) => {
+                recorder.observe_peak(id, high, now);
+                recorder.observe_usage(id, usage, now);
+            }
+            _ => {
+                counters.remove(id);
+            }
+        }
+    }
+}
 
 /// Commits what changed; on failure keeps it (bounded) for the next flush.
 fn flush(store: &mut Store, recorder: &mut Recorder, health: &mut StoreHealth) {

@@ -1,7 +1,7 @@
 //! Reading a memory cgroup's files (v1 and v2) and parsing their formats.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     path::{Path, PathBuf},
 };
 
@@ -115,6 +115,67 @@ pub fn read_memory(
     };
     reading.pressure = pressure;
     Ok(reading)
+}
+
+/// memory.stat fields that count bytes (the rest count events or pages scanned), v2 and v1
+/// names; v1's hierarchical `total_<name>` variants are kept too.
+const STAT_BYTE_FIELDS: &[&str] = &[
+    // v2 (Documentation/admin-guide/cgroup-v2.rst, "memory.stat")
+    "anon",
+    "file",
+    "kernel",
+    "kernel_stack",
+    "pagetables",
+    "sec_pagetables",
+    "percpu",
+    "sock",
+    "vmalloc",
+    "shmem",
+    "zswap",
+    "zswapped",
+    "file_mapped",
+    "file_dirty",
+    "file_writeback",
+    "swapcached",
+    "anon_thp",
+    "file_thp",
+    "shmem_thp",
+    "slab_reclaimable",
+    "slab_unreclaimable",
+    "slab",
+    // v1 (Documentation/admin-guide/cgroup-v1/memory.rst, "memory.stat file")
+    "cache",
+    "rss",
+    "rss_huge",
+    "mapped_file",
+    "dirty",
+    "writeback",
+    "swap",
+    // both
+    "inactive_anon",
+    "active_anon",
+    "inactive_file",
+    "active_file",
+    "unevictable",
+];
+
+/// The byte fields of a memory cgroup's memory.stat under the kernel's names (see
+/// [`STAT_BYTE_FIELDS`]), for a post-mortem's "what filled it".
+pub fn read_memory_stat(
+    hierarchy: &Hierarchy,
+    memory_rel: &Path,
+) -> Result<BTreeMap<String, Bytes>, CgroupError> {
+    let text = read(&hierarchy.memory_dir(memory_rel).join("memory.stat"))?;
+    Ok(stat_bytes(&text))
+}
+
+/// The byte fields of memory.stat text.
+pub fn stat_bytes(text: &str) -> BTreeMap<String, Bytes> {
+    parse_kv(text)
+        .into_iter()
+        .filter(|(k, _)| STAT_BYTE_FIELDS.contains(&k.strip_prefix("total_").unwrap_or(k)))
+        .map(|(k, v)| (k.to_string(), Bytes(v)))
+        .collect()
 }
 
 /// The kernel's high-water mark of a memory cgroup (v1 `memory.max_usage_in_bytes`, v2
@@ -259,6 +320,18 @@ mod tests {
     const V2_EVENTS: &str = include_str!("fixtures/v2-memory.events");
     const PROC_PRESSURE: &str = include_str!("fixtures/proc-pressure-memory");
     const PRESSURE_UNDER_LOAD: &str = include_str!("fixtures/memory.pressure-under-load");
+
+    #[test]
+    fn memory_stat_keeps_the_byte_fields_under_the_kernels_names() {
+        let v1 = stat_bytes(V1_STAT);
+        assert_eq!(v1["cache"], Bytes(964755456));
+        assert!(v1.contains_key("total_shmem") && v1.contains_key("rss"));
+        assert!(!v1.contains_key("pgfault") && !v1.contains_key("hierarchical_memory_limit"));
+        let v2 = stat_bytes(V2_STAT);
+        assert_eq!(v2["anon"], Bytes(65536));
+        assert!(v2.contains_key("shmem") && v2.contains_key("kernel"));
+        assert!(!v2.contains_key("pgfault") && !v2.contains_key("workingset_refault_anon"));
+    }
 
     #[test]
     fn v1_memory_stat_parses_totals() {
