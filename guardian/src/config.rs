@@ -99,6 +99,17 @@ pub struct IncidentsConfig {
     pub hook: Option<String>,
     /// Arguments of the victim's command line holding one of these words lose their value.
     pub redact: Vec<String>,
+    /// A freeze by guardian's ladder that lasts this long is reported while it lasts; a shorter
+    /// one when it is thawed.
+    pub freeze_report_after: Dur,
+    /// A container whose working set stays at this share (0–1) of its limit or budget for
+    /// `warn_after` gets a warning; re-armed once it falls 0.05 below.
+    pub warn_share: f64,
+    pub warn_after: Dur,
+    /// A group at its memory.high whose tasks are all stalled on memory (PSI `full`) this share
+    /// (0–1) of the time for `throttled_after` gets a throttled incident.
+    pub throttled_full: f64,
+    pub throttled_after: Dur,
 }
 
 impl Default for IncidentsConfig {
@@ -111,6 +122,11 @@ impl Default for IncidentsConfig {
             ]
             .map(String::from)
             .to_vec(),
+            freeze_report_after: Dur(Duration::from_secs(30)),
+            warn_share: 0.9,
+            warn_after: Dur(Duration::from_secs(5)),
+            throttled_full: 0.2,
+            throttled_after: Dur(Duration::from_secs(10)),
         }
     }
 }

@@ -19,7 +19,9 @@ pub use event::{
     CgroupRef, ContainerChange, Event, MemcgOom, OomKill, OomTask, Pressure, ReclaimStall,
     RssBreakdown, Source, StallSummary,
 };
-pub use incident::{Incident, Neighbour, Point, StallBrief, TriggerTask, Victim};
+pub use incident::{
+    Cause, Incident, LadderDecision, Neighbour, Point, StallBrief, TriggerTask, Victim,
+};
 pub use memory::{Bytes, MemoryReading, PressureStats, PsiLine};
 pub use recorder::{now_ms, rfc3339_ms, unix_ms, Flush, LiveRun, Recorder, RECENT_MS};
 pub use usage::{RunRecord, Sample};

@@ -234,7 +234,7 @@ impl Incidents {
     }
 
     /// An incident with identity, timelines and nothing else yet.
-    fn blank(
+    pub(super) fn blank(
         &self,
         at_ms: i64,
         name: String,
