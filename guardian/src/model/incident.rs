@@ -170,3 +170,40 @@ pub struct Incident {
     /// What guardian could not know, in words (e.g. it was not watching yet).
     pub notes: Vec<String>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_incident_stored_before_causes_existed_loads_as_a_kernel_oom() {
+        let mut old = serde_json::to_value(Incident {
+            id: "20261125T000000Z-ci-db-42".into(),
+            name: "ci/db".into(),
+            ..Default::default()
+        })
+        .unwrap();
+        for field in ["cause", "decision", "ended", "duration_ms", "lost_ms"] {
+            old.as_object_mut().unwrap().remove(field);
+        }
+        let i: Incident = serde_json::from_value(old).unwrap();
+        assert_eq!(i.cause, Cause::KernelOom);
+        assert_eq!(i.decision, None);
+    }
+
+    #[test]
+    fn a_cause_with_its_killer_round_trips() {
+        let i = Incident {
+            cause: Cause::KilledBySignal {
+                killer: Some("earlyoom".into()),
+            },
+            ..Default::default()
+        };
+        let text = serde_json::to_string(&i).unwrap();
+        assert!(
+            text.contains(r#""cause":{"killed_by_signal":{"killer":"earlyoom"}}"#),
+            "{text}"
+        );
+        assert_eq!(serde_json::from_str::<Incident>(&text).unwrap(), i);
+    }
+}
