@@ -161,7 +161,7 @@ fn a_container_held_near_its_limit_is_warned_once_with_a_metric_and_the_hook() {
     let w = warnings[0];
     assert_eq!(w["limit"], 100 * MIB);
     let ws = w["working_set"].as_u64().unwrap();
-    assert!(ws >= 90 * MIB && ws <= 100 * MIB, "{w}");
+    assert!((90 * MIB..=100 * MIB).contains(&ws), "{w}");
     assert!(w["duration_ms"].as_i64().unwrap() >= 5000, "{w}");
     assert!(
         w["next_step"]
