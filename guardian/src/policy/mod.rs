@@ -2,6 +2,7 @@
 
 pub mod enforce;
 pub mod incidents;
+pub mod killers;
 pub mod postmortem;
 pub mod profile;
 pub mod reload;

@@ -4,10 +4,10 @@
 //! (store row, report files, hook, metrics).
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, VecDeque},
     io::Write as _,
     path::{Path, PathBuf},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use tracing::{info, warn};
@@ -15,21 +15,43 @@ use tracing::{info, warn};
 use super::{enforcement::LadderEvent, incidents::Incidents};
 use crate::{
     config::IncidentsConfig,
-    model::{now_ms, Bytes, Cause, ContainerTable, Incident, Recorder},
+    model::{now_ms, Bytes, Cause, Container, ContainerTable, Incident, Recorder},
     policy::{
         enforce::Act,
         incidents::{
             next_step, FreezeWatch, Throttle, ThrottleEpisodes, ThrottleParams, WarnEpisodes,
             WarnParams,
         },
+        killers::{self, Death, NEAR_LIMIT},
     },
     report::incident::write_files,
-    sources::cgroup::{parse_pressure, Hierarchy},
+    sources::{
+        cgroup::{parse_pressure, Hierarchy},
+        host,
+    },
     store::Store,
 };
 
 /// How far below `warn_share` a container must fall before it can be warned again.
 const WARN_HYSTERESIS: f64 = 0.05;
+/// A death by signal is judged this long after Docker's `die`: long enough for a kernel OOM
+/// kill's incident (gathered for 2 s) to be stored, and for a killer's log line to be written.
+const DEATH_WAIT: Duration = Duration::from_secs(3);
+/// How far back usage and the host's MemAvailable count as "when it died" (ms).
+const DEATH_WINDOW_MS: i64 = 10_000;
+/// The host counts as short of memory below this share of MemTotal.
+const HOST_SHORT: f64 = 0.1;
+
+/// A container that died of a signal, waiting for the other witnesses.
+struct Dying {
+    due: Instant,
+    container_id: String,
+    short_id: String,
+    started_ms: i64,
+    pid: Option<u32>,
+    death: Death<'static>,
+    incident: Incident,
+}
 
 fn rfc3339(ms: i64) -> String {
     humantime::format_rfc3339_millis(
@@ -79,6 +101,12 @@ pub struct Episodes {
     throttled: HashMap<String, Incident>,
     /// Warnings given, by (container, service) label values.
     warnings_total: BTreeMap<(String, String), u64>,
+    /// The host's MemAvailable over the last [`DEATH_WINDOW_MS`], and its MemTotal.
+    host: VecDeque<(i64, Bytes)>,
+    host_total: Option<Bytes>,
+    dying: Vec<Dying>,
+    /// Containers guardian's ladder killed: their death is its own incident already.
+    killed: std::collections::HashSet<String>,
 }
 
 impl Episodes {
@@ -102,6 +130,10 @@ impl Episodes {
             }),
             throttled: HashMap::new(),
             warnings_total: BTreeMap::new(),
+            host: VecDeque::new(),
+            host_total: host::mem_total().ok(),
+            dying: Vec::new(),
+            killed: std::collections::HashSet::new(),
         }
     }
 
@@ -119,6 +151,7 @@ impl Episodes {
                     self.frozen.entry(e.key).or_insert(i);
                 }
                 Act::Kill => {
+                    self.killed.insert(e.key.clone());
                     self.end_freeze(&e.key, now, "then killed by guardian", store);
                     let mut i = open(seen, now, &e.key, &e.name, Cause::KilledByGuardian);
                     i.decision = Some(e.decision);
@@ -138,6 +171,109 @@ impl Episodes {
         self.warnings.forget(key);
         if let Some(end) = self.throttles.forget(key) {
             self.throttle_event(key, end, store);
+        }
+    }
+
+    /// Docker's `die` of a container that exited by SIGKILL or SIGTERM: if memory was short it
+    /// may be a userspace killer's doing; judged after [`DEATH_WAIT`] (see [`Episodes::tick`]).
+    /// `c` is Docker's state after the death; the table still has it running (its pid).
+    pub fn on_die(&mut self, c: &Container, seen: &Seen, budget: Option<Bytes>) {
+        if self.killed.remove(&c.id) || !matches!(c.exit_code, Some(137) | Some(143)) {
+            return;
+        }
+        let now = now_ms();
+        let run = seen.recorder.get(&c.id);
+        let recent_max = run
+            .and_then(|r| {
+                r.recent
+                    .iter()
+                    .filter(|(t, _)| now - t <= DEATH_WINDOW_MS)
+                    .map(|(_, b)| *b)
+                    .max()
+            })
+            .unwrap_or_default();
+        let limit = match (c.memory_limit, budget) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let near_limit = limit.is_some_and(|l| recent_max.0 as f64 >= l.0 as f64 * NEAR_LIMIT);
+        let host_min = self
+            .host
+            .iter()
+            .filter(|(t, _)| now - t <= DEATH_WINDOW_MS)
+            .map(|(_, b)| *b)
+            .min();
+        let host_short = matches!((host_min, self.host_total), (Some(a), Some(t)) if (a.0 as f64) < t.0 as f64 * HOST_SHORT);
+        let mut incident = open(seen, now, &c.id, &c.display_name(), Cause::KernelOom);
+        incident.exit_code = c.exit_code;
+        incident.limit = c.memory_limit;
+        incident.budget = budget;
+        incident.peak = run.map(|r| r.record.peak).filter(|p| p.0 > 0);
+        incident.sources = vec!["docker".into()];
+        incident.notes.push(format!(
+            "exit code {} (killed by signal {}); Docker's OOMKilled {}; its usage reached {recent_max} in the last 10 s{}; the host's lowest MemAvailable then {}",
+            c.exit_code.unwrap_or_default(),
+            c.exit_code.unwrap_or_default() - 128,
+            c.oom_killed,
+            limit.map(|l| format!(" against {l}")).unwrap_or_default(),
+            host_min.map_or_else(|| "unknown".to_string(), |b| b.to_string()),
+        ));
+        self.dying.push(Dying {
+            due: Instant::now() + DEATH_WAIT,
+            container_id: c.id.clone(),
+            short_id: c.to_ref().id,
+            started_ms: c
+                .started_at
+                .as_deref()
+                .and_then(crate::model::rfc3339_ms)
+                .unwrap_or(now - DEATH_WINDOW_MS),
+            pid: seen.table.get(&c.id).and_then(|r| r.pid).or(c.pid),
+            death: Death {
+                exit_code: c.exit_code,
+                kernel_oom: c.oom_killed,
+                near_limit,
+                host_short,
+                killer: None,
+            },
+            incident,
+        });
+    }
+
+    /// Deaths whose wait is over: a kernel OOM incident of the container wins; else a killer's
+    /// log line names the killer; else a SIGKILL while memory was short is "killed by a signal".
+    fn judge_deaths(&mut self, store: &Store) {
+        let now = Instant::now();
+        let (due, waiting): (Vec<Dying>, Vec<Dying>) = std::mem::take(&mut self.dying)
+            .into_iter()
+            .partition(|d| d.due <= now);
+        self.dying = waiting;
+        if due.is_empty() {
+            return;
+        }
+        let lines: Vec<killers::KillLine> = host::killer_journal(60)
+            .iter()
+            .filter_map(|(ident, msg)| killers::parse_kill_line(ident, msg))
+            .collect();
+        for mut d in due {
+            // Only a kernel OOM incident counts (a warning before the death does not).
+            d.death.kernel_oom |= store.incidents(d.started_ms).is_ok_and(|all| {
+                all.iter().any(|i| {
+                    i.cause == Cause::KernelOom
+                        && i.container.as_ref().is_some_and(|c| c.id == d.short_id)
+                })
+            });
+            let killer = killers::killer_of(&lines, &d.container_id, d.pid, None);
+            d.death.killer = killer;
+            let Some(cause) = killers::signal_death(&d.death) else {
+                continue;
+            };
+            let mut i = d.incident;
+            i.id = format!("{}-{}", i.id.trim_end_matches("-oom"), cause.name());
+            if let Some(k) = killer {
+                i.sources.push(format!("{k} (journal)"));
+            }
+            i.cause = cause;
+            self.write(i, store);
         }
     }
 
@@ -168,8 +304,10 @@ impl Episodes {
         self.write(i, store);
     }
 
-    /// Freezes that have lasted long enough are reported while they last.
+    /// Freezes that have lasted long enough are reported while they last; deaths whose wait is
+    /// over are judged.
     pub fn tick(&mut self, store: &Store) {
+        self.judge_deaths(store);
         let now = now_ms();
         for (key, _) in self.freezes.overdue(now) {
             if let Some(i) = self.frozen.get_mut(&key) {
@@ -194,6 +332,16 @@ impl Episodes {
         store: &Store,
     ) {
         let now = now_ms();
+        if let Ok(a) = host::mem_available() {
+            self.host.push_back((now, a));
+        }
+        while self
+            .host
+            .front()
+            .is_some_and(|(t, _)| now - t > DEATH_WINDOW_MS)
+        {
+            self.host.pop_front();
+        }
         let mut warned = Vec::new();
         let mut throttle = Vec::new();
         for l in seen.recorder.live() {

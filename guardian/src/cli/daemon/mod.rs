@@ -280,6 +280,11 @@ pub async fn run(args: DaemonArgs, _output: Output) -> anyhow::Result<ExitCode> 
                     DockerUpdate::Event(e) => {
                         if let Some(c) = &e.container {
                             incidents.on_docker(&e.action, c, &recorder, &store);
+                            if e.action == "die" {
+                                let seen = Seen { incidents: &incidents, table: &table, recorder: &recorder };
+                                let budget = enforcement.as_ref().and_then(|e| e.budget_of(&c.id));
+                                episodes.on_die(c, &seen, budget);
+                            }
                             if matches!(e.action.as_str(), "die" | "destroy") {
                                 episodes.on_gone(&c.id, &store);
                             }
