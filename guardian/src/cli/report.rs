@@ -174,9 +174,17 @@ fn junit(incidents: &[Incident]) -> String {
     for i in incidents.iter().filter(|i| fails_ci(&i.cause)) {
         let _ = writeln!(
             o,
-            "  <testcase classname=\"guardian.oom\" name=\"{}\">\n    <failure message=\"{}\" type=\"oom_kill\">{}</failure>\n  </testcase>",
+            "  <testcase classname=\"guardian.{}\" name=\"{}\">\n    <failure message=\"{}\" type=\"{}\">{}</failure>\n  </testcase>",
+            i.cause.name(),
             esc(&i.name),
-            esc(&format!("{}: {}", ci_title(i), i.next_step)),
+            esc(&match i.cause {
+                Cause::KernelOom => format!("OOM kill of {}: {}", i.name, i.next_step),
+                _ => format!("{}: {}", ci_title(i), i.next_step),
+            }),
+            match i.cause {
+                Cause::KernelOom => "oom_kill",
+                _ => i.cause.name(),
+            },
             esc(&render(i, Format::Md))
         );
     }
