@@ -226,6 +226,184 @@ fn critical_pressure_freezes_the_budgeted_container_and_every_freeze_is_put_back
     assert_eq!(restored["left"].as_array().unwrap().len(), 0);
 }
 
+/// `cgroup.events`' `frozen` line: the kernel's own word that every task is frozen.
+fn kernel_frozen(unified_dir: &Path) -> bool {
+    std::fs::read_to_string(unified_dir.join("cgroup.events"))
+        .unwrap()
+        .lines()
+        .any(|l| l == "frozen 1")
+}
+
+/// A hook that appends its kind and incident id to `log` and keeps its stdin per incident.
+fn recording_hook(dir: &Path) -> (String, PathBuf) {
+    let log = dir.join("hook.log");
+    let hook = format!(
+        "echo \"$GUARDIAN_KIND $GUARDIAN_INCIDENT_ID $GUARDIAN_CONTAINER\" >> {log}; cat > {dir}/hook-$GUARDIAN_INCIDENT_ID-$$.json",
+        log = log.display(),
+        dir = dir.display()
+    );
+    (hook, log)
+}
+
+fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    None
+}
+
+#[test]
+fn a_long_freeze_by_guardian_is_reported_while_it_lasts_with_its_rule_and_fails_report_ci() {
+    require_docker();
+    let _turn = take_turn();
+    let name = unique("frozenincident");
+    let id = idle_container(&name, &["guardian.budget=64m"]);
+    let (_, unified_dir) = container_cgroup(&id);
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let (hook, hook_log) = recording_hook(dir.path());
+    let config = critical_config(
+        dir.path(),
+        &format!(
+            "step_interval = \"200ms\"\nrelax_after = \"1h\"\n\n[incidents]\nfreeze_report_after = \"1s\"\nhook = '{hook}'\n"
+        ),
+    );
+    let state_arg = state.to_str().unwrap().to_string();
+    let daemon = Daemon::start(
+        &state,
+        &["--config", config.to_str().unwrap(), "--no-metrics"],
+    );
+    let frozen = wait_freeze(&unified_dir, "1", Duration::from_secs(20));
+    // Written while it lasts: the report appears while the kernel still has it frozen.
+    let reports = state.join("reports");
+    let report = wait_for(Duration::from_secs(20), || {
+        std::fs::read_dir(&reports)
+            .ok()?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.to_string_lossy().ends_with("-frozen.json"))
+    });
+    let frozen_while_reported = kernel_frozen(&unified_dir);
+    let docker_paused_state = docker(&["inspect", "-f", "{{.State.Status}}", &id]);
+    let while_frozen: Option<Value> = report
+        .as_ref()
+        .map(|p| serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap());
+    let (list_exit, list, list_err) = run_guardian(&["report", "list", "--state-dir", &state_arg]);
+    let (ci_exit, ci, _) =
+        run_guardian(&["report", "ci", "--state-dir", &state_arg, "--since", "10m"]);
+    let hook_ran = wait_for(Duration::from_secs(10), || {
+        std::fs::read_to_string(&hook_log)
+            .ok()
+            .filter(|l| l.contains("frozen"))
+    });
+    let (exit, log) = daemon.stop(Signal::SIGTERM);
+    let thawed_at_exit = freeze_state(&unified_dir);
+    let (_, after_json, _) = run_guardian(&[
+        "report",
+        "list",
+        "--state-dir",
+        &state_arg,
+        "--output",
+        "json",
+    ]);
+    docker(&["rm", "-f", &name]);
+
+    assert!(frozen, "the daemon did not freeze {name}; its log:\n{log}");
+    assert!(exit.success(), "{log}");
+    let report = report.unwrap_or_else(|| panic!("no frozen report was written; log:\n{log}"));
+    assert!(
+        frozen_while_reported,
+        "the report must be written while the kernel has it frozen (cgroup.events)"
+    );
+    assert_eq!(
+        docker_paused_state, "running",
+        "Docker does not know of a cgroup freeze"
+    );
+    let i = while_frozen.unwrap();
+    assert_eq!(i["cause"], "frozen_by_guardian", "{i}");
+    assert_eq!(i["name"], name.as_str());
+    assert_eq!(i["ended"], Value::Null, "still frozen: {i}");
+    assert!(i["duration_ms"].as_i64().unwrap() >= 1000, "{i}");
+    assert_eq!(i["decision"]["step"], 3);
+    assert!(
+        i["decision"]["rule"]
+            .as_str()
+            .unwrap()
+            .contains("host critical"),
+        "{i}"
+    );
+    assert_eq!(i["decision"]["critical_reserve"], 1u64 << 40);
+    assert!(i["decision"]["host_available"].as_u64().unwrap() > 0);
+    assert_eq!(i["budget"], 64 * MIB);
+    let next = i["next_step"].as_str().unwrap();
+    assert!(
+        next.contains("critical_reserve") && next.contains("guardian.priority"),
+        "{next}"
+    );
+    let md = std::fs::read_to_string(report.with_extension("md")).unwrap();
+    assert!(
+        md.starts_with(&format!("# Frozen by guardian: {name}")),
+        "{md}"
+    );
+    assert!(md.contains("| Rule (ladder step) | host critical"), "{md}");
+
+    assert!(list_exit.success(), "{list_err}");
+    let row = list
+        .lines()
+        .find(|l| l.contains(name.as_str()))
+        .unwrap_or_else(|| panic!("{name} not in report list:\n{list}"));
+    assert!(row.contains("frozen"), "{row}");
+    assert_eq!(
+        ci_exit.code(),
+        Some(1),
+        "report ci fails the run for a freeze: {ci}"
+    );
+    assert!(
+        ci.contains(&format!("::error title=Frozen by guardian%3A {name}::")),
+        "{ci}"
+    );
+
+    let hook_log = hook_ran.unwrap_or_else(|| panic!("the hook did not run; log:\n{log}"));
+    let line = hook_log.lines().next().unwrap();
+    assert!(
+        line.starts_with("frozen ") && line.ends_with(&format!(" {name}")),
+        "{line}"
+    );
+    let stdin: Vec<Value> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("hook-"))
+        .map(|e| serde_json::from_str(&std::fs::read_to_string(e.path()).unwrap()).unwrap())
+        .collect();
+    assert!(
+        stdin
+            .iter()
+            .any(|v| v["cause"] == "frozen_by_guardian" && v["name"] == name.as_str()),
+        "the hook gets the incident as JSON on stdin: {stdin:?}"
+    );
+
+    // Closed at the thaw (the daemon's exit thaws it).
+    assert_eq!(thawed_at_exit, "0");
+    let after: Vec<Value> = serde_json::from_str(&after_json).unwrap();
+    let closed = after
+        .iter()
+        .find(|v| v["cause"] == "frozen_by_guardian" && v["name"] == name.as_str())
+        .unwrap_or_else(|| panic!("{after_json}"));
+    assert_eq!(closed["id"], i["id"], "the same incident, updated");
+    assert!(closed["ended"].is_string(), "{closed}");
+    assert!(
+        closed["notes"].as_array().unwrap().iter().any(|n| n
+            .as_str()
+            .unwrap()
+            .starts_with("thawed when guardian stopped")),
+        "{closed}"
+    );
+}
+
 #[test]
 fn dry_run_records_what_it_would_do_and_writes_nothing() {
     require_docker();
@@ -306,6 +484,18 @@ fn with_allow_kill_a_frozen_container_is_killed_when_critical_pressure_lasts() {
     std::thread::sleep(Duration::from_millis(300));
     let metrics = support::scrape_metrics(&listen);
     let (exit, log) = daemon.stop(Signal::SIGTERM);
+    let exit_code = docker(&["inspect", "-f", "{{.State.ExitCode}}", &id]);
+    let state_arg = state.to_str().unwrap();
+    let (_, incidents, _) = run_guardian(&[
+        "report",
+        "list",
+        "--state-dir",
+        state_arg,
+        "--output",
+        "json",
+    ]);
+    let (ci_exit, ci, _) =
+        run_guardian(&["report", "ci", "--state-dir", state_arg, "--since", "10m"]);
     docker(&["rm", "-f", &name]);
     assert!(exit.success(), "{log}");
     assert_eq!(
@@ -336,6 +526,29 @@ fn with_allow_kill_a_frozen_container_is_killed_when_critical_pressure_lasts() {
         .map(|a| a["at_ms"].as_i64().unwrap())
         .expect("frozen before it was killed");
     assert!(freeze_at <= kill["at_ms"].as_i64().unwrap());
+    assert_eq!(exit_code, "137", "Docker saw it die of SIGKILL");
+    let incidents: Vec<Value> = serde_json::from_str(&incidents).unwrap();
+    let killed = incidents
+        .iter()
+        .find(|i| i["cause"] == "killed_by_guardian" && i["name"] == name.as_str())
+        .unwrap_or_else(|| panic!("no killed-by-guardian incident: {incidents:?}"));
+    assert_eq!(killed["decision"]["step"], 4);
+    assert!(
+        killed["decision"]["rule"]
+            .as_str()
+            .unwrap()
+            .contains("--allow-kill"),
+        "{killed}"
+    );
+    assert!(
+        !incidents.iter().any(|i| i["cause"] == "kernel_oom"),
+        "guardian's kill is not a kernel OOM kill: {incidents:?}"
+    );
+    assert_eq!(ci_exit.code(), Some(1), "{ci}");
+    assert!(
+        ci.contains(&format!("::error title=Killed by guardian%3A {name}::")),
+        "{ci}"
+    );
 }
 
 #[test]

@@ -318,7 +318,12 @@ fn after_a_crash_reports_are_complete_or_absent_never_half_written() {
     let incident = Incident {
         id: "20261125T000000Z-ci-db-42".into(),
         time: "2026-11-25T00:00:00Z".into(),
-        at_ms: 1_764_028_800_000,
+        // Yesterday: within the incidents' retention (90 days), which the daemon prunes at start.
+        at_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64
+            - 86_400_000,
         name: "ci/db".into(),
         cgroup: Some("/docker/abc".into()),
         victim: Victim {

@@ -109,6 +109,17 @@ pub struct IncidentsConfig {
     pub retention: Dur,
     /// At most this many incidents are kept; the oldest go first.
     pub max_count: usize,
+    /// A freeze by guardian's ladder that lasts this long is reported while it lasts; a shorter
+    /// one when it is thawed.
+    pub freeze_report_after: Dur,
+    /// A container whose working set stays at this share (0–1) of its limit or budget for
+    /// `warn_after` gets a warning; re-armed once it falls 0.05 below.
+    pub warn_share: f64,
+    pub warn_after: Dur,
+    /// A group at its memory.high whose tasks are all stalled on memory (PSI `full`) this share
+    /// (0–1) of the time for `throttled_after` gets a throttled incident.
+    pub throttled_full: f64,
+    pub throttled_after: Dur,
 }
 
 impl Default for IncidentsConfig {
@@ -123,6 +134,11 @@ impl Default for IncidentsConfig {
             .to_vec(),
             retention: Dur(Duration::from_secs(90 * 24 * 3600)),
             max_count: 10_000,
+            freeze_report_after: Dur(Duration::from_secs(30)),
+            warn_share: 0.9,
+            warn_after: Dur(Duration::from_secs(5)),
+            throttled_full: 0.2,
+            throttled_after: Dur(Duration::from_secs(10)),
         }
     }
 }

@@ -45,6 +45,8 @@ const PACKAGES: &[&str] = &[
     "procps",
     "ca-certificates",
     "jq",
+    // A userspace OOM killer, disabled below; the `killers` scenario starts it (issue 15 case 5).
+    "earlyoom",
 ];
 
 /// Run by mmdebstrap on the finished root filesystem (`$1`): what a runner's image has that a
@@ -58,6 +60,8 @@ mkdir -p "$root/payload" "$root/out" "$root/etc/docker"
 printf '{ "exec-opts": ["native.cgroupdriver=systemd"] }\n' > "$root/etc/docker/daemon.json"
 rm -f "$root"/etc/systemd/system/timers.target.wants/*
 ln -sf /dev/null "$root/etc/systemd/system/systemd-firstboot.service"
+# Installed for the killers scenario only: off unless a scenario starts it.
+rm -f "$root/etc/systemd/system/multi-user.target.wants/earlyoom.service"
 passwd --root "$root" -d root
 mkdir -p "$root/etc/systemd/system/serial-getty@ttyS0.service.d"
 printf '[Service]\nExecStart=\nExecStart=-/sbin/agetty --autologin root --noclear --keep-baud 115200,57600,38400,9600 - $TERM\n' > "$root/etc/systemd/system/serial-getty@ttyS0.service.d/autologin.conf"

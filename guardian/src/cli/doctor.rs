@@ -60,6 +60,7 @@ pub async fn run(output: Output) -> anyhow::Result<ExitCode> {
     checks.push(btf());
     checks.extend(tracefs_and_bpf());
     checks.push(docker_engine().await);
+    checks.push(oom_killers());
 
     let ok = checks.iter().all(|c| c.status != Status::Fail);
     match output {
@@ -94,6 +95,29 @@ pub async fn run(output: Output) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// Other OOM killers on the host act on their own thresholds, often before guardian's ladder.
+fn oom_killers() -> Check {
+    let names = crate::sources::host::process_names();
+    let found = crate::policy::killers::running(names.iter().map(String::as_str));
+    if found.is_empty() {
+        return Check::ok(
+            "oom-killers",
+            "no userspace OOM killer running (earlyoom, systemd-oomd, nohang, oomd)",
+        );
+    }
+    let list: Vec<&str> = found.iter().map(|k| k.name).collect();
+    Check::problem(
+        "oom-killers",
+        Status::Warn,
+        format!("{} running beside guardian", list.join(", ")),
+        found
+            .iter()
+            .map(|k| k.interaction)
+            .collect::<Vec<_>>()
+            .join("; "),
+    )
 }
 
 fn kernel() -> Check {

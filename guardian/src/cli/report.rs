@@ -6,7 +6,8 @@ use std::{fmt::Write as _, process::ExitCode, time::Duration};
 
 use super::{parse_duration, Output, StateArgs, UsageError};
 use crate::{
-    model::Incident,
+    model::{Cause, Incident},
+    policy::incidents::{fails_ci, headline},
     report::incident::{esc, render, show, Format},
     store::Store,
 };
@@ -103,10 +104,11 @@ pub async fn run(args: ReportArgs, output: Output) -> anyhow::Result<ExitCode> {
                     CiFormat::Github => github(&incidents),
                 }
             );
-            Ok(if incidents.is_empty() {
-                ExitCode::SUCCESS
-            } else {
+            // Warnings and throttling are annotated; kills and freezes fail the run.
+            Ok(if incidents.iter().any(|i| fails_ci(&i.cause)) {
                 ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
             })
         }
     }
@@ -114,21 +116,22 @@ pub async fn run(args: ReportArgs, output: Output) -> anyhow::Result<ExitCode> {
 
 fn print_list(incidents: &[Incident]) {
     if incidents.is_empty() {
-        println!("no OOM incidents recorded");
+        println!("no incidents recorded");
         return;
     }
     println!(
-        "{:<44} {:<24} {:<24} {:<7} {:>9} {:>9} {:>9}",
+        "{:<44} {:<24} {:<24} {:<9} {:>9} {:>9} {:>9}",
         "ID", "TIME", "NAME", "KIND", "LIMIT", "PEAK", "SUGGEST"
     );
     for i in incidents {
-        let kind = match i.kind {
-            Some(crate::sources::kmsg::OomKind::Cgroup) => "cgroup",
-            Some(crate::sources::kmsg::OomKind::Global) => "global",
-            None => "?",
+        let kind = match (&i.cause, i.kind) {
+            (Cause::KernelOom, Some(crate::sources::kmsg::OomKind::Cgroup)) => "cgroup",
+            (Cause::KernelOom, Some(crate::sources::kmsg::OomKind::Global)) => "global",
+            (Cause::KernelOom, None) => "?",
+            (other, _) => other.name(),
         };
         println!(
-            "{:<44} {:<24} {:<24} {:<7} {:>9} {:>9} {:>9}",
+            "{:<44} {:<24} {:<24} {:<9} {:>9} {:>9} {:>9}",
             i.id,
             i.time,
             i.name,
@@ -140,24 +143,48 @@ fn print_list(incidents: &[Incident]) {
     }
 }
 
-/// One failing test case per kill, named by the service.
+/// How an incident is titled in CI output: "OOM kill: ci/db", "Frozen by guardian: ci/db".
+fn ci_title(i: &Incident) -> String {
+    format!("{}: {}", headline(&i.cause), i.name)
+}
+
+/// One failing test case per kill or freeze, named by the service; warnings and throttling are
+/// passing test cases with their text as output.
 fn junit(incidents: &[Incident]) -> String {
     let mut o = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
+    let failures = incidents.iter().filter(|i| fails_ci(&i.cause)).count();
     let _ = writeln!(
         o,
         "<testsuite name=\"guardian OOM kills\" tests=\"{}\" failures=\"{}\">",
         incidents.len().max(1),
-        incidents.len()
+        failures
     );
     if incidents.is_empty() {
         o.push_str("  <testcase classname=\"guardian\" name=\"no OOM kills\"/>\n");
     }
-    for i in incidents {
+    for i in incidents.iter().filter(|i| !fails_ci(&i.cause)) {
         let _ = writeln!(
             o,
-            "  <testcase classname=\"guardian.oom\" name=\"{}\">\n    <failure message=\"{}\" type=\"oom_kill\">{}</failure>\n  </testcase>",
+            "  <testcase classname=\"guardian.{}\" name=\"{}\">\n    <system-out>{}</system-out>\n  </testcase>",
+            i.cause.name(),
             esc(&i.name),
-            esc(&format!("OOM kill of {}: {}", i.name, i.next_step)),
+            esc(&format!("{}: {}", ci_title(i), i.next_step))
+        );
+    }
+    for i in incidents.iter().filter(|i| fails_ci(&i.cause)) {
+        let _ = writeln!(
+            o,
+            "  <testcase classname=\"guardian.{}\" name=\"{}\">\n    <failure message=\"{}\" type=\"{}\">{}</failure>\n  </testcase>",
+            i.cause.name(),
+            esc(&i.name),
+            esc(&match i.cause {
+                Cause::KernelOom => format!("OOM kill of {}: {}", i.name, i.next_step),
+                _ => format!("{}: {}", ci_title(i), i.next_step),
+            }),
+            match i.cause {
+                Cause::KernelOom => "oom_kill",
+                _ => i.cause.name(),
+            },
             esc(&render(i, Format::Md))
         );
     }
@@ -177,8 +204,13 @@ fn github(incidents: &[Incident]) -> String {
         .iter()
         .map(|i| {
             format!(
-                "::error title={}::{} (report {})\n",
-                title(&format!("OOM kill: {}", i.name)),
+                "::{} title={}::{} (report {})\n",
+                if fails_ci(&i.cause) {
+                    "error"
+                } else {
+                    "warning"
+                },
+                title(&ci_title(i)),
                 esc(&i.next_step),
                 i.id
             )

@@ -77,6 +77,62 @@ pub struct Filler {
     pub bytes: Bytes,
 }
 
+/// What stopped or slowed the container. Stored incidents from before this field load as
+/// [`Cause::KernelOom`]; `kind` then says which OOM (cgroup or global).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Cause {
+    /// The kernel's OOM killer (see `Incident::kind`).
+    #[default]
+    KernelOom,
+    /// guardian's ladder froze it (step 3).
+    FrozenByGuardian,
+    /// guardian's ladder killed it (step 4, `--allow-kill`).
+    KilledByGuardian,
+    /// Held at its memory.high, stalled in reclaim.
+    Throttled,
+    /// SIGKILL without the kernel's OOM killer: `killer` names earlyoom, systemd-oomd, ... when
+    /// their log said so.
+    KilledBySignal { killer: Option<String> },
+    /// Its memory crossed a share of its limit or budget for a while; nothing was killed yet.
+    Warning,
+}
+
+impl Cause {
+    /// Short machine name: `report list`, the hook's `GUARDIAN_KIND`, metrics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Cause::KernelOom => "oom",
+            Cause::FrozenByGuardian => "frozen",
+            Cause::KilledByGuardian => "killed",
+            Cause::Throttled => "throttled",
+            Cause::KilledBySignal { .. } => "signal",
+            Cause::Warning => "warning",
+        }
+    }
+}
+
+/// The ladder's decision behind a freeze or a kill, with the readings it acted on.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct LadderDecision {
+    /// The ladder's step: 3 freeze, 4 kill.
+    pub step: u8,
+    /// The ladder's reason, with the numbers that caused it.
+    pub rule: String,
+    /// The group's usage (memory.current / memory.usage_in_bytes) when it decided.
+    pub usage: Bytes,
+    /// Its `guardian.priority` (lower goes first).
+    pub priority: i32,
+    /// The host's MemAvailable (/proc/meminfo) and memory PSI avg10 in percent
+    /// (/proc/pressure/memory) when it decided.
+    pub host_available: Bytes,
+    pub host_psi_some_avg10: f64,
+    pub host_psi_full_avg10: f64,
+    /// `[enforce] reserve` and `critical_reserve` of the running config.
+    pub reserve: Bytes,
+    pub critical_reserve: Bytes,
+}
+
 /// One OOM kill and its context, deduplicated across the eBPF event, the kernel log line,
 /// Docker's `oom` event and the cgroup's counters.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -120,6 +176,22 @@ pub struct Incident {
     pub next_step: String,
     /// Which sources saw it: ebpf, kernel log, docker, docker state.
     pub sources: Vec<String>,
+    /// What stopped or slowed it; the kernel's OOM killer for incidents stored before.
+    #[serde(default)]
+    pub cause: Cause,
+    /// For a freeze or kill by guardian: the ladder's rule and readings.
+    #[serde(default)]
+    pub decision: Option<LadderDecision>,
+    /// When an episode (a freeze, throttling, a warning) ended, RFC 3339; `None` while it lasts.
+    #[serde(default)]
+    pub ended: Option<String>,
+    /// How long the episode lasted so far or in all, in milliseconds.
+    #[serde(default)]
+    pub duration_ms: Option<i64>,
+    /// Time the group's tasks lost stalled on memory: the growth of the PSI `full total=`
+    /// (microseconds) of its memory.pressure over the episode, in milliseconds.
+    #[serde(default)]
+    pub lost_ms: Option<f64>,
     /// The OOM killer's own line.
     pub kernel_line: Option<String>,
     /// What guardian could not know, in words (e.g. it was not watching yet).
@@ -146,4 +218,41 @@ pub struct Incident {
     /// samples of the last two seconds; `None` with fewer than two samples there.
     #[serde(default)]
     pub climb_per_s: Option<Bytes>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_incident_stored_before_causes_existed_loads_as_a_kernel_oom() {
+        let mut old = serde_json::to_value(Incident {
+            id: "20261125T000000Z-ci-db-42".into(),
+            name: "ci/db".into(),
+            ..Default::default()
+        })
+        .unwrap();
+        for field in ["cause", "decision", "ended", "duration_ms", "lost_ms"] {
+            old.as_object_mut().unwrap().remove(field);
+        }
+        let i: Incident = serde_json::from_value(old).unwrap();
+        assert_eq!(i.cause, Cause::KernelOom);
+        assert_eq!(i.decision, None);
+    }
+
+    #[test]
+    fn a_cause_with_its_killer_round_trips() {
+        let i = Incident {
+            cause: Cause::KilledBySignal {
+                killer: Some("earlyoom".into()),
+            },
+            ..Default::default()
+        };
+        let text = serde_json::to_string(&i).unwrap();
+        assert!(
+            text.contains(r#""cause":{"killed_by_signal":{"killer":"earlyoom"}}"#),
+            "{text}"
+        );
+        assert_eq!(serde_json::from_str::<Incident>(&text).unwrap(), i);
+    }
 }

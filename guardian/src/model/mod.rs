@@ -22,7 +22,8 @@ pub use event::{
     RssBreakdown, Source, StallSummary,
 };
 pub use incident::{
-    Filler, Incident, MemoryPart, Neighbour, Point, StallBrief, TriggerTask, Victim,
+    Cause, Filler, Incident, LadderDecision, MemoryPart, Neighbour, Point, StallBrief, TriggerTask,
+    Victim,
 };
 pub use memory::{Bytes, MemoryReading, PressureStats, PsiLine};
 pub use recorder::{now_ms, rfc3339_ms, unix_ms, Flush, LiveRun, Recorder, RECENT_MS};

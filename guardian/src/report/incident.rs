@@ -9,7 +9,7 @@ use std::{
 };
 
 use crate::{
-    model::{Bytes, Incident, Point},
+    model::{Bytes, Cause, Incident, Point},
     policy::postmortem,
     sources::kmsg::OomKind,
     store::{Store, StoreError},
@@ -37,7 +37,10 @@ impl Format {
 
 /// The report in `format`.
 pub fn render(i: &Incident, format: Format) -> String {
+    let oom = i.cause == Cause::KernelOom;
     match format {
+        Format::Md if !oom => super::episode::markdown(i),
+        Format::Html if !oom => super::episode::html(i),
         Format::Md => markdown(i),
         Format::Json => serde_json::to_string_pretty(i).expect("incidents always serialize"),
         Format::Html => html(i),

@@ -69,3 +69,47 @@ pub fn check_trusted(path: &std::path::Path) -> Result<(), String> {
         Err(_) => Ok(()),
     }
 }
+
+/// The names (`/proc/<pid>/comm`) of the host's running processes.
+pub fn process_names() -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
+        .filter_map(|e| std::fs::read_to_string(e.path().join("comm")).ok())
+        .map(|c| c.trim().to_string())
+        .collect()
+}
+
+/// The journal's messages of the userspace OOM killers in the last `seconds`, as
+/// (SYSLOG_IDENTIFIER, MESSAGE), oldest first; empty without journalctl or a journal.
+pub fn killer_journal(seconds: u64) -> Vec<(String, String)> {
+    let out = std::process::Command::new("journalctl")
+        .args(["--no-pager", "-q", "-o", "json"])
+        .arg(format!("--since=-{seconds}s"))
+        .args([
+            "SYSLOG_IDENTIFIER=earlyoom",
+            "SYSLOG_IDENTIFIER=systemd-oomd",
+            "SYSLOG_IDENTIFIER=nohang",
+        ])
+        .stderr(std::process::Stdio::null())
+        .output();
+    let Ok(out) = out else { return Vec::new() };
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).ok()?;
+            Some((
+                v["SYSLOG_IDENTIFIER"].as_str()?.to_string(),
+                v["MESSAGE"].as_str()?.to_string(),
+            ))
+        })
+        .collect()
+}

@@ -17,7 +17,7 @@ use crate::{
     config::EnforceConfig,
     model::{
         cgroup_guard, resolve_guard, ActionRecord, BudgetRule, Bytes, Container, ContainerTable,
-        Guard, LabelPolicy, ProfileBudget,
+        Guard, LabelPolicy, LadderDecision, ProfileBudget,
     },
     policy::{
         enforce::{Act, Enforcer, Host, Level, Outside, Params, Subject},
@@ -50,6 +50,19 @@ impl Wake {
             at: Instant::now(),
         }
     }
+}
+
+/// A freeze, kill or thaw the ladder made, with the readings it decided on: the daemon turns
+/// these into incidents.
+#[derive(Clone, Debug)]
+pub struct LadderEvent {
+    /// Container id, or `cgroup:<path>`.
+    pub key: String,
+    pub name: String,
+    pub act: Act,
+    pub decision: LadderDecision,
+    pub budget: Option<Bytes>,
+    pub memory_high: Option<Bytes>,
 }
 
 /// A group with a guard, and the watch on its memory.events.
@@ -92,6 +105,10 @@ pub struct Enforcement {
     labels: LabelPolicy,
     /// Containers whose unusable labels were already logged (once each).
     told_labels: std::collections::HashSet<String>,
+    reserve: Bytes,
+    critical_reserve: Bytes,
+    /// Freezes, kills and thaws made since the daemon last took them.
+    events: Vec<LadderEvent>,
 }
 
 impl Enforcement {
@@ -165,6 +182,9 @@ impl Enforcement {
             own_container: crate::sources::docker::own_container_id(),
             labels: config.label_policy(),
             told_labels: Default::default(),
+            reserve: config.reserve.0,
+            critical_reserve: config.critical_reserve.0,
+            events: Vec::new(),
         };
         if let Some(id) = &me.own_container {
             info!(container = %&id[..12], "guardian runs in this container; it never throttles, freezes or kills it");
@@ -465,6 +485,28 @@ impl Enforcement {
                     if d.act == Act::Kill {
                         warn!(subject = %t.name, "killed: {}", d.reason);
                     }
+                    let wrote = !self.executor.dry_run();
+                    if wrote && matches!(d.act, Act::Freeze | Act::Kill | Act::Thaw) {
+                        let s = subjects.iter().find(|s| s.key == d.key);
+                        self.events.push(LadderEvent {
+                            key: d.key.clone(),
+                            name: t.name.clone(),
+                            act: d.act,
+                            decision: LadderDecision {
+                                step: d.step,
+                                rule: d.reason.clone(),
+                                usage: s.map(|s| s.usage).unwrap_or_default(),
+                                priority: t.guard.priority,
+                                host_available: host.available,
+                                host_psi_some_avg10: host.psi_some_avg10,
+                                host_psi_full_avg10: host.psi_full_avg10,
+                                reserve: self.reserve,
+                                critical_reserve: self.critical_reserve,
+                            },
+                            budget: t.guard.budget.as_ref().map(|b| b.bytes),
+                            memory_high: s.and_then(|s| s.high),
+                        });
+                    }
                 }
                 Err(e) => {
                     if !matches!(e, ActionError::Cgroup(CgroupError::Gone { .. })) {
@@ -474,6 +516,11 @@ impl Enforcement {
                 }
             }
         }
+    }
+
+    /// The freezes, kills and thaws made since the last call, oldest first.
+    pub fn take_events(&mut self) -> Vec<LadderEvent> {
+        std::mem::take(&mut self.events)
     }
 
     /// Puts back everything guardian changed; the daemon is stopping.

@@ -268,7 +268,7 @@ impl Incidents {
     }
 
     /// An incident with identity, timelines and nothing else yet.
-    fn blank(
+    pub(super) fn blank(
         &self,
         at_ms: i64,
         name: String,
@@ -606,8 +606,8 @@ pub fn hook_env(i: &Incident, report: &Path) -> Vec<(&'static str, String)> {
     let container = i.container.as_ref();
     vec![
         ("GUARDIAN_INCIDENT_ID", i.id.clone()),
-        // Every incident so far is a kernel OOM kill; other kinds name themselves here.
-        ("GUARDIAN_KIND", "oom".to_string()),
+        // `oom`, `frozen`, `killed`, `throttled`, `signal` or `warning` (model::Cause::name).
+        ("GUARDIAN_KIND", i.cause.name().to_string()),
         // Which OOM killer: its own limit (cgroup) or the host's memory (global).
         ("GUARDIAN_OOM_KIND", oom_kind.to_string()),
         (

@@ -3,6 +3,7 @@
 //! and applies events in order.
 
 mod enforcement;
+mod episodes;
 mod incidents;
 mod systemd;
 
@@ -25,6 +26,7 @@ use tracing::{debug, error, info, warn};
 
 use self::{
     enforcement::{Enforcement, Wake},
+    episodes::{Episodes, Seen},
     incidents::Incidents,
     systemd::Systemd,
 };
@@ -196,6 +198,7 @@ pub async fn run(args: DaemonArgs, _output: Output) -> anyhow::Result<ExitCode> 
         None
     };
     let mut incidents = Incidents::start(&config.incidents, &config.state_dir, &store);
+    let mut episodes = Episodes::start(&config.incidents, &config.state_dir);
     let (kmsg_tx, mut kmsg_rx) = mpsc::channel::<kmsg::KillLine>(64);
     kmsg::watch(kmsg_tx);
     let mut enforce_tick = tokio::time::interval(config.enforce.interval.0);
@@ -270,11 +273,16 @@ pub async fn run(args: DaemonArgs, _output: Output) -> anyhow::Result<ExitCode> 
                 }
                 incidents.sample_host(now_ms());
                 incidents.flush_due(&store, &table, false);
+                let budget_of = |id: &str| enforcement.as_ref().and_then(|e| e.budget_of(id));
+                let seen = Seen { incidents: &incidents, table: &table, recorder: &recorder };
+                episodes.sample(&hierarchy, &seen, &budget_of, &store);
+                episodes.tick(&store);
                 let stalls = stall_series(probes.as_ref(), &mut index, &table);
                 let mut text = metrics::render(recorder.live(), &stalls, oom_kills_total);
                 if let Some(e) = &enforcement {
                     text.push_str(&e.metrics());
                 }
+                text.push_str(&episodes.metrics());
                 snapshot_tx.send_replace(Arc::new(text));
             }
             _ = fast_tick.tick(), if fast_on && !fast.is_empty() => {
@@ -338,6 +346,14 @@ pub async fn run(args: DaemonArgs, _output: Output) -> anyhow::Result<ExitCode> 
                     DockerUpdate::Event(e) => {
                         if let Some(c) = &e.container {
                             incidents.on_docker(&e.action, c, &recorder, &store);
+                            if e.action == "die" {
+                                let seen = Seen { incidents: &incidents, table: &table, recorder: &recorder };
+                                let budget = enforcement.as_ref().and_then(|e| e.budget_of(&c.id));
+                                episodes.on_die(c, &seen, budget);
+                            }
+                            if matches!(e.action.as_str(), "die" | "destroy") {
+                                episodes.on_gone(&c.id, &store);
+                            }
                         }
                     }
                     DockerUpdate::Connected { containers, .. } => incidents.on_inventory(containers, &store),
@@ -352,6 +368,18 @@ pub async fn run(args: DaemonArgs, _output: Output) -> anyhow::Result<ExitCode> 
                 }
             }
         }
+        // The ladder's freezes and kills of this round become incidents.
+        if let Some(e) = enforcement.as_mut() {
+            let events = e.take_events();
+            if !events.is_empty() {
+                let seen = Seen {
+                    incidents: &incidents,
+                    table: &table,
+                    recorder: &recorder,
+                };
+                episodes.on_ladder(events, &seen, &store);
+            }
+        }
     }
 
     // Shutting down: put back every value guardian changed, then one last reading and flush,
@@ -360,6 +388,7 @@ pub async fn run(args: DaemonArgs, _output: Output) -> anyhow::Result<ExitCode> 
     if let Some(e) = enforcement.as_mut() {
         e.shutdown(&store);
     }
+    episodes.shutdown(&store);
     incidents.flush_due(&store, &table, true);
     sample(&hierarchy, &mut recorder, &mut counters);
     flush(&mut store, &mut recorder, &mut store_health);
