@@ -216,6 +216,8 @@ fn a_sigkill_near_the_limit_is_killed_by_a_signal_not_an_oom_kill_and_a_stop_tim
     let _turn = take_turn();
     let near = unique("sigkill");
     let idle = unique("stoptimeout");
+    // Held at its limit as a budgeted container is at its budget, then `docker stop`ped.
+    let stopped = unique("stopnear");
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
     let config = dir.path().join("guardian.toml");
@@ -224,25 +226,29 @@ fn a_sigkill_near_the_limit_is_killed_by_a_signal_not_an_oom_kill_and_a_stop_tim
         &state,
         &["--config", config.to_str().unwrap(), "--no-metrics"],
     );
-    let near_id = docker(&[
-        "run",
-        "-d",
-        "--name",
-        &near,
-        "--memory",
-        "100m",
-        "--memory-swap",
-        "100m",
-        IMAGE,
-        "memload",
-        "hog",
-        "--step",
-        "1m",
-        "--max",
-        "95m",
-        "--hold-ms",
-        "60000",
-    ]);
+    let held_near_limit = |name: &str| {
+        docker(&[
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--memory",
+            "100m",
+            "--memory-swap",
+            "100m",
+            IMAGE,
+            "memload",
+            "hog",
+            "--step",
+            "1m",
+            "--max",
+            "95m",
+            "--hold-ms",
+            "60000",
+        ])
+    };
+    let near_id = held_near_limit(&near);
+    let stopped_id = held_near_limit(&stopped);
     // PID 1 without a SIGTERM handler: `docker stop -t 1` ends it with SIGKILL (exit 137).
     docker(&["run", "-d", "--name", &idle, IMAGE, "sleep", "300"]);
     let mem = memory_dir(&near_id);
@@ -252,11 +258,23 @@ fn a_sigkill_near_the_limit_is_killed_by_a_signal_not_an_oom_kill_and_a_stop_tim
         std::thread::sleep(Duration::from_millis(100));
         reading = kernel_memory(&mem);
     }
-    // A few sampling rounds at the limit, then the kill.
+    let stopped_mem = memory_dir(&stopped_id);
+    let mut stopped_reading = kernel_memory(&stopped_mem);
+    while Instant::now() < deadline && stopped_reading.0 < stopped_reading.1 * 9 / 10 {
+        std::thread::sleep(Duration::from_millis(100));
+        stopped_reading = kernel_memory(&stopped_mem);
+    }
+    // A few sampling rounds at the limit, then the kill: SIGKILL from the host, as earlyoom or
+    // any userspace killer sends it (not through Docker).
     std::thread::sleep(Duration::from_secs(1));
     let (_, _, oom_kills_before) = kernel_memory(&mem);
-    docker(&["kill", "-s", "KILL", &near]);
+    let pid: i32 = docker(&["inspect", "-f", "{{.State.Pid}}", &near])
+        .trim()
+        .parse()
+        .unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL).unwrap();
     docker(&["stop", "-t", "1", &idle]);
+    docker(&["stop", "-t", "1", &stopped]);
     let state_of = |n: &str| {
         docker(&[
             "inspect",
@@ -265,7 +283,8 @@ fn a_sigkill_near_the_limit_is_killed_by_a_signal_not_an_oom_kill_and_a_stop_tim
             n,
         ])
     };
-    let (near_state, idle_state) = (state_of(&near), state_of(&idle));
+    let (near_state, idle_state, stopped_state) =
+        (state_of(&near), state_of(&idle), state_of(&stopped));
     // Judged 3 s after the death.
     let list = |state: &Path| {
         let (_, out, _) = run_guardian(&[
@@ -296,7 +315,7 @@ fn a_sigkill_near_the_limit_is_killed_by_a_signal_not_an_oom_kill_and_a_stop_tim
         "10m",
     ]);
     let (exit, log) = daemon.stop(Signal::SIGTERM);
-    docker(&["rm", "-f", &near, &idle]);
+    docker(&["rm", "-f", &near, &idle, &stopped]);
 
     assert!(exit.success(), "{log}");
     assert!(
@@ -325,6 +344,18 @@ fn a_sigkill_near_the_limit_is_killed_by_a_signal_not_an_oom_kill_and_a_stop_tim
     assert!(
         !all.iter().any(|i| i["name"] == idle.as_str()),
         "a docker stop timeout with room to spare is no incident: {all:?}"
+    );
+    assert!(
+        stopped_reading.0 >= stopped_reading.1 * 9 / 10,
+        "the stopped one was never near its limit: {stopped_reading:?}"
+    );
+    assert_eq!(
+        stopped_state, "137 false",
+        "docker stop ran out its timeout"
+    );
+    assert!(
+        !all.iter().any(|i| i["name"] == stopped.as_str()),
+        "a docker stop of a container held near its limit is no incident: {all:?}"
     );
     assert_eq!(ci_exit.code(), Some(1), "{ci}");
     assert!(

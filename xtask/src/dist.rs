@@ -212,7 +212,15 @@ fn image(dist: &Path, binary: &Path, version: &str) -> anyhow::Result<Option<Pat
                 .join(from.file_name().unwrap()),
         )?;
     }
+    // Modes set, not inherited from the builder's umask or checkout: guardian refuses a config
+    // that others can write (as sshd does), so a 0664 file from a umask-002 checkout would stop
+    // the daemon in the image.
     use std::os::unix::fs::PermissionsExt as _;
+    set_modes(&root)?;
+    std::fs::set_permissions(
+        root.join("usr/bin/guardian"),
+        std::fs::Permissions::from_mode(0o755),
+    )?;
     std::fs::set_permissions(root.join("tmp"), std::fs::Permissions::from_mode(0o1777))?;
     let rootfs = dist.join("image-rootfs.tar");
     run_status(
@@ -268,6 +276,20 @@ fn image(dist: &Path, binary: &Path, version: &str) -> anyhow::Result<Option<Pat
     std::fs::remove_dir_all(&root)?;
     std::fs::remove_file(&rootfs)?;
     result.map(Some)
+}
+
+/// Directories 0755 and files 0644 below `dir`, whatever the umask made them.
+fn set_modes(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
+    for e in std::fs::read_dir(dir)?.flatten() {
+        if e.file_type()?.is_dir() {
+            set_modes(&e.path())?;
+        } else {
+            std::fs::set_permissions(e.path(), std::fs::Permissions::from_mode(0o644))?;
+        }
+    }
+    Ok(())
 }
 
 /// A Docker engine to build the image with: the user's, or a private one started for it.

@@ -123,6 +123,9 @@ pub struct Death<'a> {
     pub host_short: bool,
     /// A userspace killer's log line names it.
     pub killer: Option<&'a str>,
+    /// Docker sent a `kill` event for it before it died: `docker stop` (SIGTERM, then SIGKILL
+    /// after its grace period), `docker kill` or `docker compose down` ended it.
+    pub stopped_through_docker: bool,
 }
 
 /// A share of its limit at or above which a container counts as near it.
@@ -130,7 +133,8 @@ pub const NEAR_LIMIT: f64 = 0.9;
 
 /// Whether a death by signal is a memory incident: SIGKILL (137) or SIGTERM (143) and no kernel
 /// OOM kill; a killer that says it did it is always one; otherwise only SIGKILL while memory
-/// was short (a `docker stop` timeout with room to spare is not).
+/// was short, and never one that Docker delivered (a `docker stop` that timed out: a budgeted
+/// container sits near its budget by design, and a frozen one cannot handle SIGTERM).
 pub fn signal_death(d: &Death) -> Option<Cause> {
     if d.kernel_oom || !matches!(d.exit_code, Some(137) | Some(143)) {
         return None;
@@ -139,7 +143,10 @@ pub fn signal_death(d: &Death) -> Option<Cause> {
         Some(k) => Some(Cause::KilledBySignal {
             killer: Some(k.to_string()),
         }),
-        None if d.exit_code == Some(137) && (d.near_limit || d.host_short) => {
+        None if d.exit_code == Some(137)
+            && (d.near_limit || d.host_short)
+            && !d.stopped_through_docker =>
+        {
             Some(Cause::KilledBySignal { killer: None })
         }
         None => None,
@@ -259,5 +266,28 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(signal_death(&sigterm_no_killer), None);
+    }
+
+    #[test]
+    fn a_docker_stop_of_a_container_held_at_its_budget_is_not_a_signal_incident() {
+        let stopped = Death {
+            exit_code: Some(137),
+            near_limit: true,
+            host_short: true,
+            stopped_through_docker: true,
+            ..Default::default()
+        };
+        assert_eq!(signal_death(&stopped), None);
+        // A killer that names it still counts, whatever Docker did.
+        let named = Death {
+            killer: Some("systemd-oomd"),
+            ..stopped
+        };
+        assert_eq!(
+            signal_death(&named),
+            Some(Cause::KilledBySignal {
+                killer: Some("systemd-oomd".into())
+            })
+        );
     }
 }

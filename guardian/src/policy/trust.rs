@@ -14,6 +14,9 @@ pub struct PathFacts {
     /// `st_mode` permission bits (`0o7777`).
     pub mode: u32,
     pub is_dir: bool,
+    /// A symbolic link on the way (its own mode means nothing; its owner and the directory it
+    /// sits in decide who can re-point it).
+    pub is_symlink: bool,
 }
 
 /// `Ok` when only root (or `euid`, the daemon's own user) can change the file or what its
@@ -31,7 +34,7 @@ pub fn judge(chain: &[PathFacts], euid: u32) -> Result<(), String> {
             ));
         }
         let sticky = f.is_dir && f.mode & 0o1000 != 0;
-        if f.mode & 0o022 != 0 && !sticky {
+        if f.mode & 0o022 != 0 && !sticky && !f.is_symlink {
             let file = &chain[0].path;
             return Err(format!(
                 "{} {what} writable by non-root users ({} is mode {:04o}): `chmod go-w {}` (guardian runs as root and must not trust files others can change)",
@@ -62,6 +65,7 @@ mod tests {
             uid,
             mode,
             is_dir,
+            is_symlink: false,
         }
     }
 
@@ -114,6 +118,23 @@ mod tests {
             facts("/", 0, 0o755, true),
         ];
         assert_eq!(judge(&c, 0), Ok(()));
+    }
+
+    #[test]
+    fn a_symlink_counts_by_its_owner_and_its_directory_not_its_mode() {
+        let link = PathFacts {
+            is_symlink: true,
+            ..facts("/opt/hooks/notify", 0, 0o777, false)
+        };
+        let target = facts("/usr/local/bin/notify", 0, 0o755, false);
+        let root_dir = facts("/opt/hooks", 0, 0o755, true);
+        assert_eq!(judge(&[link.clone(), root_dir, target.clone()], 0), Ok(()));
+        // In a directory another user owns, the link can be re-pointed: refused.
+        let user_dir = facts("/opt/hooks", 1000, 0o755, true);
+        let e = judge(&[link.clone(), user_dir, target.clone()], 0).unwrap_err();
+        assert!(e.contains("/opt/hooks is owned by uid 1000"), "{e}");
+        let user_link = PathFacts { uid: 1000, ..link };
+        assert!(judge(&[user_link, target], 0).is_err());
     }
 
     #[test]

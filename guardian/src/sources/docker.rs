@@ -24,9 +24,10 @@ pub enum DockerError {
     Api { socket: PathBuf, reason: String },
 }
 
-/// The container actions guardian follows.
-const ACTIONS: [&str; 7] = [
-    "create", "start", "die", "oom", "destroy", "pause", "unpause",
+/// The container actions guardian follows (`kill`: a signal sent through Docker, which tells a
+/// `docker stop` from a userspace OOM killer).
+const ACTIONS: [&str; 8] = [
+    "create", "start", "kill", "die", "oom", "destroy", "pause", "unpause",
 ];
 
 /// The engine's API socket: `DOCKER_HOST` if set, else the rootful default, else the rootless

@@ -38,22 +38,31 @@ pub fn mem_total() -> io::Result<Bytes> {
         .ok_or_else(|| io::Error::other("/proc/meminfo has no MemTotal line"))
 }
 
-/// Ownership and mode of `path` (symlinks resolved) and of every directory above it, the file
-/// first: what [`crate::policy::trust::judge`] decides on.
+/// Ownership and mode of `path` and of every directory above it, the file first — both as
+/// written (each component `lstat`ed: a symlink on the way and the directory it sits in count)
+/// and with symlinks resolved (the file really read or run): what
+/// [`crate::policy::trust::judge`] decides on.
 pub fn path_chain(path: &std::path::Path) -> io::Result<Vec<crate::policy::trust::PathFacts>> {
     use std::os::unix::fs::MetadataExt as _;
+    let facts = |p: &std::path::Path, m: std::fs::Metadata| crate::policy::trust::PathFacts {
+        path: p.to_path_buf(),
+        uid: m.uid(),
+        mode: m.mode() & 0o7777,
+        is_dir: m.is_dir(),
+        is_symlink: m.file_type().is_symlink(),
+    };
+    let absolute = std::path::absolute(path)?;
+    let mut chain = Vec::new();
+    for p in absolute.ancestors() {
+        chain.push(facts(p, std::fs::symlink_metadata(p)?));
+    }
     let real = std::fs::canonicalize(path)?;
-    real.ancestors()
-        .map(|p| {
-            let m = std::fs::metadata(p)?;
-            Ok(crate::policy::trust::PathFacts {
-                path: p.to_path_buf(),
-                uid: m.uid(),
-                mode: m.mode() & 0o7777,
-                is_dir: m.is_dir(),
-            })
-        })
-        .collect()
+    if real != absolute {
+        for p in real.ancestors() {
+            chain.push(facts(p, std::fs::metadata(p)?));
+        }
+    }
+    Ok(chain)
 }
 
 /// For a daemon running as root: refuses (one line, with the fix) a file that users other than

@@ -46,6 +46,26 @@ impl Store {
         Ok(out)
     }
 
+    /// The newest kernel OOM incident of this container recorded at or after `since_ms`.
+    pub fn latest_oom_incident_for(
+        &self,
+        container_id: &str,
+        since_ms: i64,
+    ) -> Result<Option<Incident>, StoreError> {
+        let text: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT report FROM incidents WHERE container_id = ?1 AND at_ms >= ?2
+                   AND coalesce(json_extract(report, '$.cause'), 'kernel_oom') = 'kernel_oom'
+                 ORDER BY at_ms DESC, id DESC LIMIT 1",
+                params![container_id, since_ms],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.err(e))?;
+        Ok(text.and_then(|t| serde_json::from_str(&t).ok()))
+    }
+
     /// The ids of every stored incident, oldest first: cheap, the reports stay unread.
     pub fn incident_ids(&self) -> Result<Vec<String>, StoreError> {
         let mut stmt = self
@@ -103,11 +123,18 @@ impl Store {
         Ok(text.and_then(|t| serde_json::from_str(&t).ok()))
     }
 
-    /// Whether an incident of this container was recorded at or after `since_ms`.
-    pub fn has_incident_for(&self, container_id: &str, since_ms: i64) -> Result<bool, StoreError> {
+    /// Whether a kernel OOM incident of this container was recorded at or after `since_ms`
+    /// (other kinds — a warning, a throttled episode — do not count; rows from before incidents
+    /// had a `cause` are kernel OOM kills).
+    pub fn has_oom_incident_for(
+        &self,
+        container_id: &str,
+        since_ms: i64,
+    ) -> Result<bool, StoreError> {
         self.conn
             .query_row(
-                "SELECT EXISTS (SELECT 1 FROM incidents WHERE container_id = ?1 AND at_ms >= ?2)",
+                "SELECT EXISTS (SELECT 1 FROM incidents WHERE container_id = ?1 AND at_ms >= ?2
+                   AND coalesce(json_extract(report, '$.cause'), 'kernel_oom') = 'kernel_oom')",
                 params![container_id, since_ms],
                 |r| r.get(0),
             )

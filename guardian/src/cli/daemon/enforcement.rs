@@ -105,6 +105,8 @@ pub struct Enforcement {
     labels: LabelPolicy,
     /// Containers whose unusable labels were already logged (once each).
     told_labels: std::collections::HashSet<String>,
+    /// The store refused a journal write (full disk): said once until one succeeds.
+    journal_failing: bool,
     reserve: Bytes,
     critical_reserve: Bytes,
     /// Freezes, kills and thaws made since the daemon last took them.
@@ -182,6 +184,7 @@ impl Enforcement {
             own_container: crate::sources::docker::own_container_id(),
             labels: config.label_policy(),
             told_labels: Default::default(),
+            journal_failing: false,
             reserve: config.reserve.0,
             critical_reserve: config.critical_reserve.0,
             events: Vec::new(),
@@ -450,6 +453,9 @@ impl Enforcement {
                 Ok(w) => {
                     // Until the write was issued; the write's own reclaim is reported apart.
                     let reaction = wake.at.elapsed().saturating_sub(w.took);
+                    if std::mem::take(&mut self.journal_failing) {
+                        info!("the store journals again: squeezes and freezes resume");
+                    }
                     let record = ActionRecord {
                         at_ms: now_ms(),
                         subject: d.key.clone(),
@@ -507,6 +513,14 @@ impl Enforcement {
                             memory_high: s.and_then(|s| s.high),
                         });
                     }
+                }
+                Err(ActionError::Journal(e)) => {
+                    // A full or read-only store: said once, not at every step.
+                    if !self.journal_failing {
+                        self.journal_failing = true;
+                        warn!(subject = %t.name, action = %d.act.name(), "the store cannot journal the value this would replace ({e}): guardian makes no change it could not put back, so new squeezes and freezes wait until the store takes writes (what is already held stays)");
+                    }
+                    self.enforcer.forget(&d.key);
                 }
                 Err(e) => {
                     if !matches!(e, ActionError::Cgroup(CgroupError::Gone { .. })) {

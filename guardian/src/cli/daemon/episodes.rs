@@ -106,6 +106,9 @@ pub struct Episodes {
     dying: Vec<Dying>,
     /// Containers guardian's ladder killed: their death is its own incident already.
     killed: std::collections::HashSet<String>,
+    /// Containers Docker sent a `kill` event for (`docker stop`, `docker kill`, compose down),
+    /// with when: a death that follows is the user's stop, not a memory incident.
+    docker_killed: HashMap<String, Instant>,
 }
 
 impl Episodes {
@@ -133,7 +136,17 @@ impl Episodes {
             host_total: host::mem_total().ok(),
             dying: Vec::new(),
             killed: std::collections::HashSet::new(),
+            docker_killed: HashMap::new(),
         }
+    }
+
+    /// Docker's `kill` event (a signal sent through Docker: `docker stop`, `docker kill`).
+    pub fn on_docker_kill(&mut self, container_id: &str) {
+        let now = Instant::now();
+        // Forget stops long past (a container killed through Docker that never died).
+        self.docker_killed
+            .retain(|_, at| now.duration_since(*at) < Duration::from_secs(600));
+        self.docker_killed.insert(container_id.to_string(), now);
     }
 
     /// The ladder froze, killed or thawed a group.
@@ -233,6 +246,7 @@ impl Episodes {
                 near_limit,
                 host_short,
                 killer: None,
+                stopped_through_docker: self.docker_killed.remove(&c.id).is_some(),
             },
             incident,
         });
@@ -255,12 +269,9 @@ impl Episodes {
             .collect();
         for mut d in due {
             // Only a kernel OOM incident counts (a warning before the death does not).
-            d.death.kernel_oom |= store.incidents(d.started_ms).is_ok_and(|all| {
-                all.iter().any(|i| {
-                    i.cause == Cause::KernelOom
-                        && i.container.as_ref().is_some_and(|c| c.id == d.short_id)
-                })
-            });
+            d.death.kernel_oom |= store
+                .has_oom_incident_for(&d.short_id, d.started_ms)
+                .unwrap_or(false);
             let killer = killers::killer_of(&lines, &d.container_id, d.pid, None);
             d.death.killer = killer;
             let Some(cause) = killers::signal_death(&d.death) else {

@@ -86,12 +86,18 @@ const SPARSE_STEP_MS: i64 = 250;
 /// The window of a usage series relative to the kill: every sample of the last [`DENSE_MS`],
 /// and before that the highest of each [`SPARSE_STEP_MS`], so a group sampled fast for a minute
 /// does not make a report of thousands of points while no peak is lost.
+/// The kill's time comes from the kernel's clock (the eBPF event, converted to wall time once
+/// at start), the samples' from the daemon's: they can disagree by a few milliseconds, so a
+/// reading taken just after the kill (the victim's memory already freed) could land just before
+/// it. Samples that close before the kill are left out; the kernel's high-water mark stands
+/// at t = 0.
+const KILL_SKEW_MS: i64 = 5;
+
 fn relative(series: &VecDeque<(i64, Bytes)>, at_ms: i64) -> Vec<Point> {
     let mut out: Vec<Point> = Vec::new();
-    for (t, b) in series
-        .iter()
-        .filter(|(t, _)| at_ms - t <= WINDOW_MS && *t <= at_ms + 1000)
-    {
+    for (t, b) in series.iter().filter(|(t, _)| {
+        at_ms - t <= WINDOW_MS && *t <= at_ms + 1000 && !(at_ms - KILL_SKEW_MS < *t && *t < at_ms)
+    }) {
         let t_ms = t - at_ms;
         if t_ms < -DENSE_MS {
             if let Some(last) = out.last_mut() {
@@ -353,7 +359,7 @@ impl Incidents {
             .unwrap_or(i64::MAX)
             .min(now_ms() - WINDOW_MS);
         let recent = store
-            .has_incident_for(&c.to_ref().id, run_start)
+            .has_oom_incident_for(&c.to_ref().id, run_start)
             .unwrap_or(false);
         if recent || action != "die" {
             return;
@@ -375,12 +381,12 @@ impl Incidents {
         let Some(started) = c.started_at.as_deref().and_then(crate::model::rfc3339_ms) else {
             return false;
         };
+        // Only a kernel OOM kill of this run: a warning or a throttled episode before the death
+        // must not swallow it.
         let Some(mut i) = store
-            .incidents(started)
-            .unwrap_or_default()
-            .into_iter()
-            .rev()
-            .find(|i| i.container.as_ref().is_some_and(|r| r.id == c.to_ref().id))
+            .latest_oom_incident_for(&c.to_ref().id, started)
+            .ok()
+            .flatten()
         else {
             return false;
         };
@@ -448,7 +454,7 @@ impl Incidents {
                 continue;
             }
             if store
-                .has_incident_for(&c.to_ref().id, since)
+                .has_oom_incident_for(&c.to_ref().id, since)
                 .unwrap_or(true)
                 || self
                     .pending

@@ -123,6 +123,14 @@ fn load_config(args: &DaemonArgs) -> Result<Config, UsageError> {
         .as_deref()
         .and_then(crate::policy::trust::hook_program)
     {
+        // A program missing now could be put there later by whoever can: refuse, as for one
+        // others can write.
+        if !program.exists() {
+            return Err(UsageError(format!(
+                "incident hook {}: no such program; install it (owned by root) or fix [incidents] hook",
+                program.display()
+            )));
+        }
         crate::sources::host::check_trusted(&program)
             .map_err(|why| UsageError(format!("incident hook {why}")))?;
     }
@@ -146,9 +154,10 @@ pub async fn run(args: DaemonArgs, _output: Output) -> anyhow::Result<ExitCode> 
     // alone. Everything the daemon creates is 0600/0700, and so is its state directory.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     private_state_dir(&config.state_dir)?;
-    let (mut store, set_aside) = Store::open_or_set_aside(&config.state_dir)?;
-    // Held until we exit: a second daemon on this store fails here, naming us.
+    // Held until we exit: a second daemon on this store fails here, naming us — before it
+    // could move a store aside under the running one.
     let _lock = StateLock::acquire(&config.state_dir)?;
+    let (mut store, set_aside) = Store::open_or_set_aside(&config.state_dir)?;
     // For people and scripts; whether a daemon is alive is the lock's to say, not this file's.
     let pid_path = pid_file(&config.state_dir);
     std::fs::write(&pid_path, format!("{}\n", std::process::id()))
@@ -346,6 +355,9 @@ pub async fn run(args: DaemonArgs, _output: Output) -> anyhow::Result<ExitCode> 
                     DockerUpdate::Event(e) => {
                         if let Some(c) = &e.container {
                             incidents.on_docker(&e.action, c, &recorder, &store);
+                            if e.action == "kill" {
+                                episodes.on_docker_kill(&c.id);
+                            }
                             if e.action == "die" {
                                 let seen = Seen { incidents: &incidents, table: &table, recorder: &recorder };
                                 let budget = enforcement.as_ref().and_then(|e| e.budget_of(&c.id));
@@ -578,7 +590,7 @@ fn flush(store: &mut Store, recorder: &mut Recorder, health: &mut StoreHealth) {
         Err(e) => {
             if health.failing_since.is_none() {
                 health.failing_since = Some(now_ms());
-                error!("the store cannot take writes ({e}); enforcement goes on, the last minute of samples waits in memory and is written when it can (free space in the state directory)");
+                error!("the store cannot take writes ({e}): recording goes on in memory (each run's latest record and the last minute of samples) and is written when it can; budgets already applied stay, new squeezes wait until the store can journal what they replace (free space in the state directory)");
             }
             health.dropped_samples += recorder.restore(pending, now_ms() - KEEP_UNWRITTEN_MS);
         }
