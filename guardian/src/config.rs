@@ -286,13 +286,60 @@ impl Config {
 
     /// Parses TOML text; errors name the line.
     pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError::Invalid {
+        let config: Self = toml::from_str(text).map_err(|e| ConfigError::Invalid {
             path: path.to_path_buf(),
             line: e
                 .span()
                 .map_or(0, |s| text[..s.start].matches('\n').count() + 1),
             message: e.message().replace('\n', " "),
-        })
+        })?;
+        config
+            .check_ranges()
+            .map_err(|message| ConfigError::Invalid {
+                path: path.to_path_buf(),
+                line: {
+                    // The line that sets the key the message starts with (`step`, not
+                    // `step_interval`).
+                    let key = message.split(' ').next().unwrap_or("");
+                    text.lines()
+                        .position(|l| {
+                            l.trim_start()
+                                .strip_prefix(key)
+                                .is_some_and(|rest| rest.trim_start().starts_with('='))
+                        })
+                        .map_or(0, |i| i + 1)
+                },
+                message,
+            })?;
+        Ok(config)
+    }
+
+    /// Values that parse but cannot be meant: shares outside 0–1, a retention that would delete
+    /// every incident at once. Each error starts with the key's name.
+    fn check_ranges(&self) -> Result<(), String> {
+        let i = &self.incidents;
+        for (key, share) in [
+            ("warn_share", i.warn_share),
+            ("throttled_full", i.throttled_full),
+            ("release_below", self.enforce.release_below),
+            ("step", self.enforce.step),
+        ] {
+            if !(share > 0.0 && share <= 1.0) {
+                return Err(format!(
+                    "{key} = {share} must be a share above 0 and at most 1"
+                ));
+            }
+        }
+        if i.max_count == 0 {
+            return Err("max_count = 0 would delete every incident: keep at least 1".into());
+        }
+        if i.retention.0.is_zero() {
+            return Err(
+                "retention = \"0s\" would delete every incident: give a duration such as \"90d\""
+                    .into(),
+            );
+        }
+        Ok(())
     }
 }
 
@@ -353,6 +400,29 @@ mod tests {
         std::fs::write(&file, "").unwrap();
         let default = Config::resolve(Some(&file), None).unwrap();
         assert_eq!(default.state_dir, Path::new(DEFAULT_STATE_DIR));
+    }
+
+    #[test]
+    fn shares_outside_zero_to_one_and_a_retention_that_deletes_everything_are_refused() {
+        for (text, key, at) in [
+            ("[incidents]\nwarn_share = 1.5\n", "warn_share", 2),
+            ("[incidents]\nthrottled_full = 0\n", "throttled_full", 2),
+            ("[incidents]\nmax_count = 0\n", "max_count", 2),
+            ("[incidents]\nretention = \"0s\"\n", "retention", 2),
+            (
+                "[enforce]\nstep_interval = \"1s\"\nstep = -0.1\n",
+                "step",
+                3,
+            ),
+        ] {
+            let e = Config::parse(Path::new("g.toml"), text).unwrap_err();
+            let ConfigError::Invalid { line, message, .. } = &e else {
+                panic!("{e}")
+            };
+            assert!(message.starts_with(key), "{e}");
+            assert_eq!(*line, at, "{e}");
+        }
+        assert!(Config::parse(Path::new("g.toml"), "[incidents]\nwarn_share = 1.0\n").is_ok());
     }
 
     #[test]
