@@ -12,18 +12,10 @@ use std::{
 
 use nix::sys::signal::Signal;
 use serde_json::Value;
-use support::{container_cgroup, docker, require_docker, run_guardian, unique, Daemon};
+use support::{container_cgroup, docker, require_docker, run_guardian, take_turn, unique, Daemon};
 
 const IMAGE: &str = "guardian-test/memload";
 const MIB: u64 = 1 << 20;
-
-/// A daemon here acts on every container with a `guardian.budget` label on the test engine, so
-/// these tests take turns.
-static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn take_turn() -> std::sync::MutexGuard<'static, ()> {
-    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 fn idle_container(name: &str, labels: &[&str]) -> String {
     let mut args = vec!["run", "-d", "--name", name];

@@ -14,17 +14,10 @@ use std::{
 
 use nix::sys::signal::Signal;
 use serde_json::Value;
-use support::{docker, require_docker, run_guardian, scrape_metrics, unique, Daemon};
+use support::{docker, require_docker, run_guardian, scrape_metrics, take_turn, unique, Daemon};
 
 const IMAGE: &str = "guardian-test/memload";
 const MIB: u64 = 1 << 20;
-
-/// Each test's daemon sees every container on the test engine: they take turns.
-static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn take_turn() -> std::sync::MutexGuard<'static, ()> {
-    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// The memory cgroup directory of a running container (v1 memory controller on a hybrid host,
 /// else the unified tree), from its main process.

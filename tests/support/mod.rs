@@ -434,3 +434,11 @@ pub fn scrape_metrics(listen: &str) -> String {
     conn.read_to_string(&mut body).unwrap();
     body
 }
+
+/// Each test's daemon sees (and may act on) every container on the test engine: tests of one
+/// binary that start a daemon take turns.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+pub fn take_turn() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}

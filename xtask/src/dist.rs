@@ -97,10 +97,7 @@ pub fn run() -> anyhow::Result<()> {
             .arg(&dist)
             .current_dir(&root),
     )?;
-    let deb = std::fs::read_dir(&dist)?
-        .filter_map(|e| Some(e.ok()?.path()))
-        .find(|p| p.extension().is_some_and(|x| x == "deb"))
-        .context("cargo deb left no .deb in target/dist")?;
+    let deb = built_deb()?;
     check_deb(&deb)?;
 
     // The tarball holds exactly the package's files, laid out for `tar -C / -xzf`.
@@ -361,6 +358,14 @@ impl Engine {
     }
 }
 
+/// The `.deb` that [`run`] left in target/dist.
+pub fn built_deb() -> anyhow::Result<PathBuf> {
+    crate::debian::debs(&workspace_root().join("target/dist"))
+        .into_iter()
+        .next()
+        .context("no .deb in target/dist: cargo xtask dist builds it")
+}
+
 /// Installs the `.deb` that `run` built into a clean Debian `suite` made with mmdebstrap from
 /// the host's own mirror (minbase: nothing of guardian's dependencies is there before), the way
 /// the README says (`apt install ./guardian_….deb`), checks that it runs and that its files
@@ -369,11 +374,7 @@ impl Engine {
 /// running systemd; here no systemd runs, so the maintainer scripts' systemctl calls are skipped
 /// as on any chroot or container build.)
 pub fn install_check(suite: &str) -> anyhow::Result<()> {
-    let dist = workspace_root().join("target/dist");
-    let deb = std::fs::read_dir(&dist)?
-        .filter_map(|e| Some(e.ok()?.path()))
-        .find(|p| p.extension().is_some_and(|x| x == "deb"))
-        .context("no .deb in target/dist: run cargo xtask dist")?;
+    let deb = built_deb()?;
     let name = deb.file_name().unwrap().to_string_lossy().into_owned();
     let mirror = crate::debian::mirror()?;
     println!("dist: installing {name} on a clean Debian {suite} (mmdebstrap, ≈ 1–2 minutes)");

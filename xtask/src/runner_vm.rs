@@ -496,11 +496,7 @@ fn image_key(deb_name: &str) -> String {
 fn payload(dir: &Path) -> anyhow::Result<PathBuf> {
     // guardian as users install it: the Debian package `cargo xtask dist` builds.
     crate::dist::run()?;
-    let deb = std::fs::read_dir(workspace_root().join("target/dist"))?
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| p.extension().is_some_and(|e| e == "deb"))
-        .context("cargo xtask dist left no .deb in target/dist")?;
+    let deb = crate::dist::built_deb()?;
     let memload = crate::testbed::static_memload()?;
     let root = dir.join("payload");
     let _ = std::fs::remove_dir_all(&root);
