@@ -16,10 +16,10 @@ use anyhow::{bail, Context as _};
 
 use crate::testbed::Testbed;
 
-const IMAGE: &str = "guardian-test/memload";
+pub(crate) const IMAGE: &str = "guardian-test/memload";
 const MIB: f64 = 1048576.0;
 
-fn docker(host: &str, args: &[&str]) -> anyhow::Result<String> {
+pub(crate) fn docker(host: &str, args: &[&str]) -> anyhow::Result<String> {
     let out = Command::new("docker")
         .env("DOCKER_HOST", host)
         .args(args)
@@ -30,7 +30,7 @@ fn docker(host: &str, args: &[&str]) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
-fn start_daemon(guardian: &Path, host: &str, state: &Path) -> anyhow::Result<Child> {
+pub(crate) fn start_daemon(guardian: &Path, host: &str, state: &Path) -> anyhow::Result<Child> {
     let child = Command::new(guardian)
         .args(["daemon", "--no-metrics", "--state-dir"])
         .arg(state)
@@ -48,7 +48,7 @@ fn start_daemon(guardian: &Path, host: &str, state: &Path) -> anyhow::Result<Chi
     Ok(child)
 }
 
-fn stop(mut child: Child) {
+pub(crate) fn stop(mut child: Child) {
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let _ = child.wait();
@@ -183,26 +183,38 @@ fn spikes(guardian: &Path, host: &str, runs: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// CPU and RSS of the daemon with 50 and then 200 idle containers.
+/// CPU and RSS of the daemon with 50, 200, 500 and then 1000 idle containers (created four at a
+/// time; each is one `sleep` process and its shim, about 8 MiB of host memory).
 fn idle(guardian: &Path, host: &str) -> anyhow::Result<()> {
     println!("\n## Daemon cost with idle containers (default 1 s sampling, 30 s measured)");
-    let mut started = Vec::new();
-    for target in [50usize, 200] {
-        while started.len() < target {
-            let name = format!(
-                "guardian-bench-idle-{}-{}",
-                std::process::id(),
-                started.len()
-            );
-            docker(
-                host,
-                &["run", "-d", "--name", &name, IMAGE, "sleep", "3600"],
-            )?;
-            started.push(name);
+    let mut started = 0usize;
+    for target in [50usize, 200, 500, 1000] {
+        let names: Vec<String> = (started..target)
+            .map(|i| format!("guardian-bench-idle-{}-{i}", std::process::id()))
+            .collect();
+        let failed = Mutex::new(Vec::new());
+        std::thread::scope(|s| {
+            for chunk in names.chunks(names.len().div_ceil(4).max(1)) {
+                let failed = &failed;
+                s.spawn(move || {
+                    for name in chunk {
+                        if let Err(e) =
+                            docker(host, &["run", "-d", "--name", name, IMAGE, "sleep", "3600"])
+                        {
+                            failed.lock().unwrap().push(e);
+                        }
+                    }
+                });
+            }
+        });
+        if let Some(e) = failed.into_inner().unwrap().into_iter().next() {
+            remove_idle(host, target);
+            return Err(e.context(format!("starting {target} idle containers")));
         }
+        started = target;
         let state = tempfile_dir("guardian-bench-idle")?;
         let daemon = start_daemon(guardian, host, &state)?;
-        std::thread::sleep(Duration::from_secs(5)); // inventory and first samples
+        std::thread::sleep(Duration::from_secs(10)); // inventory and first samples
         let pid = daemon.id();
         let cpu0 = cpu_ticks(pid)?;
         let t0 = Instant::now();
@@ -218,15 +230,22 @@ fn idle(guardian: &Path, host: &str) -> anyhow::Result<()> {
             rss as f64 / 1024.0
         );
     }
-    for name in started.chunks(50) {
-        let mut args = vec!["rm", "-f"];
-        args.extend(name.iter().map(String::as_str));
-        let _ = docker(host, &args);
-    }
+    remove_idle(host, started);
     Ok(())
 }
 
-fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
+fn remove_idle(host: &str, count: usize) {
+    let names: Vec<String> = (0..count)
+        .map(|i| format!("guardian-bench-idle-{}-{i}", std::process::id()))
+        .collect();
+    for chunk in names.chunks(50) {
+        let mut args = vec!["rm", "-f"];
+        args.extend(chunk.iter().map(String::as_str));
+        let _ = docker(host, &args);
+    }
+}
+
+pub(crate) fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // Fields after the command name (which may hold spaces) start at ") ".
     let rest = stat.rsplit_once(") ").context("bad /proc stat")?.1;
@@ -234,12 +253,12 @@ fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
     Ok(fields[11].parse::<u64>()? + fields[12].parse::<u64>()?)
 }
 
-fn clock_ticks() -> u64 {
+pub(crate) fn clock_ticks() -> u64 {
     // SAFETY: sysconf has no preconditions.
     unsafe { libc::sysconf(libc::_SC_CLK_TCK) as u64 }
 }
 
-fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+pub(crate) fn rss_kib(pid: u32) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     status
         .lines()
@@ -248,7 +267,7 @@ fn rss_kib(pid: u32) -> anyhow::Result<u64> {
         .context("no VmRSS")
 }
 
-fn tempfile_dir(name: &str) -> anyhow::Result<PathBuf> {
+pub(crate) fn tempfile_dir(name: &str) -> anyhow::Result<PathBuf> {
     let dir = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     Ok(dir)

@@ -5,6 +5,7 @@
 //! command for a new user, and `run` never installs a test package.
 
 mod bench;
+mod bench_churn;
 mod bench_daemon;
 mod debian;
 mod dist;
@@ -74,9 +75,13 @@ enum Task {
         /// Runs per configuration.
         #[arg(long, default_value_t = 5)]
         runs: usize,
-        /// Only one part: `kernel` (probe overhead, latency) or `daemon` (peaks, idle cost).
+        /// Only one part: `kernel` (probe overhead, latency), `daemon` (peaks, idle cost, staged
+        /// start) or `churn` (many short-lived containers while the daemon records).
         #[arg(long)]
         only: Option<String>,
+        /// Containers the churn benchmark starts and stops.
+        #[arg(long, default_value_t = 1000)]
+        containers: usize,
     },
 }
 
@@ -148,15 +153,22 @@ fn main() -> anyhow::Result<()> {
             setup::run(Scope::Tests)?;
             runner_vm::run(&opts)
         }
-        Task::Bench { runs, only } => {
+        Task::Bench {
+            runs,
+            only,
+            containers,
+        } => {
             setup::run(Scope::Tests)?;
             cargo(&["build", "--release"])?;
             let guardian = workspace_root().join("target/release/guardian");
             match only.as_deref() {
                 Some("kernel") => bench::run(runs),
                 Some("daemon") => bench_daemon::run(&guardian, runs),
-                None => bench::run(runs).and_then(|()| bench_daemon::run(&guardian, runs)),
-                Some(other) => anyhow::bail!("--only {other}: expected kernel or daemon"),
+                Some("churn") => bench_churn::run_on_testbed(&guardian, containers),
+                None => bench::run(runs)
+                    .and_then(|()| bench_daemon::run(&guardian, runs))
+                    .and_then(|()| bench_churn::run_on_testbed(&guardian, containers)),
+                Some(other) => anyhow::bail!("--only {other}: expected kernel, daemon or churn"),
             }
         }
     }
