@@ -8,7 +8,10 @@ use std::{
 
 use serde::{Deserialize, Deserializer};
 
-use crate::model::{BudgetRule, Bytes, LabelPolicy, SizeText, TrustedLabel};
+use crate::{
+    model::{BudgetRule, Bytes, LabelPolicy, SizeText, TrustedLabel},
+    policy::health::Thresholds,
+};
 
 /// Where guardian looks when neither `--config` nor `GUARDIAN_CONFIG` is given; a missing file
 /// means the defaults.
@@ -91,6 +94,9 @@ pub struct Config {
     pub budget: Vec<BudgetRule>,
     /// OOM post-mortems.
     pub incidents: IncidentsConfig,
+    /// Where the health levels (safe, warning, critical, emergency) start, as shares of a
+    /// container's ceiling or of the host's MemTotal (`[health] warning = 0.5` …).
+    pub health: Thresholds,
 }
 
 /// OOM post-mortem reports.
@@ -249,6 +255,7 @@ impl Default for Config {
             enforce: EnforceConfig::default(),
             budget: Vec::new(),
             incidents: IncidentsConfig::default(),
+            health: Thresholds::default(),
         }
     }
 }
@@ -329,6 +336,9 @@ impl Config {
                     "{key} = {share} must be a share above 0 and at most 1"
                 ));
             }
+        }
+        if let Some(message) = self.health.invalid() {
+            return Err(message);
         }
         if i.max_count == 0 {
             return Err("max_count = 0 would delete every incident: keep at least 1".into());
@@ -481,5 +491,24 @@ mod tests {
         assert_eq!(text.lines().count(), 1);
         let e = Config::parse(Path::new("g.toml"), "sample_interval = \"soon\"\n").unwrap_err();
         assert!(e.to_string().contains("examples: 500ms"), "{e}");
+    }
+
+    #[test]
+    fn health_levels_are_configured_as_ascending_shares() {
+        let c = Config::parse(
+            Path::new("g.toml"),
+            "[health]\nwarning = 0.6\ncritical = 0.8\nemergency = 0.95\n",
+        )
+        .unwrap();
+        assert_eq!(c.health.level(0.7), crate::policy::health::Level::Warning);
+        let e = Config::parse(
+            Path::new("g.toml"),
+            "[health]\ncritical = 0.95\nemergency = 0.9\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "config g.toml, line 2: critical = 0.95 must be below emergency = 0.9: the levels ascend warning < critical < emergency"
+        );
     }
 }

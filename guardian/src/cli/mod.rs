@@ -208,7 +208,7 @@ pub fn init_logging(level: &str) {
 
 /// Colour only on a terminal, and never when `NO_COLOR` is set to anything non-empty
 /// (no-color.org).
-fn colour(terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+pub(crate) fn colour(terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
     terminal && no_color.is_none_or(|v| v.is_empty())
 }
 
@@ -233,6 +233,13 @@ pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_command_line_is_well_formed() {
+        // clap checks names, conflicts and defaults only when a command is parsed: a flag that
+        // clashes with a global one (`--config`) would fail at run time, on the user's runner.
+        <Cli as clap::CommandFactory>::command().debug_assert();
+    }
 
     #[test]
     fn no_color_turns_colour_off_even_on_a_terminal() {

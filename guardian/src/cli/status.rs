@@ -7,6 +7,7 @@ use serde::Serialize;
 use super::{Output, StateArgs};
 use crate::{
     model::{ActionRecord, Bytes, JournalEntry, RunRecord},
+    policy::health::{self, Health},
     store::{RunFilter, Store},
 };
 
@@ -35,6 +36,9 @@ struct Status {
     holding: Vec<JournalEntry>,
     /// The latest enforcement actions, oldest first.
     actions: Vec<ActionRecord>,
+    /// The host's health level now (MemTotal − MemAvailable against MemTotal, thresholds from
+    /// the config's `[health]`); `None` when /proc/meminfo cannot be read.
+    host_health: Option<Health>,
 }
 
 /// The daemon's pid, if one holds this state directory's lock.
@@ -43,7 +47,8 @@ fn daemon_pid(state_dir: &std::path::Path) -> Option<u32> {
 }
 
 pub async fn run(args: StatusArgs, output: Output) -> anyhow::Result<ExitCode> {
-    let state_dir = args.state.state_dir()?;
+    let config = args.state.config()?;
+    let state_dir = config.state_dir.clone();
     let store = Store::open_existing(&state_dir)?;
     let runs = store.runs(&RunFilter::default())?;
     let mut running: Vec<RunRecord> = runs
@@ -60,6 +65,15 @@ pub async fn run(args: StatusArgs, output: Output) -> anyhow::Result<ExitCode> {
         runs_recorded: runs.len(),
         holding: store.journal()?,
         actions: store.actions(0, args.actions)?,
+        host_health: {
+            match (
+                crate::sources::host::mem_total(),
+                crate::sources::host::mem_available(),
+            ) {
+                (Ok(total), Ok(available)) => Some(health::host(total, available, &config.health)),
+                _ => None,
+            }
+        },
     };
     match output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&status)?),
@@ -67,6 +81,14 @@ pub async fn run(args: StatusArgs, output: Output) -> anyhow::Result<ExitCode> {
             match status.daemon_pid {
                 Some(pid) => println!("daemon: running (pid {pid})"),
                 None => println!("daemon: not running (showing the store as last flushed)"),
+            }
+            if let Some(h) = &status.host_health {
+                println!(
+                    "host: {} ({:.0} % of {} in use)",
+                    h.level,
+                    h.share * 100.0,
+                    h.ceiling
+                );
             }
             println!(
                 "store: {} (schema {}), {} runs recorded",

@@ -1,6 +1,8 @@
 //! Decisions as pure functions of recorded facts: no files, no kernel.
 
 pub mod enforce;
+pub mod growth;
+pub mod health;
 pub mod incidents;
 pub mod killers;
 pub mod postmortem;

@@ -1,0 +1,180 @@
+//! Health levels on a real dockerd: `guardian ps` judges each container's working set against
+//! its lowest ceiling (limit, memory.high, budget) with the configured thresholds, `--watch`
+//! refreshes, and `status` gives the host's level from /proc/meminfo.
+
+mod support;
+
+use std::{
+    io::{BufRead as _, BufReader},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use support::{docker, guardian_bin, require_docker, run_guardian, unique, Daemon};
+
+const IMAGE: &str = "guardian-test/memload";
+const MIB: u64 = 1 << 20;
+
+/// Starts a container that holds `mib` MiB with `extra` docker-run arguments, and waits until
+/// `guardian ps` sees at least that working set.
+fn holding(name: &str, mib: u64, extra: &[&str]) {
+    let max = format!("{mib}m");
+    let mut args = vec!["run", "-d", "--name", name];
+    args.extend(extra);
+    args.extend([
+        IMAGE,
+        "memload",
+        "hog",
+        "--step",
+        "4m",
+        "--max",
+        &max,
+        "--hold-ms",
+        "120000",
+    ]);
+    docker(&args);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if row(name)
+            .and_then(|r| r["working_set"].as_u64())
+            .is_some_and(|w| w >= mib * MIB)
+        {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    panic!("{name} never held {mib} MiB");
+}
+
+fn ps(extra: &[&str]) -> Vec<Value> {
+    let mut args = vec!["ps", "--output", "json"];
+    args.extend(extra);
+    let (status, stdout, stderr) = run_guardian(&args);
+    assert!(status.success(), "guardian ps: {stderr}");
+    serde_json::from_str(&stdout).unwrap()
+}
+
+fn row(name: &str) -> Option<Value> {
+    ps(&[]).into_iter().find(|r| r["name"] == name)
+}
+
+#[test]
+fn ps_gives_each_container_the_level_of_its_lowest_ceiling() {
+    require_docker();
+    let (limited, budgeted, free) = (
+        unique("lvl-limit"),
+        unique("lvl-budget"),
+        unique("lvl-free"),
+    );
+    // 40 of 64 MiB limit: 62 % → warning. 40 MiB against a 44 MiB budget under a 1 GiB limit:
+    // 91 % → emergency (the budget is the lower ceiling). No ceiling at all: no level.
+    holding(&limited, 40, &["--memory", "64m"]);
+    holding(
+        &budgeted,
+        40,
+        &["--memory", "1g", "--label", "guardian.budget=44m"],
+    );
+    holding(&free, 8, &[]);
+    let rows = ps(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let strict = dir.path().join("guardian.toml");
+    std::fs::write(
+        &strict,
+        "[health]\nwarning = 0.3\ncritical = 0.6\nemergency = 0.99\n",
+    )
+    .unwrap();
+    let strict_rows = ps(&["--config", strict.to_str().unwrap()]);
+    let (_, human, _) = run_guardian(&["ps"]);
+    for n in [&limited, &budgeted, &free] {
+        docker(&["rm", "-f", n]);
+    }
+    let find = |rows: &[Value], n: &str| rows.iter().find(|r| r["name"] == n).cloned().unwrap();
+
+    let l = find(&rows, &limited);
+    let share = l["health"]["share"].as_f64().unwrap();
+    let expected = l["working_set"].as_u64().unwrap() as f64 / (64 * MIB) as f64;
+    assert!((share - expected).abs() < 1e-6, "{l}");
+    assert_eq!(l["health"]["level"], "warning", "{l}");
+    assert_eq!(l["health"]["against"], "limit");
+
+    let b = find(&rows, &budgeted);
+    assert_eq!(b["health"]["against"], "budget", "{b}");
+    assert_eq!(b["health"]["ceiling"], 44 * MIB);
+    assert_eq!(b["health"]["level"], "emergency", "{b}");
+
+    assert!(find(&rows, &free)["health"].is_null());
+
+    // The same 62 % is critical with warning 0.3 / critical 0.6.
+    assert_eq!(find(&strict_rows, &limited)["health"]["level"], "critical");
+    let line = human
+        .lines()
+        .find(|l| l.starts_with(limited.as_str()))
+        .unwrap();
+    assert!(
+        line.contains("warning 6") && line.contains("% of limit"),
+        "{line}"
+    );
+    assert!(human.starts_with("host: "), "{human}");
+}
+
+#[test]
+fn ps_watch_refreshes_until_its_reader_goes_away() {
+    require_docker();
+    let mut child = Command::new(guardian_bin())
+        .args(["ps", "--watch", "300ms", "--output", "json"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let t0 = Instant::now();
+    for _ in 0..3 {
+        let line = lines.next().unwrap().unwrap();
+        assert!(serde_json::from_str::<Vec<Value>>(&line).is_ok(), "{line}");
+    }
+    // Three refreshes take at least two intervals.
+    assert!(
+        t0.elapsed() >= Duration::from_millis(600),
+        "{:?}",
+        t0.elapsed()
+    );
+    drop(lines); // the reader goes away: the watch ends by itself, like `docker stats | head`
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "ps --watch kept running without a reader"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.success(), "{status}");
+}
+
+#[test]
+fn status_gives_the_hosts_level_from_meminfo() {
+    require_docker();
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(dir.path(), &["--no-metrics", "--no-enforce"]);
+    let v = daemon.status();
+    daemon.stop(nix::sys::signal::Signal::SIGTERM);
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
+    let kib = |key: &str| -> f64 {
+        let v = meminfo.lines().find_map(|l| l.strip_prefix(key)).unwrap();
+        v.trim().trim_end_matches("kB").trim().parse().unwrap()
+    };
+    let used = 1.0 - kib("MemAvailable:") / kib("MemTotal:");
+    let share = v["host_health"]["share"].as_f64().unwrap();
+    // Read a moment apart on a host where other tests run: within 5 points.
+    assert!(
+        (share - used).abs() < 0.05,
+        "status {share} vs meminfo {used}"
+    );
+    assert_eq!(v["host_health"]["against"], "host");
+    assert_eq!(
+        v["host_health"]["ceiling"].as_f64().unwrap(),
+        kib("MemTotal:") * 1024.0
+    );
+}
