@@ -185,7 +185,7 @@ fn spikes(guardian: &Path, host: &str, runs: usize) -> anyhow::Result<()> {
 
 /// CPU and RSS of the daemon with 50, 200, 500 and then 1000 idle containers (created four at a
 /// time; each is one `sleep` process and its shim, about 8 MiB of host memory).
-fn idle(guardian: &Path, host: &str) -> anyhow::Result<()> {
+pub(crate) fn idle(guardian: &Path, host: &str) -> anyhow::Result<()> {
     println!("\n## Daemon cost with idle containers (default 1 s sampling, 30 s measured)");
     let mut started = 0usize;
     for target in [50usize, 200, 500, 1000] {

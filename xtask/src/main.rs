@@ -76,7 +76,8 @@ enum Task {
         #[arg(long, default_value_t = 5)]
         runs: usize,
         /// Only one part: `kernel` (probe overhead, latency), `daemon` (peaks, idle cost, staged
-        /// start) or `churn` (many short-lived containers while the daemon records).
+        /// start), `idle` (the idle cost alone) or `churn` (many short-lived containers while
+        /// the daemon records).
         #[arg(long)]
         only: Option<String>,
         /// Containers the churn benchmark starts and stops.
@@ -165,10 +166,18 @@ fn main() -> anyhow::Result<()> {
                 Some("kernel") => bench::run(runs),
                 Some("daemon") => bench_daemon::run(&guardian, runs),
                 Some("churn") => bench_churn::run_on_testbed(&guardian, containers),
+                Some("idle") => {
+                    let bed = testbed::Testbed::up()?;
+                    let result = bench_daemon::idle(&guardian, bed.docker_host());
+                    bed.down()?;
+                    result
+                }
                 None => bench::run(runs)
                     .and_then(|()| bench_daemon::run(&guardian, runs))
                     .and_then(|()| bench_churn::run_on_testbed(&guardian, containers)),
-                Some(other) => anyhow::bail!("--only {other}: expected kernel, daemon or churn"),
+                Some(other) => {
+                    anyhow::bail!("--only {other}: expected kernel, daemon, idle or churn")
+                }
             }
         }
     }
