@@ -178,3 +178,134 @@ fn status_gives_the_hosts_level_from_meminfo() {
         kib("MemTotal:") * 1024.0
     );
 }
+
+#[test]
+fn status_names_a_leak_and_a_stack_left_running() {
+    require_docker();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("guardian.toml");
+    std::fs::write(
+        &config,
+        "timeline_interval = \"1s\"\n[metrics]\nenabled = false\n",
+    )
+    .unwrap();
+    let daemon = Daemon::start(
+        dir.path(),
+        &["--config", config.to_str().unwrap(), "--no-enforce"],
+    );
+    let project = unique("leftover");
+    let (leak, steady) = (format!("{project}-leak-1"), format!("{project}-steady-1"));
+    let labels = |service: &str| {
+        vec![
+            format!("com.docker.compose.project={project}"),
+            format!("com.docker.compose.service={service}"),
+        ]
+    };
+    // The leak: 4 MiB more every 500 ms up to 160 MiB (480 MiB/min). The steady one holds 24 MiB.
+    let mut args = vec![
+        "run".to_string(),
+        "-d".into(),
+        "--name".into(),
+        leak.clone(),
+    ];
+    for l in labels("leak") {
+        args.extend(["--label".to_string(), l]);
+    }
+    args.extend(
+        [
+            IMAGE,
+            "memload",
+            "staircase",
+            "--step",
+            "4m",
+            "--every-ms",
+            "500",
+            "--max",
+            "160m",
+            "--hold-ms",
+            "120000",
+        ]
+        .map(String::from),
+    );
+    docker(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let mut args = vec![
+        "run".to_string(),
+        "-d".into(),
+        "--name".into(),
+        steady.clone(),
+    ];
+    for l in labels("steady") {
+        args.extend(["--label".to_string(), l]);
+    }
+    args.extend(
+        [
+            IMAGE,
+            "memload",
+            "hog",
+            "--step",
+            "24m",
+            "--max",
+            "24m",
+            "--hold-ms",
+            "120000",
+        ]
+        .map(String::from),
+    );
+    docker(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    std::thread::sleep(Duration::from_secs(25));
+    let (status, stdout, stderr) = run_guardian(&[
+        "status",
+        "--output",
+        "json",
+        "--state-dir",
+        dir.path().to_str().unwrap(),
+        "--growth-over",
+        "15s",
+        "--leftover-after",
+        "5s",
+    ]);
+    let (_, human, _) = run_guardian(&[
+        "status",
+        "--state-dir",
+        dir.path().to_str().unwrap(),
+        "--growth-over",
+        "15s",
+        "--leftover-after",
+        "5s",
+    ]);
+    daemon.stop(nix::sys::signal::Signal::SIGTERM);
+    docker(&["rm", "-f", &leak, &steady]);
+    assert!(status.success(), "{stderr}");
+    let v: Value = serde_json::from_str(&stdout).unwrap();
+
+    let growing = v["growing"].as_array().unwrap();
+    assert_eq!(growing.len(), 1, "only the leak grows: {growing:?}");
+    assert_eq!(growing[0]["name"], format!("{project}/leak"));
+    let per_minute = growing[0]["growth"]["per_minute"].as_u64().unwrap() as f64 / MIB as f64;
+    // 8 MiB/s while it climbs (it reaches 160 MiB after 20 s, then holds): the fitted slope over
+    // the stored timeline lies between a third and the whole of 480 MiB/min.
+    assert!(
+        (160.0..=500.0).contains(&per_minute),
+        "{per_minute} MiB/min"
+    );
+    assert!(
+        human.contains(&format!("{project}/leak: growing ")),
+        "{human}"
+    );
+
+    let leftovers = v["leftovers"].as_array().unwrap();
+    let ours = leftovers
+        .iter()
+        .find(|l| l["project"] == project.as_str())
+        .expect("our stack");
+    assert_eq!(ours["containers"].as_array().unwrap().len(), 2);
+    let holds = ours["holds"].as_u64().unwrap();
+    assert!(
+        holds >= (160 + 24) * MIB && holds <= (160 + 24 + 16) * MIB,
+        "{holds}"
+    );
+    assert!(
+        human.contains(&format!("left over: project {project}")),
+        "{human}"
+    );
+}

@@ -7,7 +7,11 @@ use serde::Serialize;
 use super::{Output, StateArgs};
 use crate::{
     model::{ActionRecord, Bytes, JournalEntry, RunRecord},
-    policy::health::{self, Health},
+    policy::{
+        growth::{growth, Growth, GrowthRule},
+        health::{self, Health},
+        leftovers::{leftovers, Leftover, Running},
+    },
     store::{RunFilter, Store},
 };
 
@@ -19,6 +23,19 @@ pub struct StatusArgs {
     /// How many of the latest enforcement actions to show.
     #[arg(long, default_value_t = 20)]
     actions: usize,
+    /// A compose project whose newest container started longer ago than this is listed as left
+    /// over (its CI job is over, it still holds memory).
+    #[arg(long, default_value = "2h", value_parser = super::parse_duration)]
+    leftover_after: std::time::Duration,
+    /// A rise must last at least this long to count as growth (a leak, not a warm-up).
+    #[arg(long, default_value = "10m", value_parser = super::parse_duration)]
+    growth_over: std::time::Duration,
+}
+
+#[derive(Debug, Serialize)]
+struct Growing {
+    name: String,
+    growth: Growth,
 }
 
 #[derive(Debug, Serialize)]
@@ -36,6 +53,12 @@ struct Status {
     holding: Vec<JournalEntry>,
     /// The latest enforcement actions, oldest first.
     actions: Vec<ActionRecord>,
+    /// Running containers whose working set keeps rising (a robust slope over the stored
+    /// timeline, policy/growth.rs), by name.
+    growing: Vec<Growing>,
+    /// Compose projects nothing started anything in for longer than `--leftover-after`, with the
+    /// memory they hold.
+    leftovers: Vec<Leftover>,
     /// The host's health level now (MemTotal − MemAvailable against MemTotal, thresholds from
     /// the config's `[health]`); `None` when /proc/meminfo cannot be read.
     host_health: Option<Health>,
@@ -57,6 +80,32 @@ pub async fn run(args: StatusArgs, output: Output) -> anyhow::Result<ExitCode> {
         .cloned()
         .collect();
     running.sort_by_key(|r| std::cmp::Reverse(r.peak));
+    let mut growing = Vec::new();
+    let mut still_up = Vec::new();
+    for r in &running {
+        let timeline = store.working_set_timeline(&r.container_id, r.started_at_ms)?;
+        let rule = GrowthRule {
+            min_span_ms: args.growth_over.as_millis() as i64,
+            ..GrowthRule::default()
+        };
+        if let Some(g) = growth(&timeline, &rule) {
+            growing.push(Growing {
+                name: r.display_name(),
+                growth: g,
+            });
+        }
+        still_up.push(Running {
+            project: r.project.clone(),
+            name: r.display_name(),
+            started_at_ms: r.started_at_ms,
+            holds: timeline.last().map_or(r.typical_working_set(), |p| p.1),
+        });
+    }
+    let leftovers = leftovers(
+        &still_up,
+        crate::model::now_ms(),
+        args.leftover_after.as_millis() as i64,
+    );
     let status = Status {
         daemon_pid: daemon_pid(&state_dir),
         store: Store::file(&state_dir),
@@ -65,6 +114,8 @@ pub async fn run(args: StatusArgs, output: Output) -> anyhow::Result<ExitCode> {
         runs_recorded: runs.len(),
         holding: store.journal()?,
         actions: store.actions(0, args.actions)?,
+        growing,
+        leftovers,
         host_health: {
             match (
                 crate::sources::host::mem_total(),
@@ -109,6 +160,20 @@ pub async fn run(args: StatusArgs, output: Output) -> anyhow::Result<ExitCode> {
                     r.startup_peak.to_string(),
                     show(r.memory_limit),
                     r.oom_kills
+                );
+            }
+            for g in &status.growing {
+                println!("{}: {}", g.name, g.growth);
+            }
+            for l in &status.leftovers {
+                println!(
+                    "left over: project {} ({}) holds {}, nothing started in it for {}",
+                    l.project,
+                    l.containers.join(", "),
+                    l.holds,
+                    humantime::format_duration(std::time::Duration::from_secs(
+                        (l.idle_for_ms / 1000).max(0) as u64
+                    ))
                 );
             }
             if !status.holding.is_empty() {

@@ -5,6 +5,7 @@ pub mod growth;
 pub mod health;
 pub mod incidents;
 pub mod killers;
+pub mod leftovers;
 pub mod postmortem;
 pub mod profile;
 pub mod reload;

@@ -283,6 +283,31 @@ impl Store {
             .map_err(|e| self.err(e))
     }
 
+    /// The stored timeline of one run: `(unix ms, working set)` in time order (points older
+    /// than `timeline_retention` are pruned).
+    pub fn working_set_timeline(
+        &self,
+        container_id: &str,
+        started_at_ms: i64,
+    ) -> Result<Vec<(i64, Bytes)>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT s.at_ms, s.working_set FROM samples s JOIN runs r ON s.run_id = r.id
+                 WHERE r.container_id = ?1 AND r.started_at_ms = ?2 ORDER BY s.at_ms",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params![container_id, started_at_ms], |row| {
+                Ok((
+                    row.get::<_, i64>(0)?,
+                    Bytes(row.get::<_, i64>(1)?.max(0) as u64),
+                ))
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
     /// Runs matching `filter`, newest first.
     pub fn runs(&self, filter: &RunFilter) -> Result<Vec<RunRecord>, StoreError> {
         let mut stmt = self
