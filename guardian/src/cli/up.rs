@@ -52,6 +52,10 @@ pub struct UpArgs {
     /// Give up on a service that is not ready after this long.
     #[arg(long, value_parser = parse_duration, default_value = "5m")]
     timeout: Duration,
+    /// When the Docker engine stops answering (a restart), wait this long for it before
+    /// giving up with an error.
+    #[arg(long, value_parser = parse_duration, default_value = "1m")]
+    engine_wait: Duration,
 }
 
 #[derive(Debug, Serialize)]
@@ -70,61 +74,167 @@ pub async fn run(args: UpArgs, output: Output) -> anyhow::Result<ExitCode> {
     let state_dir = args.stack.state.state_dir()?;
     let stack = Stack::load(&args.stack.compose, &args.stack.services)?;
     stack.check_wanted(&args.stack.services)?;
-    let mut stager = stager(&args, &stack, &state_dir)?;
+    let stager = stager(&args, &stack, &state_dir)?;
     let hierarchy = Hierarchy::detect()?;
     let client = DockerClient::connect(hierarchy.clone()).await?;
-    let t0 = Instant::now();
-    let ms = || t0.elapsed().as_millis() as u64;
-    let mut display = Display::new(output, t0);
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    let mut interrupted = false;
-    let mut tick = tokio::time::interval(Duration::from_millis(200));
-    let mut containers: HashMap<String, Container> = HashMap::new();
-
-    loop {
-        tokio::select! {
-            _ = interrupt.recv() => {
-                // Stop starting new services; what runs stays as compose left it.
-                interrupted = true;
-                break;
-            }
-            _ = tick.tick() => {}
-        }
-        let seen = observe(
-            &client,
-            &hierarchy,
-            &stack.project,
-            &stager,
-            &mut containers,
-        )
-        .await?;
-        let step = stager.decide(ms(), &seen, crate::sources::host::mem_available()?);
-        log_decisions(&step.decisions);
-        let wave = step.starts();
-        if !wave.is_empty() {
-            start_services(&stack, &wave).await?;
-            stager.started(&wave, ms());
-        }
-        display.show(stager.services());
-        if step.done {
-            break;
-        }
-    }
-
-    record_startup_peaks(&state_dir, &stack.project, stager.services(), &containers);
+    let mut up = Up {
+        stack: &stack,
+        state_dir: &state_dir,
+        client,
+        hierarchy,
+        stager,
+        containers: HashMap::new(),
+        t0: Instant::now(),
+    };
+    let mut display = Display::new(output, up.t0);
+    let end = up.drive(&mut display).await?;
     let summary = Summary {
         project: stack.project.clone(),
-        all_ready: stager.all_ready(),
-        interrupted,
-        elapsed_ms: ms(),
-        services: stager.services(),
+        all_ready: up.stager.all_ready(),
+        interrupted: end == End::Interrupted,
+        elapsed_ms: up.ms(),
+        services: up.stager.services(),
     };
     display.finish(&summary)?;
+    if let End::GaveUp(why) = end {
+        let ready = summary.services.iter().filter(|r| r.state.is_ready());
+        anyhow::bail!(
+            "{why}; {} of {} services ready (their start-up peaks are recorded): run guardian up again once the engine answers",
+            ready.count(),
+            summary.services.len()
+        );
+    }
     Ok(if summary.all_ready {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// How the rounds ended.
+#[derive(Debug, PartialEq, Eq)]
+enum End {
+    /// Every service is ready, completed or failed.
+    Done,
+    /// Ctrl-C: no further services started; what runs stays as compose left it.
+    Interrupted,
+    /// The policy gave up (the Docker engine did not come back), and why.
+    GaveUp(String),
+}
+
+/// One `guardian up` run: what it reads from and the stepper that decides.
+struct Up<'a> {
+    stack: &'a Stack,
+    state_dir: &'a Path,
+    client: DockerClient,
+    hierarchy: Hierarchy,
+    stager: Stager,
+    /// The first container of each service seen (for recording its start-up peak).
+    containers: HashMap<String, Container>,
+    t0: Instant,
+}
+
+impl Up<'_> {
+    fn ms(&self) -> u64 {
+        self.t0.elapsed().as_millis() as u64
+    }
+
+    /// Rounds every 200 ms until done, interrupted or given up: read, decide, start, record
+    /// the start-up peak of each service as it becomes ready (so nothing after can lose it),
+    /// draw.
+    async fn drive(&mut self, display: &mut Display) -> anyhow::Result<End> {
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        let mut engine_error: Option<String> = None;
+        loop {
+            tokio::select! {
+                _ = interrupt.recv() => return Ok(End::Interrupted),
+                _ = tick.tick() => {}
+            }
+            let step = match self.observe().await {
+                Ok(seen) => {
+                    if engine_error.take().is_some() {
+                        info!("the Docker engine answers again");
+                    }
+                    let available = crate::sources::host::mem_available()?;
+                    self.stager.decide(self.ms(), &seen, available)
+                }
+                Err(e) => {
+                    let why = e.to_string();
+                    if engine_error.replace(why.clone()).is_none() {
+                        warn!(error = %why, "the Docker engine does not answer; waiting for it");
+                    }
+                    self.stager.engine_lost(self.ms(), &why)
+                }
+            };
+            log_decisions(&step.decisions);
+            self.record_ready(&step.decisions);
+            let wave = step.starts();
+            if !wave.is_empty() {
+                start_services(self.stack, &wave).await?;
+                self.stager.started(&wave, self.ms());
+            }
+            display.show(self.stager.services());
+            if let Some(why) = step.give_up {
+                return Ok(End::GaveUp(why));
+            }
+            if step.done {
+                return Ok(End::Done);
+            }
+        }
+    }
+
+    /// Reads what Docker and the memory cgroups say of every service in flight; keeps the
+    /// first container of each. An engine that does not answer within 10 s is an error.
+    async fn observe(&mut self) -> anyhow::Result<HashMap<String, Observation>> {
+        let watching: Vec<&str> = self.stager.watching().collect();
+        if watching.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let listed = self.client.compose_containers(&self.stack.project);
+        let all = tokio::time::timeout(Duration::from_secs(10), listed)
+            .await
+            .context("the Docker engine did not answer within 10s")??;
+        let mut seen = HashMap::new();
+        for service in watching {
+            let mine: Vec<&Container> = all
+                .iter()
+                .filter(|c| {
+                    c.compose
+                        .as_ref()
+                        .is_some_and(|s| s.service == service && !s.oneoff)
+                })
+                .collect();
+            if let Some(first) = mine.first() {
+                self.containers
+                    .insert(service.to_string(), (*first).clone());
+            }
+            seen.insert(service.to_string(), observation(&self.hierarchy, &mine));
+        }
+        Ok(seen)
+    }
+
+    /// Writes the start-up peak of each service that just became ready to the store.
+    fn record_ready(&self, decisions: &[Decision]) {
+        let ready: Vec<&ServiceRun> = decisions
+            .iter()
+            .filter(|d| matches!(d.act, Act::Ready { .. }))
+            .filter_map(|d| {
+                self.stager
+                    .services()
+                    .iter()
+                    .find(|r| r.service == d.service)
+            })
+            .collect();
+        if !ready.is_empty() {
+            record_startup_peaks(
+                self.state_dir,
+                &self.stack.project,
+                &ready,
+                &self.containers,
+            );
+        }
+    }
 }
 
 /// The stepper for this stack: its services in dependency order with their needs (recorded
@@ -159,6 +269,7 @@ fn stager(args: &UpArgs, stack: &Stack, state_dir: &Path) -> anyhow::Result<Stag
         settle: args.settle,
         settle_delta: args.settle_delta,
         timeout: args.timeout,
+        engine_wait: args.engine_wait,
         available: args.stack.available,
         reserve: args.stack.reserve,
     };
@@ -200,38 +311,6 @@ async fn start_services(stack: &Stack, services: &[String]) -> anyhow::Result<()
         );
     }
     Ok(())
-}
-
-/// Reads what Docker and the memory cgroups say of every service in flight; keeps the first
-/// container of each in `containers` (for recording its start-up peak).
-async fn observe(
-    client: &DockerClient,
-    hierarchy: &Hierarchy,
-    project: &str,
-    stager: &Stager,
-    containers: &mut HashMap<String, Container>,
-) -> anyhow::Result<HashMap<String, Observation>> {
-    let watching: Vec<&str> = stager.watching().collect();
-    if watching.is_empty() {
-        return Ok(HashMap::new());
-    }
-    let all = client.compose_containers(project).await?;
-    let mut seen = HashMap::new();
-    for service in watching {
-        let mine: Vec<&Container> = all
-            .iter()
-            .filter(|c| {
-                c.compose
-                    .as_ref()
-                    .is_some_and(|s| s.service == service && !s.oneoff)
-            })
-            .collect();
-        if let Some(first) = mine.first() {
-            containers.insert(service.to_string(), (*first).clone());
-        }
-        seen.insert(service.to_string(), observation(hierarchy, &mine));
-    }
-    Ok(seen)
 }
 
 /// One service's replicas as the policy sees them, with their memory summed.
@@ -278,7 +357,7 @@ fn observation(hierarchy: &Hierarchy, mine: &[&Container]) -> Observation {
 fn record_startup_peaks(
     state_dir: &Path,
     project: &str,
-    runs: &[ServiceRun],
+    runs: &[&ServiceRun],
     containers: &HashMap<String, Container>,
 ) {
     let records: Vec<RunRecord> = runs

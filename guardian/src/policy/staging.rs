@@ -250,6 +250,8 @@ pub struct UpParams {
     pub available: Option<Bytes>,
     /// What stays free (`--reserve`).
     pub reserve: Bytes,
+    /// How long to wait for the Docker engine to answer again (a restart) before giving up.
+    pub engine_wait: Duration,
 }
 
 /// One container of a started service as Docker reports it (`State.Status`, `State.ExitCode`,
@@ -397,6 +399,9 @@ pub struct Step {
     pub decisions: Vec<Decision>,
     /// Every service is ready, completed or failed: `guardian up` is over.
     pub done: bool,
+    /// `guardian up` cannot go on (the Docker engine did not come back), and why; the services
+    /// not done yet are failed with that reason.
+    pub give_up: Option<String>,
 }
 
 impl Step {
@@ -420,6 +425,8 @@ pub struct Stager {
     depends_on: HashMap<String, Vec<Dependency>>,
     services: Vec<ServiceRun>,
     started: usize,
+    /// Since when the Docker engine has not answered (ms), while it does not.
+    engine_lost_ms: Option<u64>,
 }
 
 impl Stager {
@@ -452,6 +459,7 @@ impl Stager {
             depends_on,
             services,
             started: 0,
+            engine_lost_ms: None,
         }
     }
 
@@ -484,6 +492,7 @@ impl Stager {
         seen: &HashMap<String, Observation>,
         mem_available: Bytes,
     ) -> Step {
+        self.engine_lost_ms = None;
         let mut out = Vec::new();
         let none = Observation::default();
         for run in self.services.iter_mut().filter(|r| r.state.in_flight()) {
@@ -499,6 +508,30 @@ impl Stager {
         Step {
             decisions: out,
             done,
+            give_up: None,
+        }
+    }
+
+    /// A round in which the Docker engine did not answer (`why`: its error): nothing can be
+    /// observed or started. A restarting engine answers again within seconds, so wait for it
+    /// up to `engine_wait`; then give up and fail what is not done, so `up` never hangs.
+    /// Once it answers, [`Stager::decide`] goes on: containers a restart policy brought back
+    /// are observed as before, those that died fail with their exit code.
+    pub fn engine_lost(&mut self, now_ms: u64, why: &str) -> Step {
+        let since = *self.engine_lost_ms.get_or_insert(now_ms);
+        let wait = self.params.engine_wait;
+        if now_ms.saturating_sub(since) <= wait.as_millis() as u64 {
+            return Step::default();
+        }
+        let reason = format!("the Docker engine did not answer for {wait:?} ({why})");
+        let mut out = Vec::new();
+        for run in self.services.iter_mut().filter(|r| !r.state.is_final()) {
+            run.fail(reason.clone(), &mut out);
+        }
+        Step {
+            decisions: out,
+            done: true,
+            give_up: Some(reason),
         }
     }
 
@@ -943,6 +976,7 @@ mod tests {
             timeout: Duration::from_secs(60),
             available: None,
             reserve: Bytes(0),
+            engine_wait: Duration::from_secs(30),
         }
     }
 
@@ -1408,5 +1442,46 @@ mod tests {
         assert!(step.done);
         assert!(st.all_ready());
         assert!(st.watching().next().is_none());
+    }
+
+    #[test]
+    fn while_the_engine_is_away_nothing_starts_and_it_goes_on_once_it_answers() {
+        let mut st = stager(
+            params(),
+            &[("db", no_history()), ("app", no_history())],
+            &[("app", &[("db", Condition::Healthy)])],
+        );
+        round(&mut st, 0, &[]);
+        // The engine restarts: up to 30 s of silence is waited out.
+        assert_eq!(st.engine_lost(1000, "connection refused"), Step::default());
+        assert_eq!(st.engine_lost(31000, "connection refused"), Step::default());
+        // It answers again, the restart policy brought db back: staging goes on.
+        round(&mut st, 31200, &[("db", running(true, 8, 8))]);
+        let step = round(&mut st, 33200, &[("db", running(true, 8, 8))]);
+        assert_eq!(step.starts(), ["app"]);
+        // A later outage is timed from its own start.
+        assert_eq!(st.engine_lost(40000, "broken pipe"), Step::default());
+        assert!(st.engine_lost(70000, "broken pipe").give_up.is_none());
+    }
+
+    #[test]
+    fn an_engine_that_does_not_come_back_ends_the_run_and_fails_what_is_not_done() {
+        let mut st = stager(
+            params(),
+            &[("db", no_history()), ("app", no_history())],
+            &[("app", &[("db", Condition::Started)])],
+        );
+        round(&mut st, 0, &[]);
+        round(&mut st, 200, &[("db", running(true, 8, 8))]);
+        round(&mut st, 2200, &[("db", running(true, 8, 8))]);
+        assert_eq!(state_of(&st, "db"), ServiceState::Healthy);
+        st.engine_lost(3000, "connection refused");
+        let step = st.engine_lost(33001, "connection refused");
+        let why = "the Docker engine did not answer for 30s (connection refused)";
+        assert_eq!(step.give_up.as_deref(), Some(why));
+        assert!(step.done);
+        // What was ready stays ready; the rest failed with the reason.
+        assert_eq!(state_of(&st, "db"), ServiceState::Healthy);
+        assert_eq!(failure_of(&step, "app").as_deref(), Some(why));
     }
 }
