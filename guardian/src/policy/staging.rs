@@ -706,36 +706,7 @@ impl ServiceRun {
 
     /// Applies one round's observation to a service in flight.
     fn observe(&mut self, now_ms: u64, p: &UpParams, seen: &Observation, out: &mut Vec<Decision>) {
-        // Before anything else: a container that never appears, never runs or restarts in a
-        // loop must not hold the stack forever.
-        if self
-            .started_ms
-            .is_some_and(|t| now_ms.saturating_sub(t) > p.timeout.as_millis() as u64)
-        {
-            return self.fail(format!("not ready after {:?}", p.timeout), out);
-        }
-        // Every replica compose starts; it is ready when all of them are.
-        if seen.replicas.len() < self.replicas.max(1) as usize {
-            return;
-        }
-        if let Some(why) = seen.replicas.iter().find_map(Replica::failure) {
-            return self.fail(why, out);
-        }
-        if seen
-            .replicas
-            .iter()
-            .all(|r| matches!(r, Replica::Exited { .. }))
-        {
-            self.state = ServiceState::Completed;
-            self.ready_ms = Some(now_ms);
-            // Exited: it holds no memory any more.
-            self.usage = None;
-            return self.decided(Act::Complete, "exited with code 0".into(), out);
-        }
-        let Some(healthy) = seen.replicas.iter().try_fold(true, |all, r| match r {
-            Replica::Running { healthy } => Some(all && *healthy),
-            _ => None,
-        }) else {
+        let Some(healthy) = self.containers_step(now_ms, p, seen, out) else {
             return;
         };
         let running_since = *self.running_since_ms.get_or_insert(now_ms);
@@ -769,6 +740,50 @@ impl ServiceRun {
             };
             self.decided(act, "healthy and calm".into(), out);
         }
+    }
+
+    /// The containers' side of a round: timeout, exits, completion. `Some(healthy)` when
+    /// every replica runs (and whether all pass their healthcheck): then memory decides.
+    fn containers_step(
+        &mut self,
+        now_ms: u64,
+        p: &UpParams,
+        seen: &Observation,
+        out: &mut Vec<Decision>,
+    ) -> Option<bool> {
+        // Before anything else: a container that never appears, never runs or restarts in a
+        // loop must not hold the stack forever.
+        if self
+            .started_ms
+            .is_some_and(|t| now_ms.saturating_sub(t) > p.timeout.as_millis() as u64)
+        {
+            self.fail(format!("not ready after {:?}", p.timeout), out);
+            return None;
+        }
+        // Every replica compose starts; it is ready when all of them are.
+        if seen.replicas.len() < self.replicas.max(1) as usize {
+            return None;
+        }
+        if let Some(why) = seen.replicas.iter().find_map(Replica::failure) {
+            self.fail(why, out);
+            return None;
+        }
+        if seen
+            .replicas
+            .iter()
+            .all(|r| matches!(r, Replica::Exited { .. }))
+        {
+            self.state = ServiceState::Completed;
+            self.ready_ms = Some(now_ms);
+            // Exited: it holds no memory any more.
+            self.usage = None;
+            self.decided(Act::Complete, "exited with code 0".into(), out);
+            return None;
+        }
+        seen.replicas.iter().try_fold(true, |all, r| match r {
+            Replica::Running { healthy } => Some(all && *healthy),
+            _ => None,
+        })
     }
 
     /// Running for at least `settle` and memory moved at most `settle_delta` over it (no
