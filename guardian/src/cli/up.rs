@@ -1,15 +1,13 @@
-//! `guardian up`: start a compose stack in waves that fit in memory. Each service is started
-//! with the user's compose tool once its dependencies meet their compose condition (started,
-//! healthy, or completed successfully) *and* their memory is calm, and its expected start-up
-//! peak fits the headroom. Memory is calm once the service is healthy (or running, with no
-//! healthcheck) and has settled (moved less than --settle-delta for --settle), or, with a
-//! recorded start-up peak, as soon as it is past that peak (usage well below the high-water
-//! mark): then it holds no headroom for growth and the next wave need not wait for it to be
-//! healthy. Services admitted together start in one compose call.
+//! `guardian up`: start a compose stack in waves that fit in memory. This command only wires:
+//! it reads Docker and the services' memory cgroups every 200 ms, hands them to
+//! [`policy::staging::Stager`](crate::policy::staging::Stager) (which decides which service
+//! may start, is calm, ready or failed, and why), starts each admitted wave with one call of
+//! the user's compose tool, draws the live table and records the start-up peaks it saw.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::HashMap,
     io::IsTerminal,
+    path::Path,
     process::ExitCode,
     time::{Duration, Instant},
 };
@@ -17,7 +15,7 @@ use std::{
 use anyhow::Context as _;
 use serde::Serialize;
 use tokio::signal::unix::{signal, SignalKind};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::{
     parse_duration,
@@ -26,10 +24,11 @@ use super::{
 };
 use crate::{
     model::{rfc3339_ms, Bytes, Container, RunRecord},
-    policy::staging::{admit, levels, Need},
+    policy::staging::{
+        levels, Act, Decision, Observation, Replica, ServiceRun, ServiceState, Stager, UpParams,
+    },
     sources::{
         cgroup::{read_high_water, read_usage, Hierarchy},
-        compose::{Condition, Dependency},
         docker::DockerClient,
     },
     store::Store,
@@ -53,68 +52,16 @@ pub struct UpArgs {
     /// Give up on a service that is not ready after this long.
     #[arg(long, value_parser = parse_duration, default_value = "5m")]
     timeout: Duration,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
-#[serde(rename_all = "snake_case", tag = "state", content = "reason")]
-enum State {
-    #[default]
-    Waiting,
-    /// Started, not healthy yet (or not running yet).
-    Starting,
-    /// Healthy (or running, with no healthcheck), memory not calm yet.
-    Settling,
-    /// Healthy and calm: ready.
-    Healthy,
-    /// Exited with code 0, as one-shot services (migrations, seeds) do.
-    Completed,
-    Failed(String),
-}
-
-#[derive(Debug, Default, Serialize)]
-struct ServiceRun {
-    service: String,
-    #[serde(flatten)]
-    state: State,
-    need: Need,
-    /// Containers compose starts for it.
-    replicas: u32,
-    /// Order in which guardian started it (1-based).
-    order: Option<usize>,
-    /// Milliseconds from the start of `guardian up`.
-    started_ms: Option<u64>,
-    /// When its memory became calm (settled, or past its recorded start-up peak).
-    calm_ms: Option<u64>,
-    /// When it became ready (healthy and calm) or completed.
-    ready_ms: Option<u64>,
-    /// The kernel's high-water mark of its memory when it became ready.
-    startup_peak: Option<Bytes>,
-    usage: Option<Bytes>,
-    /// The high-water mark so far.
-    peak: Option<Bytes>,
-    /// Healthy and settled, or past its recorded start-up spike: it holds no headroom for
-    /// growth any more.
-    calm: bool,
-    /// It did not fit the headroom even alone and started alone.
-    over_budget: bool,
-    /// A dependent waits for it to complete (`service_completed_successfully`): it is not
-    /// ready until it exits 0.
-    #[serde(skip)]
-    awaited_to_complete: bool,
-    #[serde(skip)]
-    container: Option<Container>,
-    #[serde(skip)]
-    samples: VecDeque<(Instant, u64)>,
-    #[serde(skip)]
-    started_at: Option<Instant>,
-    #[serde(skip)]
-    running_since: Option<Instant>,
+    /// When the Docker engine stops answering (a restart), wait this long for it before
+    /// giving up with an error.
+    #[arg(long, value_parser = parse_duration, default_value = "1m")]
+    engine_wait: Duration,
 }
 
 #[derive(Debug, Serialize)]
-struct Summary {
+struct Summary<'a> {
     project: String,
-    services: Vec<ServiceRun>,
+    services: &'a [ServiceRun],
     all_ready: bool,
     interrupted: bool,
     elapsed_ms: u64,
@@ -127,222 +74,236 @@ pub async fn run(args: UpArgs, output: Output) -> anyhow::Result<ExitCode> {
     let state_dir = args.stack.state.state_dir()?;
     let stack = Stack::load(&args.stack.compose, &args.stack.services)?;
     stack.check_wanted(&args.stack.services)?;
-    let order: Vec<String> = levels(&stack.depends_on(), &args.stack.services)
-        .map_err(|e| UsageError(e.to_string()))?
-        .into_iter()
-        .flatten()
-        .collect();
-    let plan = stack.plan(&state_dir, args.stack.profile_file.as_deref())?;
-    for l in &plan.left_out {
-        info!(service = %l.service, reason = %l.reason, "left out, as compose would");
-    }
-    let needs = plan.needs();
+    let stager = stager(&args, &stack, &state_dir)?;
     let hierarchy = Hierarchy::detect()?;
     let client = DockerClient::connect(hierarchy.clone()).await?;
-    let depends_on: HashMap<&str, &[Dependency]> = stack
-        .model
-        .services
-        .iter()
-        .map(|(name, svc)| (name.as_str(), svc.depends_on.as_slice()))
-        .collect();
-    let mut runs: Vec<ServiceRun> = order
-        .iter()
-        .map(|s| ServiceRun {
-            service: s.clone(),
-            need: needs.get(s).copied().unwrap_or_default(),
-            replicas: stack.model.services[s].replicas,
-            awaited_to_complete: depends_on.values().any(|deps| {
-                deps.iter()
-                    .any(|d| &d.service == s && d.condition == Condition::CompletedSuccessfully)
-            }),
-            ..Default::default()
-        })
-        .collect();
-    let t0 = Instant::now();
-    let mut display = Display::new(output, t0);
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    let mut started = 0usize;
-    let mut interrupted = false;
-    let mut tick = tokio::time::interval(Duration::from_millis(200));
-
-    loop {
-        tokio::select! {
-            _ = interrupt.recv() => {
-                // Stop starting new services; what runs stays as compose left it.
-                interrupted = true;
-                break;
-            }
-            _ = tick.tick() => {}
-        }
-        observe(&client, &hierarchy, &stack.project, &mut runs, &args, t0).await?;
-
-        let failed = |d: &Dependency, runs: &[ServiceRun]| {
-            runs.iter().any(|r| {
-                r.service == d.service
-                    && (matches!(r.state, State::Failed(_))
-                        || (d.condition == Condition::Healthy && r.state == State::Completed))
-            })
-        };
-        // A service whose dependency failed will never start.
-        for i in 0..runs.len() {
-            if runs[i].state == State::Waiting {
-                if let Some(dep) = depends_on[runs[i].service.as_str()]
-                    .iter()
-                    .find(|d| failed(d, &runs))
-                {
-                    runs[i].state = State::Failed(format!("dependency {} failed", dep.service));
-                }
-            }
-        }
-        let candidates: Vec<String> = runs
-            .iter()
-            .filter(|r| r.state == State::Waiting)
-            .filter(|r| {
-                depends_on[r.service.as_str()]
-                    .iter()
-                    .all(|d| satisfied(d, &runs))
-            })
-            .map(|r| r.service.clone())
-            .collect();
-        let in_flight = runs.iter().filter(|r| growing(r)).count();
-        let headroom = headroom(&runs, args.stack.available, args.stack.reserve)?;
-        let wave = admit(&candidates, &needs, in_flight, headroom, args.max_parallel);
-        let wave_started = wave.len();
-        if !wave.is_empty() {
-            let names: Vec<&str> = wave.iter().map(|a| a.service.as_str()).collect();
-            start_services(&stack, &names).await?;
-        }
-        for a in wave {
-            let run = runs
-                .iter_mut()
-                .find(|r| r.service == a.service)
-                .expect("candidates come from runs");
-            if a.alone_over_budget {
-                warn!(service = %a.service, need = %run.need.startup.unwrap_or_default(), headroom = %headroom, "does not fit even alone; starting it alone");
-            }
-            started += 1;
-            run.state = State::Starting;
-            run.order = Some(started);
-            run.over_budget = a.alone_over_budget;
-            run.started_at = Some(Instant::now());
-            run.started_ms = Some(t0.elapsed().as_millis() as u64);
-        }
-        if wave_started == 0
-            && !runs
-                .iter()
-                .any(|r| matches!(r.state, State::Starting | State::Settling))
-        {
-            // Nothing runs toward readiness and nothing could be admitted: what still waits
-            // depends on something that will never be as compose asks.
-            for i in 0..runs.len() {
-                if runs[i].state == State::Waiting {
-                    let why = depends_on[runs[i].service.as_str()]
-                        .iter()
-                        .find(|d| !satisfied(d, &runs))
-                        .map_or("it can never start".to_string(), |d| {
-                            format!(
-                                "dependency {} will not become {}",
-                                d.service,
-                                match d.condition {
-                                    Condition::Started => "started",
-                                    Condition::Healthy => "healthy",
-                                    Condition::CompletedSuccessfully => "completed successfully",
-                                }
-                            )
-                        });
-                    runs[i].state = State::Failed(why);
-                }
-            }
-        }
-        display.show(&runs);
-        let done = runs.iter().all(|r| {
-            matches!(
-                r.state,
-                State::Healthy | State::Completed | State::Failed(_)
-            )
-        });
-        if done {
-            break;
-        }
-    }
-
-    record_startup_peaks(&state_dir, &stack.project, &runs);
-    let all_ready = runs
-        .iter()
-        .all(|r| matches!(r.state, State::Healthy | State::Completed));
+    let mut up = Up {
+        stack: &stack,
+        state_dir: &state_dir,
+        client,
+        hierarchy,
+        stager,
+        containers: HashMap::new(),
+        t0: Instant::now(),
+    };
+    let mut display = Display::new(output, up.t0);
+    let end = up.drive(&mut display).await?;
     let summary = Summary {
         project: stack.project.clone(),
-        all_ready,
-        interrupted,
-        elapsed_ms: t0.elapsed().as_millis() as u64,
-        services: runs,
+        all_ready: up.stager.all_ready(),
+        interrupted: end == End::Interrupted,
+        elapsed_ms: up.ms(),
+        services: up.stager.services(),
     };
     display.finish(&summary)?;
-    Ok(if all_ready {
+    if let End::GaveUp(why) = end {
+        let ready = summary.services.iter().filter(|r| r.state.is_ready());
+        anyhow::bail!(
+            "{why}; {} of {} services ready (their start-up peaks are recorded): run guardian up again once the engine answers",
+            ready.count(),
+            summary.services.len()
+        );
+    }
+    Ok(if summary.all_ready {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     })
 }
 
-/// What may still be used: the budget (the given --available, or the live MemAvailable which
-/// already excludes what runs) less the reserve and what in-flight services are still expected
-/// to grow by.
-fn headroom(
-    runs: &[ServiceRun],
-    available: Option<Bytes>,
-    reserve: Bytes,
-) -> anyhow::Result<Bytes> {
-    let used_by_stack: u64 = runs.iter().filter_map(|r| r.usage).map(|b| b.0).sum();
-    let base = match available {
-        Some(a) => a.0.saturating_sub(used_by_stack),
-        None => crate::sources::host::mem_available()?.0,
-    };
-    let growth: u64 = runs
-        .iter()
-        .filter(|r| growing(r))
-        .map(|r| {
-            r.need
-                .startup
-                .map_or(0, |n| n.0.saturating_sub(r.usage.map_or(0, |u| u.0)))
-        })
-        .sum();
-    Ok(Bytes(base.saturating_sub(reserve.0).saturating_sub(growth)))
+/// How the rounds ended.
+#[derive(Debug, PartialEq, Eq)]
+enum End {
+    /// Every service is ready, completed or failed.
+    Done,
+    /// Ctrl-C: no further services started; what runs stays as compose left it.
+    Interrupted,
+    /// The policy gave up (the Docker engine did not come back), and why.
+    GaveUp(String),
 }
 
-/// A started service that may still grow toward its start-up peak.
-fn growing(r: &ServiceRun) -> bool {
-    matches!(r.state, State::Starting | State::Settling) && !r.calm
+/// One `guardian up` run: what it reads from and the stepper that decides.
+struct Up<'a> {
+    stack: &'a Stack,
+    state_dir: &'a Path,
+    client: DockerClient,
+    hierarchy: Hierarchy,
+    stager: Stager,
+    /// The first container of each service seen (for recording its start-up peak).
+    containers: HashMap<String, Container>,
+    t0: Instant,
 }
 
-/// Whether `dep` meets its compose condition and its memory is calm.
-fn satisfied(dep: &Dependency, runs: &[ServiceRun]) -> bool {
-    runs.iter()
-        .find(|r| r.service == dep.service)
-        .is_some_and(|r| match dep.condition {
-            Condition::Started => {
-                r.state == State::Completed
-                    || (r.calm
-                        && matches!(r.state, State::Starting | State::Settling | State::Healthy))
+impl Up<'_> {
+    fn ms(&self) -> u64 {
+        self.t0.elapsed().as_millis() as u64
+    }
+
+    /// Rounds every 200 ms until done, interrupted or given up: read, decide, start, record
+    /// the start-up peak of each service as it becomes ready (so nothing after can lose it),
+    /// draw.
+    async fn drive(&mut self, display: &mut Display) -> anyhow::Result<End> {
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        let mut engine_error: Option<String> = None;
+        loop {
+            tokio::select! {
+                _ = interrupt.recv() => return Ok(End::Interrupted),
+                _ = tick.tick() => {}
             }
-            Condition::Healthy => r.state == State::Healthy,
-            Condition::CompletedSuccessfully => r.state == State::Completed,
+            let step = match self.observe().await {
+                Ok(seen) => {
+                    if engine_error.take().is_some() {
+                        info!("the Docker engine answers again");
+                    }
+                    let available = crate::sources::host::mem_available()?;
+                    self.stager.decide(self.ms(), &seen, available)
+                }
+                Err(e) => {
+                    let why = e.to_string();
+                    if engine_error.replace(why.clone()).is_none() {
+                        warn!(error = %why, "the Docker engine does not answer; waiting for it");
+                    }
+                    self.stager.engine_lost(self.ms(), &why)
+                }
+            };
+            log_decisions(&step.decisions);
+            self.record_ready(&step.decisions);
+            let wave = step.starts();
+            if !wave.is_empty() {
+                start_services(self.stack, &wave).await?;
+                self.stager.started(&wave, self.ms());
+            }
+            display.show(self.stager.services());
+            if let Some(why) = step.give_up {
+                return Ok(End::GaveUp(why));
+            }
+            if step.done {
+                return Ok(End::Done);
+            }
+        }
+    }
+
+    /// Reads what Docker and the memory cgroups say of every service in flight; keeps the
+    /// first container of each. An engine that does not answer within 10 s is an error.
+    async fn observe(&mut self) -> anyhow::Result<HashMap<String, Observation>> {
+        let watching: Vec<&str> = self.stager.watching().collect();
+        if watching.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let listed = self.client.compose_containers(&self.stack.project);
+        let all = tokio::time::timeout(Duration::from_secs(10), listed)
+            .await
+            .context("the Docker engine did not answer within 10s")??;
+        let mut seen = HashMap::new();
+        for service in watching {
+            let mine: Vec<&Container> = all
+                .iter()
+                .filter(|c| {
+                    c.compose
+                        .as_ref()
+                        .is_some_and(|s| s.service == service && !s.oneoff)
+                })
+                .collect();
+            if let Some(first) = mine.first() {
+                self.containers
+                    .insert(service.to_string(), (*first).clone());
+            }
+            seen.insert(service.to_string(), observation(&self.hierarchy, &mine));
+        }
+        Ok(seen)
+    }
+
+    /// Writes the start-up peak of each service that just became ready to the store.
+    fn record_ready(&self, decisions: &[Decision]) {
+        let ready: Vec<&ServiceRun> = decisions
+            .iter()
+            .filter(|d| matches!(d.act, Act::Ready { .. }))
+            .filter_map(|d| {
+                self.stager
+                    .services()
+                    .iter()
+                    .find(|r| r.service == d.service)
+            })
+            .collect();
+        if !ready.is_empty() {
+            record_startup_peaks(
+                self.state_dir,
+                &self.stack.project,
+                &ready,
+                &self.containers,
+            );
+        }
+    }
+}
+
+/// The stepper for this stack: its services in dependency order with their needs (recorded
+/// start-up peaks, else limits) and compose's `depends_on`.
+fn stager(args: &UpArgs, stack: &Stack, state_dir: &Path) -> anyhow::Result<Stager> {
+    let order: Vec<String> = levels(&stack.depends_on(), &args.stack.services)
+        .map_err(|e| UsageError(e.to_string()))?
+        .into_iter()
+        .flatten()
+        .collect();
+    let plan = stack.plan(state_dir, args.stack.profile_file.as_deref())?;
+    for l in &plan.left_out {
+        info!(service = %l.service, reason = %l.reason, "left out, as compose would");
+    }
+    let needs = plan.needs();
+    let services = order
+        .into_iter()
+        .map(|s| {
+            let need = needs.get(&s).copied().unwrap_or_default();
+            let replicas = stack.model.services[&s].replicas;
+            (s, need, replicas)
         })
+        .collect();
+    let depends_on = stack
+        .model
+        .services
+        .iter()
+        .map(|(name, svc)| (name.clone(), svc.depends_on.clone()))
+        .collect();
+    let params = UpParams {
+        max_parallel: args.max_parallel,
+        settle: args.settle,
+        settle_delta: args.settle_delta,
+        timeout: args.timeout,
+        engine_wait: args.engine_wait,
+        available: args.stack.available,
+        reserve: args.stack.reserve,
+    };
+    Ok(Stager::new(params, services, depends_on))
+}
+
+/// One line per decision: what started, failed, calmed down or became ready, and why.
+fn log_decisions(decisions: &[Decision]) {
+    for d in decisions {
+        match d.act {
+            Act::Start {
+                alone_over_budget: true,
+            } => {
+                warn!(service = %d.service, reason = %d.reason, "does not fit even alone; starting it alone")
+            }
+            Act::Fail => info!(service = %d.service, reason = %d.reason, "failed"),
+            _ => debug!(service = %d.service, act = ?d.act, reason = %d.reason, "decided"),
+        }
+    }
 }
 
 /// Starts a wave with one call of the user's compose tool.
-async fn start_services(stack: &Stack, services: &[&str]) -> anyhow::Result<()> {
+async fn start_services(stack: &Stack, services: &[String]) -> anyhow::Result<()> {
     // The user's own compose options and nothing else, so compose names the project and
     // starts every replica as it would on its own.
     let mut args = vec!["up", "-d", "--no-deps"];
-    args.extend_from_slice(services);
+    args.extend(services.iter().map(String::as_str));
     let mut cmd = stack.tool.command(&stack.compose, &args);
     let names = services.join(", ");
     let t = Instant::now();
     let out = tokio::task::spawn_blocking(move || cmd.output())
         .await?
         .with_context(|| format!("starting {names} with the compose tool"))?;
-    tracing::debug!(services = %names, took_ms = t.elapsed().as_millis() as u64, "compose up -d --no-deps");
+    debug!(services = %names, took_ms = t.elapsed().as_millis() as u64, "compose up -d --no-deps");
     if !out.status.success() {
         anyhow::bail!(
             "compose could not start {names}: {}",
@@ -352,149 +313,57 @@ async fn start_services(stack: &Stack, services: &[&str]) -> anyhow::Result<()> 
     Ok(())
 }
 
-/// Refreshes the state of every started service from Docker and its cgroup.
-async fn observe(
-    client: &DockerClient,
-    hierarchy: &Hierarchy,
-    project: &str,
-    runs: &mut [ServiceRun],
-    args: &UpArgs,
-    t0: Instant,
-) -> anyhow::Result<()> {
-    if !runs
+/// One service's replicas as the policy sees them, with their memory summed.
+fn observation(hierarchy: &Hierarchy, mine: &[&Container]) -> Observation {
+    let replicas = mine
         .iter()
-        .any(|r| matches!(r.state, State::Starting | State::Settling))
-    {
-        return Ok(());
+        .map(|c| match c.state.as_str() {
+            "running" => Replica::Running {
+                healthy: c.health.as_deref().is_none_or(|h| h == "healthy"),
+            },
+            "exited" | "dead" => Replica::Exited {
+                code: c.exit_code,
+                oom_killed: c.oom_killed,
+            },
+            _ => Replica::Other,
+        })
+        .collect();
+    let memories: Vec<&Path> = mine
+        .iter()
+        .filter_map(|c| c.cgroup.as_ref().and_then(|cg| cg.memory_path.as_deref()))
+        .collect();
+    let usages: Option<Vec<Bytes>> = memories
+        .iter()
+        .map(|m| read_usage(hierarchy, m).ok())
+        .collect();
+    let marks: Vec<Option<Bytes>> = memories
+        .iter()
+        .map(|m| read_high_water(hierarchy, m).ok())
+        .collect();
+    let sum = |v: Vec<Bytes>| Bytes(v.iter().map(|b| b.0).sum());
+    Observation {
+        replicas,
+        usage: usages.filter(|u| !u.is_empty()).map(sum),
+        high_water: marks
+            .iter()
+            .copied()
+            .collect::<Option<Vec<Bytes>>>()
+            .map(sum),
+        highest_mark: marks.iter().flatten().copied().max(),
     }
-    let containers = client.compose_containers(project).await?;
-    for run in runs
-        .iter_mut()
-        .filter(|r| matches!(r.state, State::Starting | State::Settling))
-    {
-        // Before anything else: a container that never appears, never runs or restarts in a
-        // loop must not hold the stack forever.
-        if run.started_at.is_some_and(|t| t.elapsed() > args.timeout) {
-            run.state = State::Failed(format!("not ready after {:?}", args.timeout));
-            continue;
-        }
-        // Every replica compose starts for the service; it is ready when all of them are.
-        let mine: Vec<&Container> = containers
-            .iter()
-            .filter(|c| {
-                c.compose
-                    .as_ref()
-                    .is_some_and(|s| s.service == run.service && !s.oneoff)
-            })
-            .collect();
-        if mine.len() < run.replicas.max(1) as usize {
-            continue;
-        }
-        run.container = mine.first().map(|c| (*c).clone());
-        let exited = |c: &&&Container| c.state == "exited" || c.state == "dead";
-        if let Some(c) = mine
-            .iter()
-            .filter(exited)
-            .find(|c| c.exit_code != Some(0) || c.oom_killed)
-        {
-            let why = if c.oom_killed { " (OOM-killed)" } else { "" };
-            run.state = State::Failed(format!(
-                "exited with code {}{why}",
-                c.exit_code.unwrap_or(-1)
-            ));
-            continue;
-        }
-        if mine.iter().all(|c| exited(&c)) {
-            run.state = State::Completed;
-            run.ready_ms = Some(t0.elapsed().as_millis() as u64);
-            // Exited: it holds no memory any more.
-            run.usage = None;
-            continue;
-        }
-        if mine.iter().any(|c| c.state != "running") {
-            continue;
-        }
-        let memories: Vec<std::path::PathBuf> = mine
-            .iter()
-            .filter_map(|c| c.cgroup.as_ref().and_then(|cg| cg.memory_path.clone()))
-            .collect();
-        let now = Instant::now();
-        let running_since = *run.running_since.get_or_insert(now);
-        let mut past = false;
-        let usages: Option<Vec<Bytes>> = memories
-            .iter()
-            .map(|m| read_usage(hierarchy, m).ok())
-            .collect();
-        let highs: Option<Vec<Bytes>> = memories
-            .iter()
-            .map(|m| read_high_water(hierarchy, m).ok())
-            .collect();
-        if let Some(usages) = usages.filter(|u| !u.is_empty()) {
-            let usage = Bytes(usages.iter().map(|b| b.0).sum());
-            if let Some(highs) = &highs {
-                let high = Bytes(highs.iter().map(|b| b.0).sum());
-                // Only a recorded start-up peak says how high the spike goes; a limit
-                // is a ceiling it may never reach.
-                let expected = run.need.startup.filter(|_| run.need.is_recorded());
-                past = past_peak(usage, high, expected);
-                run.peak = Some(high);
-            }
-            run.usage = Some(usage);
-            run.samples.push_back((now, usage.0));
-            while run
-                .samples
-                .front()
-                .is_some_and(|(t, _)| now - *t > args.settle)
-            {
-                run.samples.pop_front();
-            }
-        }
-        let (lo, hi) = run
-            .samples
-            .iter()
-            .fold((u64::MAX, 0), |(lo, hi), (_, v)| (lo.min(*v), hi.max(*v)));
-        let settled =
-            now - running_since >= args.settle && hi.saturating_sub(lo) <= args.settle_delta.0;
-        let healthy = mine
-            .iter()
-            .all(|c| c.health.as_deref().is_none_or(|h| h == "healthy"));
-        // Flat memory alone is not calm: a long spike is flat too, until it ends.
-        if !run.calm && (past || (healthy && settled)) {
-            run.calm = true;
-            run.calm_ms = Some(t0.elapsed().as_millis() as u64);
-        }
-        if !healthy {
-            run.state = State::Starting;
-        } else {
-            run.state = State::Settling;
-            if run.calm && !run.awaited_to_complete {
-                run.state = State::Healthy;
-                run.ready_ms = Some(t0.elapsed().as_millis() as u64);
-                // Recorded per container: the highest replica's.
-                run.startup_peak = memories
-                    .iter()
-                    .filter_map(|m| read_high_water(hierarchy, m).ok())
-                    .max();
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Past the start-up spike: the high-water mark reached at least 90 % of the recorded start-up
-/// peak and usage has fallen to 80 % of it or less. Without a recorded peak nothing says which
-/// rise was the spike (container set-up alone leaves a mark), so such a service holds its
-/// headroom until it has settled.
-fn past_peak(usage: Bytes, high_water: Bytes, recorded: Option<Bytes>) -> bool {
-    recorded.is_some_and(|e| high_water.0 >= e.0 / 10 * 9) && usage.0 <= high_water.0 / 5 * 4
 }
 
 /// Writes each ready service's start-up peak to the store, so the next `up` stages better.
-fn record_startup_peaks(state_dir: &std::path::Path, project: &str, runs: &[ServiceRun]) {
+fn record_startup_peaks(
+    state_dir: &Path,
+    project: &str,
+    runs: &[&ServiceRun],
+    containers: &HashMap<String, Container>,
+) {
     let records: Vec<RunRecord> = runs
         .iter()
         .filter_map(|r| {
-            let c = r.container.as_ref()?;
+            let c = containers.get(&r.service)?;
             let peak = r.startup_peak?;
             let started_at_ms = c
                 .started_at
@@ -533,7 +402,7 @@ struct Display {
     t0: Instant,
     tty: bool,
     drawn: usize,
-    last: HashMap<String, (State, bool)>,
+    last: HashMap<String, (ServiceState, bool)>,
 }
 
 impl Display {
@@ -549,14 +418,14 @@ impl Display {
 
     fn label(r: &ServiceRun) -> String {
         match &r.state {
-            State::Waiting => "waiting".into(),
-            State::Starting if r.calm => "starting, past its start-up peak".into(),
-            State::Starting => "starting".into(),
-            State::Settling if r.awaited_to_complete => "running until it completes".into(),
-            State::Settling => "settling".into(),
-            State::Healthy => "ready".into(),
-            State::Completed => "completed".into(),
-            State::Failed(why) => format!("FAILED: {why}"),
+            ServiceState::Waiting => "waiting".into(),
+            ServiceState::Starting if r.calm => "starting, past its start-up peak".into(),
+            ServiceState::Starting => "starting".into(),
+            ServiceState::Settling if r.awaited_to_complete => "running until it completes".into(),
+            ServiceState::Settling => "settling".into(),
+            ServiceState::Healthy => "ready".into(),
+            ServiceState::Completed => "completed".into(),
+            ServiceState::Failed(why) => format!("FAILED: {why}"),
         }
     }
 
@@ -582,7 +451,7 @@ impl Display {
             let now = (r.state.clone(), r.calm);
             if self.last.get(&r.service) != Some(&now) {
                 self.last.insert(r.service.clone(), now);
-                if self.output == Output::Human && r.state != State::Waiting {
+                if self.output == Output::Human && r.state != ServiceState::Waiting {
                     let memory = match r.usage {
                         Some(now) => format!(" (memory {now}, peak {})", show(r.peak)),
                         None => String::new(),
@@ -607,7 +476,7 @@ impl Display {
                 summary
                     .services
                     .iter()
-                    .filter(|r| matches!(r.state, State::Healthy | State::Completed))
+                    .filter(|r| matches!(r.state, ServiceState::Healthy | ServiceState::Completed))
                     .count(),
                 summary.services.len(),
                 summary.elapsed_ms as f64 / 1000.0,
@@ -619,69 +488,5 @@ impl Display {
             ),
         }
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const MIB: u64 = 1 << 20;
-
-    fn run(service: &str, state: State, calm: bool) -> ServiceRun {
-        ServiceRun {
-            service: service.into(),
-            state,
-            calm,
-            ..Default::default()
-        }
-    }
-
-    fn dep(service: &str, condition: Condition) -> Dependency {
-        Dependency {
-            service: service.into(),
-            condition,
-        }
-    }
-
-    #[test]
-    fn a_dependency_counts_once_its_compose_condition_holds_and_its_memory_is_calm() {
-        let runs = [
-            run("spiking", State::Starting, false),
-            run("past-peak", State::Starting, true),
-            run("healthy-settling", State::Settling, false),
-            run("ready", State::Healthy, true),
-            run("migrated", State::Completed, false),
-            run("waiting", State::Waiting, false),
-        ];
-        let met = |service: &str, condition| satisfied(&dep(service, condition), &runs);
-        // Started: running is not enough while it is still in its spike.
-        assert!(!met("spiking", Condition::Started));
-        assert!(met("past-peak", Condition::Started));
-        assert!(!met("healthy-settling", Condition::Started));
-        assert!(met("ready", Condition::Started));
-        assert!(met("migrated", Condition::Started));
-        assert!(!met("waiting", Condition::Started));
-        // Healthy: only ready (healthy and calm).
-        assert!(!met("past-peak", Condition::Healthy));
-        assert!(!met("healthy-settling", Condition::Healthy));
-        assert!(met("ready", Condition::Healthy));
-        // Completed successfully: only a service that exited 0.
-        assert!(!met("ready", Condition::CompletedSuccessfully));
-        assert!(met("migrated", Condition::CompletedSuccessfully));
-        assert!(!met("unknown", Condition::Started));
-    }
-
-    #[test]
-    fn past_the_peak_only_against_a_recorded_peak_reached_and_left() {
-        let recorded = Some(Bytes(128 * MIB));
-        // Reached 90 % of the recorded peak and fell to 80 % of the mark or less.
-        assert!(past_peak(Bytes(8 * MIB), Bytes(120 * MIB), recorded));
-        // Still on the spike (flat at the top is not past it).
-        assert!(!past_peak(Bytes(119 * MIB), Bytes(120 * MIB), recorded));
-        // The spike has not come yet: the mark is far below the recorded peak.
-        assert!(!past_peak(Bytes(8 * MIB), Bytes(20 * MIB), recorded));
-        // No history: nothing says which rise was the spike.
-        assert!(!past_peak(Bytes(8 * MIB), Bytes(120 * MIB), None));
     }
 }

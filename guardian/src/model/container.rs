@@ -208,6 +208,25 @@ impl ContainerTable {
     }
 }
 
+/// One `depends_on` entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Dependency {
+    pub service: String,
+    pub condition: Condition,
+}
+
+/// What a dependent waits for, as compose defines `depends_on.<service>.condition`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Condition {
+    /// `service_started` (and the list form): the container runs.
+    #[default]
+    Started,
+    /// `service_healthy`: its healthcheck passes.
+    Healthy,
+    /// `service_completed_successfully`: it exited with code 0.
+    CompletedSuccessfully,
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::PathBuf;

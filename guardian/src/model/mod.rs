@@ -15,7 +15,8 @@ pub use budget::{
     LabelPolicy, ProfileBudget, SizeText, TrustedLabel, LABEL_AVOID, LABEL_BUDGET, LABEL_PRIORITY,
 };
 pub use container::{
-    ComposeService, Container, ContainerRef, ContainerTable, LimitKey, TmpfsMount,
+    ComposeService, Condition, Container, ContainerRef, ContainerTable, Dependency, LimitKey,
+    TmpfsMount,
 };
 pub use event::{
     CgroupRef, ContainerChange, Event, MemcgOom, OomKill, OomTask, Pressure, ReclaimStall,

@@ -12,6 +12,7 @@ use std::{
 };
 
 use crate::model::{Bytes, LimitKey};
+pub use crate::model::{Condition, Dependency};
 
 /// Errors running the compose tool or reading what it printed.
 #[derive(Debug, thiserror::Error)]
@@ -91,25 +92,6 @@ impl Default for ComposeServiceModel {
             image: None,
         }
     }
-}
-
-/// One `depends_on` entry.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Dependency {
-    pub service: String,
-    pub condition: Condition,
-}
-
-/// What a dependent waits for, as compose defines `depends_on.<service>.condition`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Condition {
-    /// `service_started` (and the list form): the container runs.
-    #[default]
-    Started,
-    /// `service_healthy`: its healthcheck passes.
-    Healthy,
-    /// `service_completed_successfully`: it exited with code 0.
-    CompletedSuccessfully,
 }
 
 /// The resolved stack.
