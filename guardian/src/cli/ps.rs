@@ -11,7 +11,7 @@ use crate::{
         resolve_guard, Budget, BudgetRule, Bytes, Container, LabelPolicy, MemoryReading,
         ProfileBudget,
     },
-    report::profile::budgets_from,
+    sources::profiles::budgets_from,
     sources::{
         cgroup::{read_memory, Hierarchy},
         docker::DockerClient,

@@ -23,7 +23,7 @@ use crate::{
         enforce::{Act, Enforcer, Host, Level, Outside, Params, Subject},
         reload::{budget_changes, BudgetChange},
     },
-    report::profile::budgets_from,
+    sources::profiles::budgets_from,
     sources::{
         cgroup::{read_memory, CgroupError, FileWatch, Hierarchy, PsiKind, PsiTrigger},
         host,
