@@ -14,8 +14,10 @@ use crate::{
         stack::{plan_service, select, LeftOut, Recorded, ServiceFacts, ServicePlan},
         staging::{Need, NeedSource},
     },
-    sources::compose::{ComposeArgs, ComposeModel, ComposeServiceModel, ComposeTool},
-    sources::profiles,
+    sources::{
+        compose::{ComposeArgs, ComposeModel, ComposeServiceModel, ComposeTool},
+        profiles,
+    },
     store::{RunFilter, Store},
 };
 
