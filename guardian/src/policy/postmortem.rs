@@ -933,7 +933,10 @@ mod tests {
 
     use crate::model::{CgroupId, CgroupRef, MemoryReading, OomTask};
     // The captured records are read with guardian's own parsers (test-only use of sources).
-    use crate::sources::kmsg::{parse_kill_line, parse_summary_line};
+    use crate::sources::{
+        docker::container_from_inspect,
+        kmsg::{parse_kill_line, parse_summary_line},
+    };
 
     const KMSG: &str = include_str!("../../tests/fixtures/oom/kmsg.txt");
     const EVENTS: &str = include_str!("../../tests/fixtures/oom/docker-events.jsonl");
@@ -942,29 +945,11 @@ mod tests {
     /// The main container's id (`oom-main`), as the fixtures name it.
     const MAIN_ID: &str = "5d39896d22e80c732045f82145265925b07b560f0adf5c6a888fb8fc9419df78";
 
-    /// The fields of `docker inspect` that `sources::docker` keeps.
+    /// The container as guardian's Docker source reads a captured `docker inspect`.
     fn inspected(json: &str) -> Container {
-        let v: serde_json::Value = serde_json::from_str(json).unwrap();
-        let v = &v[0];
-        let text = |x: &serde_json::Value| x.as_str().map(str::to_string);
-        Container {
-            id: text(&v["Id"]).unwrap(),
-            name: text(&v["Name"]).unwrap().trim_start_matches('/').into(),
-            image: text(&v["Config"]["Image"]).unwrap(),
-            compose: None,
-            memory_limit: v["HostConfig"]["Memory"].as_u64().map(Bytes),
-            memory_reservation: None,
-            pid: None,
-            state: text(&v["State"]["Status"]).unwrap(),
-            started_at: text(&v["State"]["StartedAt"]),
-            finished_at: text(&v["State"]["FinishedAt"]),
-            exit_code: v["State"]["ExitCode"].as_i64(),
-            oom_killed: v["State"]["OOMKilled"].as_bool().unwrap(),
-            health: None,
-            cgroup: None,
-            labels: BTreeMap::new(),
-            tmpfs: vec![],
-        }
+        let mut info: Vec<bollard::models::ContainerInspectResponse> =
+            serde_json::from_str(json).unwrap();
+        container_from_inspect(info.remove(0), "", None)
     }
 
     /// The container as Docker reported it while it ran, before the kill.
