@@ -332,7 +332,7 @@ fn spawn_memory_events(watch: FileWatch, dir: PathBuf, tx: mpsc::Sender<Notice>)
 }
 
 fn now_rfc3339(t: SystemTime) -> String {
-    humantime::format_rfc3339_millis(t).to_string()
+    crate::model::time::rfc3339_millis(crate::model::unix_ms(t))
 }
 
 /// Container identity from Docker, owned by the event loop.

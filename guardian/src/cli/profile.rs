@@ -12,10 +12,13 @@ use serde::Serialize;
 
 use super::{parse_duration, Output, UsageError};
 use crate::{
-    model::Bytes,
-    policy::profile::{merge, recommend, summarize, BaseMemory, Recommendation},
-    report::profile::{compose_override, compose_size, write_atomic, ProfileFile, PROFILE_SCHEMA},
-    sources::compose::{stack_named_or_here, ComposeArgs, ComposeTool},
+    model::{compose_size, Bytes, ProfileFile, Recommendation, PROFILE_SCHEMA},
+    policy::profile::{merge, recommend, summarize, BaseMemory},
+    report::{profile::compose_override, write_atomic},
+    sources::{
+        compose::{stack_named_or_here, ComposeArgs, ComposeTool},
+        profiles,
+    },
     store::{RunFilter, Store},
 };
 
@@ -94,7 +97,7 @@ fn parse_margin(s: &str) -> Result<f64, String> {
 }
 
 fn now_rfc3339() -> String {
-    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
+    crate::model::time::rfc3339_seconds(crate::model::now_ms())
 }
 
 pub async fn run(args: ProfileArgs, output: Output) -> anyhow::Result<ExitCode> {
@@ -147,9 +150,9 @@ pub async fn run(args: ProfileArgs, output: Output) -> anyhow::Result<ExitCode> 
     };
     write_atomic(
         &args.compose_out,
-        &compose_override(&recs, args.margin, &base),
+        compose_override(&recs, args.margin, &base).as_bytes(),
     )?;
-    write_atomic(&profile_out, &file.to_toml())?;
+    write_atomic(&profile_out, file.to_toml().as_bytes())?;
     match output {
         Output::Json => println!(
             "{}",
@@ -356,7 +359,7 @@ fn merge_files(
     let profiles = files
         .iter()
         .map(|f| {
-            ProfileFile::read(f)
+            profiles::read(f)
                 .map(|p| p.services)
                 .map_err(|e| UsageError(e.to_string()))
         })
@@ -367,7 +370,7 @@ fn merge_files(
         margin,
         services: merge(&profiles, margin),
     };
-    write_atomic(out, &merged.to_toml())?;
+    write_atomic(out, merged.to_toml().as_bytes())?;
     match output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&merged)?),
         Output::Human => {

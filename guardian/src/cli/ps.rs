@@ -14,14 +14,14 @@ use super::{Output, UsageError};
 use crate::{
     config::Config,
     model::{
-        resolve_guard, Budget, BudgetRule, Bytes, Container, LabelPolicy, MemoryReading,
-        ProfileBudget,
+        resolve_guard, Budget, BudgetRule, Bytes, Container, ContainerState, LabelPolicy,
+        MemoryReading, ProfileBudget,
     },
     policy::health::{self, Health, Level, Thresholds},
-    report::profile::budgets_from,
     sources::{
         cgroup::{read_memory, Hierarchy},
         docker::DockerClient,
+        profiles::budgets_from,
     },
 };
 
@@ -206,7 +206,7 @@ fn row(
         let memory = cg.memory_path.as_deref()?;
         read_memory(hierarchy, memory, cg.path.as_deref()).ok()
     });
-    let state = if c.oom_killed && c.state != "running" {
+    let state = if c.oom_killed && c.run_state() != ContainerState::Running {
         "oom-killed".to_string()
     } else {
         c.state.clone()

@@ -125,8 +125,8 @@ fn print_list(incidents: &[Incident]) {
     );
     for i in incidents {
         let kind = match (&i.cause, i.kind) {
-            (Cause::KernelOom, Some(crate::sources::kmsg::OomKind::Cgroup)) => "cgroup",
-            (Cause::KernelOom, Some(crate::sources::kmsg::OomKind::Global)) => "global",
+            (Cause::KernelOom, Some(crate::model::OomKind::Cgroup)) => "cgroup",
+            (Cause::KernelOom, Some(crate::model::OomKind::Global)) => "global",
             (Cause::KernelOom, None) => "?",
             (other, _) => other.name(),
         };

@@ -8,14 +8,16 @@ use std::{
 
 use super::UsageError;
 use crate::{
-    model::{Bytes, RunRecord},
+    model::{Bytes, RunRecord, ServiceUsage},
     policy::{
-        profile::{summarize, ServiceUsage},
+        profile::summarize,
         stack::{plan_service, select, LeftOut, Recorded, ServiceFacts, ServicePlan},
         staging::{Need, NeedSource},
     },
-    report::profile::ProfileFile,
-    sources::compose::{ComposeArgs, ComposeModel, ComposeServiceModel, ComposeTool},
+    sources::{
+        compose::{ComposeArgs, ComposeModel, ComposeServiceModel, ComposeTool},
+        profiles,
+    },
     store::{RunFilter, Store},
 };
 
@@ -206,7 +208,7 @@ impl Stack {
         let mut recorded: HashMap<String, (Bytes, Bytes, NeedSource)> = HashMap::new();
         let mut elsewhere: Vec<ServiceUsage> = Vec::new();
         if let Some(path) = profile {
-            let file = ProfileFile::read(path).map_err(|e| UsageError(e.to_string()))?;
+            let file = profiles::read(path).map_err(|e| UsageError(e.to_string()))?;
             for r in file.services {
                 if r.usage.project.as_deref().is_none_or(|p| p == self.project) {
                     recorded.insert(r.usage.service.clone(), of(&r.usage, NeedSource::Recorded));

@@ -185,10 +185,7 @@ pub async fn run(args: StatusArgs, output: Output) -> anyhow::Result<ExitCode> {
             if !status.actions.is_empty() {
                 println!("\nlatest actions:");
                 for a in &status.actions {
-                    let when = humantime::format_rfc3339_seconds(
-                        std::time::UNIX_EPOCH
-                            + std::time::Duration::from_millis(a.at_ms.max(0) as u64),
-                    );
+                    let when = crate::model::time::rfc3339_seconds(a.at_ms);
                     println!(
                         "  {when}  {:<24} {:<12} {} -> {}  ({}{})  {}",
                         a.name,

@@ -77,7 +77,52 @@ pub struct TmpfsMount {
     pub source: String,
 }
 
+/// A container's `State.Status` as Docker reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ContainerState {
+    Created,
+    Running,
+    Paused,
+    Restarting,
+    Removing,
+    Exited,
+    Dead,
+    /// Empty or a word this guardian does not know.
+    Unknown,
+}
+
+impl ContainerState {
+    /// From Docker's word (`running`, `exited`, ...).
+    pub fn from_docker(state: &str) -> Self {
+        match state {
+            "created" => Self::Created,
+            "running" => Self::Running,
+            "paused" => Self::Paused,
+            "restarting" => Self::Restarting,
+            "removing" => Self::Removing,
+            "exited" => Self::Exited,
+            "dead" => Self::Dead,
+            _ => Self::Unknown,
+        }
+    }
+
+    /// Its processes exist (running or paused): a kill in it left the container alive.
+    pub fn is_alive(self) -> bool {
+        matches!(self, Self::Running | Self::Paused)
+    }
+
+    /// It stopped for good (exited or dead): its `FinishedAt` and exit code are final.
+    pub fn has_stopped(self) -> bool {
+        matches!(self, Self::Exited | Self::Dead)
+    }
+}
+
 impl Container {
+    /// Its `state` as a [`ContainerState`].
+    pub fn run_state(&self) -> ContainerState {
+        ContainerState::from_docker(&self.state)
+    }
+
     /// How a person names it: `project/service` (with `#n` past the first replica), else the
     /// container name.
     pub fn display_name(&self) -> String {
@@ -146,7 +191,7 @@ impl ContainerTable {
         if let Some(cg) = &container.cgroup {
             self.by_cgroup.insert(cg.id, container.id.clone());
         }
-        let running = container.state == "running" || container.state == "paused";
+        let running = container.run_state().is_alive();
         let id = container.id.clone();
         self.containers.insert(id.clone(), container);
         if running {

@@ -4,8 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::{ActionRecord, Bytes, ContainerRef, PressureStats, RssBreakdown, TmpfsMount};
-use crate::sources::kmsg::OomKind;
+use super::{ActionRecord, Bytes, ContainerRef, OomKind, PressureStats, RssBreakdown, TmpfsMount};
 
 /// A point of a timeline: milliseconds relative to the kill (negative = before) and a value.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -16,6 +16,17 @@ impl Bytes {
     }
 }
 
+/// A size as compose reads it: whole MiB (`104m`), or GiB when exact (`2g`).
+pub fn compose_size(b: Bytes) -> String {
+    const MIB: u64 = 1 << 20;
+    const GIB: u64 = 1 << 30;
+    if b.0 >= GIB && b.0.is_multiple_of(GIB) {
+        format!("{}g", b.0 / GIB)
+    } else {
+        format!("{}m", b.0.div_ceil(MIB))
+    }
+}
+
 impl std::fmt::Display for Bytes {
     /// Binary units with one decimal, e.g. `64.0MiB`; exact bytes below 1 KiB.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -6,7 +6,10 @@ mod container;
 mod event;
 mod incident;
 mod memory;
+mod oom;
+mod profile;
 mod recorder;
+pub mod time;
 mod usage;
 
 pub use action::{ActionRecord, JournalEntry};
@@ -15,8 +18,8 @@ pub use budget::{
     LabelPolicy, ProfileBudget, SizeText, TrustedLabel, LABEL_AVOID, LABEL_BUDGET, LABEL_PRIORITY,
 };
 pub use container::{
-    ComposeService, Condition, Container, ContainerRef, ContainerTable, Dependency, LimitKey,
-    TmpfsMount,
+    ComposeService, Condition, Container, ContainerRef, ContainerState, ContainerTable, Dependency,
+    LimitKey, TmpfsMount,
 };
 pub use event::{
     CgroupRef, ContainerChange, Event, MemcgOom, OomKill, OomTask, Pressure, ReclaimStall,
@@ -26,8 +29,11 @@ pub use incident::{
     Cause, Filler, Incident, LadderDecision, MemoryPart, Neighbour, Point, StallBrief, TriggerTask,
     Victim,
 };
-pub use memory::{Bytes, MemoryReading, PressureStats, PsiLine};
-pub use recorder::{now_ms, rfc3339_ms, unix_ms, Flush, LiveRun, Recorder, RECENT_MS};
+pub use memory::{compose_size, Bytes, MemoryReading, PressureStats, PsiLine};
+pub use oom::{KillLine, LoggedKill, OomKind};
+pub use profile::{ProfileFile, Recommendation, ServiceUsage, PROFILE_SCHEMA};
+pub use recorder::{Flush, LiveRun, Recorder, RECENT_MS};
+pub use time::{now_ms, rfc3339_ms, unix_ms};
 pub use usage::{RunRecord, Sample};
 
 use serde::Serialize;

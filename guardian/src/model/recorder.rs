@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use super::{Bytes, CgroupRef, Container, MemoryReading, RunRecord, Sample};
+use super::{rfc3339_ms, Bytes, CgroupRef, Container, MemoryReading, RunRecord, Sample};
 
 /// A container being recorded.
 #[derive(Clone, Debug)]
@@ -77,23 +77,6 @@ pub struct Recorder {
     pending: Flush,
     timeline_interval_ms: i64,
     startup_window_ms: i64,
-}
-
-/// Unix milliseconds of a wall-clock time (0 before 1970).
-pub fn unix_ms(t: std::time::SystemTime) -> i64 {
-    t.duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
-/// Unix milliseconds now.
-pub fn now_ms() -> i64 {
-    unix_ms(std::time::SystemTime::now())
-}
-
-/// Unix milliseconds of an RFC 3339 time, as Docker writes `State.StartedAt`.
-pub fn rfc3339_ms(s: &str) -> Option<i64> {
-    let t = humantime::parse_rfc3339(s).ok()?;
-    Some(t.duration_since(std::time::UNIX_EPOCH).ok()?.as_millis() as i64)
 }
 
 impl Recorder {

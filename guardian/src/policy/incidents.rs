@@ -4,10 +4,7 @@
 
 use std::collections::HashMap;
 
-use crate::{
-    model::{Bytes, Cause, Incident},
-    report::profile::compose_size,
-};
+use crate::model::{compose_size, Bytes, Cause, Incident};
 
 /// Whether `guardian report ci` fails the run for an incident of this cause: anything that
 /// stopped or killed a container does; a warning or a slowdown is annotated, not failed.

@@ -5,39 +5,10 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
-
 use crate::model::{Bytes, LimitKey, RunRecord};
+pub use crate::model::{Recommendation, ServiceUsage};
 
 const MIB: u64 = 1 << 20;
-
-/// What the runs of one compose service (or one plain container name) used.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct ServiceUsage {
-    pub project: Option<String>,
-    /// Compose service, or the container name outside compose.
-    pub service: String,
-    pub runs: u64,
-    pub peak: Bytes,
-    pub startup_peak: Bytes,
-    pub typical_working_set: Bytes,
-    /// The limit of the latest run.
-    pub limit: Option<Bytes>,
-    /// Some run was OOM-killed at its own limit: `peak` is censored by that limit.
-    pub oom_killed: bool,
-}
-
-/// A recommended limit with the reason a person can check.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Recommendation {
-    #[serde(flatten)]
-    pub usage: ServiceUsage,
-    /// The limit to set: `services.<svc>.deploy.resources.limits.memory`.
-    pub recommended_limit: Bytes,
-    /// The reservation: the typical working set, rounded up.
-    pub recommended_reservation: Bytes,
-    pub reason: String,
-}
 
 /// Groups runs by (project, service), or container name outside compose.
 pub fn summarize(runs: &[RunRecord]) -> Vec<ServiceUsage> {

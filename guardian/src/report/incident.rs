@@ -4,15 +4,12 @@
 
 use std::{
     fmt::Write as _,
-    io::Write as _,
     path::{Path, PathBuf},
 };
 
 use crate::{
-    model::{Bytes, Cause, Incident, Point},
+    model::{Bytes, Cause, Incident, OomKind, Point},
     policy::postmortem,
-    sources::kmsg::OomKind,
-    store::{Store, StoreError},
 };
 
 /// The report formats.
@@ -52,29 +49,17 @@ fn path(dir: &Path, id: &str, format: Format) -> PathBuf {
     dir.join(format!("{id}.{}", format.ext()))
 }
 
-fn write_atomic(path: &Path, text: &str) -> std::io::Result<()> {
-    let tmp = path.with_extension(format!(
-        "{}.tmp",
-        path.extension().and_then(|e| e.to_str()).unwrap_or("")
-    ));
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(text.as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
-}
-
 /// Writes the three reports of `i` into `dir`; returns the Markdown one's path.
 pub fn write_files(dir: &Path, i: &Incident) -> std::io::Result<PathBuf> {
     std::fs::create_dir_all(dir)?;
     for f in Format::ALL {
-        write_atomic(&path(dir, &i.id, f), &render(i, f))?;
+        super::write_atomic(&path(dir, &i.id, f), render(i, f).as_bytes())?;
     }
     Ok(path(dir, &i.id, Format::Md))
 }
 
-/// After a crash: drops half-written temporary files and writes the reports of stored incidents
-/// that have none yet. The store is the truth; files follow it.
-pub fn reconcile(dir: &Path, store: &Store) -> Result<usize, StoreError> {
+/// After a crash: drops the half-written temporary files in `dir`.
+pub fn remove_partial(dir: &Path) {
     if let Ok(entries) = std::fs::read_dir(dir) {
         for e in entries.flatten() {
             if e.path().extension().is_some_and(|x| x == "tmp") {
@@ -82,19 +67,11 @@ pub fn reconcile(dir: &Path, store: &Store) -> Result<usize, StoreError> {
             }
         }
     }
-    // Ids first: a year of incidents whose files exist costs a directory check each, and only
-    // the missing ones are read and rendered.
-    let mut written = 0;
-    for id in store.incident_ids()? {
-        if Format::ALL.iter().any(|f| !path(dir, &id, *f).exists()) {
-            if let Some(i) = store.incident(&id)? {
-                if write_files(dir, &i).is_ok() {
-                    written += 1;
-                }
-            }
-        }
-    }
-    Ok(written)
+}
+
+/// Whether all report files of incident `id` exist in `dir`.
+pub fn has_files(dir: &Path, id: &str) -> bool {
+    Format::ALL.iter().all(|f| path(dir, id, *f).exists())
 }
 
 /// Removes the report files of incidents the store no longer holds (pruned).
@@ -347,9 +324,7 @@ fn markdown(i: &Incident) -> String {
         let _ = writeln!(
             o,
             "- {} {} on {}: {} -> {} ({})",
-            humantime::format_rfc3339_seconds(
-                std::time::UNIX_EPOCH + std::time::Duration::from_millis(a.at_ms.max(0) as u64)
-            ),
+            crate::model::time::rfc3339_seconds(a.at_ms),
             a.action,
             a.name,
             a.before,

@@ -1,126 +1,12 @@
-//! Writing recommendations as files: a compose override for `-f`, and a profile (TOML) that
-//! later features read as budgets and that fleets merge.
+//! Recommendations as a compose override for `docker compose -f` (the profile file's format is
+//! `model::ProfileFile`).
 
-use std::{collections::BTreeMap, path::Path};
-
-use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 use crate::{
-    model::{Bytes, ProfileBudget},
+    model::compose_size,
     policy::profile::{override_entry, BaseMemory, Recommendation},
 };
-
-/// The profile file schema version.
-pub const PROFILE_SCHEMA: u32 = 1;
-
-/// A profile file (`profiles/<project>.toml`); documented in docs/profiles.md.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ProfileFile {
-    pub schema: u32,
-    /// RFC 3339.
-    pub generated_at: String,
-    /// The margin over the peak, e.g. 0.2 for 20%.
-    pub margin: f64,
-    #[serde(rename = "service", default)]
-    pub services: Vec<Recommendation>,
-}
-
-/// Errors reading a profile file.
-#[derive(Debug, thiserror::Error)]
-pub enum ProfileError {
-    #[error("{path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("{path}: not a guardian profile ({message})")]
-    Invalid { path: String, message: String },
-    #[error("profile {0}")]
-    Untrusted(String),
-    #[error("{path}: profile schema {found} is newer than this guardian's ({PROFILE_SCHEMA}); upgrade guardian")]
-    TooNew { path: String, found: u32 },
-}
-
-impl ProfileFile {
-    /// Reads and checks a profile file.
-    pub fn read(path: &Path) -> Result<Self, ProfileError> {
-        let p = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ProfileError::Read {
-            path: p.clone(),
-            source,
-        })?;
-        let file: ProfileFile = toml::from_str(&text).map_err(|e| ProfileError::Invalid {
-            path: p.clone(),
-            message: e.message().replace('\n', " "),
-        })?;
-        if file.schema > PROFILE_SCHEMA {
-            return Err(ProfileError::TooNew {
-                path: p,
-                found: file.schema,
-            });
-        }
-        Ok(file)
-    }
-
-    /// The TOML text.
-    pub fn to_toml(&self) -> String {
-        let body = toml::to_string_pretty(self).expect("profiles always serialize");
-        format!(
-            "# guardian profile: memory limits from observed peaks (see docs/profiles.md)\n{body}"
-        )
-    }
-}
-
-/// Budgets from profile files, or every `*.toml` in directories: each service's recommended
-/// limit. Missing paths are skipped; unreadable files come back as errors beside what was read.
-pub fn budgets_from(paths: &[std::path::PathBuf]) -> (Vec<ProfileBudget>, Vec<ProfileError>) {
-    let mut files = Vec::new();
-    for path in paths {
-        if path.is_dir() {
-            if let Ok(dir) = std::fs::read_dir(path) {
-                let mut found: Vec<_> = dir
-                    .filter_map(|e| e.ok().map(|e| e.path()))
-                    .filter(|p| p.extension().is_some_and(|e| e == "toml"))
-                    .collect();
-                found.sort();
-                files.extend(found);
-            }
-        } else if path.exists() {
-            files.push(path.clone());
-        }
-    }
-    let mut budgets = Vec::new();
-    let mut errors = Vec::new();
-    for file in files {
-        // Run as root, a profile's limits become budgets that squeeze containers.
-        if let Err(why) = crate::sources::host::check_trusted(&file) {
-            errors.push(ProfileError::Untrusted(why));
-            continue;
-        }
-        match ProfileFile::read(&file) {
-            Ok(p) => budgets.extend(p.services.into_iter().map(|r| ProfileBudget {
-                project: r.usage.project,
-                service: r.usage.service,
-                limit: r.recommended_limit,
-                file: file.display().to_string(),
-            })),
-            Err(e) => errors.push(e),
-        }
-    }
-    (budgets, errors)
-}
-
-/// A size as compose reads it: whole MiB (`104m`), or GiB when exact (`2g`).
-pub fn compose_size(b: Bytes) -> String {
-    const MIB: u64 = 1 << 20;
-    const GIB: u64 = 1 << 30;
-    if b.0 >= GIB && b.0.is_multiple_of(GIB) {
-        format!("{}g", b.0 / GIB)
-    } else {
-        format!("{}m", b.0.div_ceil(MIB))
-    }
-}
 
 /// The override file for `docker compose -f <your files> -f <this> up`: each service with the
 /// memory keys its own file uses ([`override_entry`]); `base` has what the stack sets, when
@@ -158,30 +44,11 @@ pub fn compose_override(
     out
 }
 
-/// Writes `text` to `path` atomically: a temporary file in the same directory, then rename.
-pub fn write_atomic(path: &Path, text: &str) -> std::io::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!(
-        ".{}.tmp{}",
-        path.file_name()
-            .map(|n| n.to_string_lossy())
-            .unwrap_or_default(),
-        std::process::id()
-    ));
-    std::fs::write(&tmp, text)?;
-    std::fs::File::open(&tmp)?.sync_all()?;
-    std::fs::rename(&tmp, path)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::{
-        model::LimitKey,
+        model::{Bytes, LimitKey},
         policy::profile::{recommend, ServiceUsage},
     };
 
@@ -199,20 +66,6 @@ mod tests {
             },
             0.2,
         )
-    }
-
-    #[test]
-    fn profile_files_round_trip() {
-        let file = ProfileFile {
-            schema: PROFILE_SCHEMA,
-            generated_at: "2026-11-22T00:00:00Z".into(),
-            margin: 0.2,
-            services: vec![rec()],
-        };
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("ci.toml");
-        write_atomic(&path, &file.to_toml()).unwrap();
-        assert_eq!(ProfileFile::read(&path).unwrap(), file);
     }
 
     #[test]
@@ -235,14 +88,5 @@ mod tests {
         assert_eq!(db["mem_limit"], "96m");
         assert_eq!(db["memswap_limit"], "96m");
         assert!(db.get("deploy").is_none(), "{text}");
-    }
-
-    #[test]
-    fn garbage_is_not_a_profile() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("x.toml");
-        std::fs::write(&path, "hello = 1\n").unwrap();
-        let e = ProfileFile::read(&path).unwrap_err();
-        assert!(e.to_string().contains("not a guardian profile"), "{e}");
     }
 }

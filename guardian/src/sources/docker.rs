@@ -168,50 +168,12 @@ impl DockerClient {
             }) => return Ok(None),
             Err(e) => return Err(self.api_error(e)),
         };
-        let labels = info
-            .config
-            .as_ref()
-            .and_then(|c| c.labels.clone())
-            .unwrap_or_default();
-        let state = info.state.unwrap_or_default();
-        let host = info.host_config.unwrap_or_default();
-        let tmpfs = tmpfs_mounts(&host);
-        let positive = |v: Option<i64>| v.filter(|v| *v > 0).map(|v| Bytes(v as u64));
-        let pid = state.pid.filter(|p| *p > 0).map(|p| p as u32);
-        Ok(Some(Container {
-            id: info.id.unwrap_or_else(|| id.to_string()),
-            name: info
-                .name
-                .unwrap_or_default()
-                .trim_start_matches('/')
-                .to_string(),
-            image: info
-                .config
-                .and_then(|c| c.image)
-                .or(info.image)
-                .unwrap_or_default(),
-            compose: ComposeService::from_labels(&labels),
-            memory_limit: positive(host.memory),
-            memory_reservation: positive(host.memory_reservation),
-            pid,
-            state: state.status.map(|s| s.to_string()).unwrap_or_default(),
-            started_at: state.started_at.filter(|t| !t.starts_with("0001")),
-            finished_at: state.finished_at.filter(|t| !t.starts_with("0001")),
-            exit_code: state.exit_code,
-            oom_killed: state.oom_killed.unwrap_or(false),
-            health: state
-                .health
-                .and_then(|h| h.status)
-                .map(|s| s.to_string())
-                .filter(|s| !s.is_empty() && s != "none"),
-            cgroup: pid.and_then(|pid| self.cgroup_of(pid)),
-            labels: labels
-                .iter()
-                .filter(|(k, _)| k.starts_with("guardian."))
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-            tmpfs,
-        }))
+        let pid = (info.state.as_ref())
+            .and_then(|s| s.pid)
+            .filter(|p| *p > 0)
+            .map(|p| p as u32);
+        let cgroup = pid.and_then(|pid| self.cgroup_of(pid));
+        Ok(Some(container_from_inspect(info, id, cgroup)))
     }
 
     /// The cgroup of a container's main process, named in every hierarchy. Asking the kernel
@@ -268,6 +230,60 @@ impl DockerClient {
             socket: self.socket.clone(),
             reason: "the event stream ended".into(),
         })
+    }
+}
+
+/// A container from Docker's inspect answer (`GET /containers/{id}/json`): `id` when the answer
+/// lacks one, `cgroup` as resolved from its main process while it runs. Times of `0001-...`
+/// (never started or finished) are `None`; a memory limit of 0 (unlimited) is `None`.
+pub fn container_from_inspect(
+    info: bollard::models::ContainerInspectResponse,
+    id: &str,
+    cgroup: Option<CgroupRef>,
+) -> Container {
+    let labels = info
+        .config
+        .as_ref()
+        .and_then(|c| c.labels.clone())
+        .unwrap_or_default();
+    let state = info.state.unwrap_or_default();
+    let host = info.host_config.unwrap_or_default();
+    let tmpfs = tmpfs_mounts(&host);
+    let positive = |v: Option<i64>| v.filter(|v| *v > 0).map(|v| Bytes(v as u64));
+    let pid = state.pid.filter(|p| *p > 0).map(|p| p as u32);
+    Container {
+        id: info.id.unwrap_or_else(|| id.to_string()),
+        name: info
+            .name
+            .unwrap_or_default()
+            .trim_start_matches('/')
+            .to_string(),
+        image: info
+            .config
+            .and_then(|c| c.image)
+            .or(info.image)
+            .unwrap_or_default(),
+        compose: ComposeService::from_labels(&labels),
+        memory_limit: positive(host.memory),
+        memory_reservation: positive(host.memory_reservation),
+        pid,
+        state: state.status.map(|s| s.to_string()).unwrap_or_default(),
+        started_at: state.started_at.filter(|t| !t.starts_with("0001")),
+        finished_at: state.finished_at.filter(|t| !t.starts_with("0001")),
+        exit_code: state.exit_code,
+        oom_killed: state.oom_killed.unwrap_or(false),
+        health: state
+            .health
+            .and_then(|h| h.status)
+            .map(|s| s.to_string())
+            .filter(|s| !s.is_empty() && s != "none"),
+        cgroup,
+        labels: labels
+            .iter()
+            .filter(|(k, _)| k.starts_with("guardian."))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        tmpfs,
     }
 }
 
@@ -426,6 +442,28 @@ fn tmpfs_mounts(host: &bollard::models::HostConfig) -> Vec<TmpfsMount> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_oom_killed_container_reads_from_a_captured_inspect() {
+        // `docker inspect` of a container whose main process the OOM killer took (test dockerd).
+        let json = include_str!("../../tests/fixtures/oom/inspect-main-killed.json");
+        let mut info: Vec<bollard::models::ContainerInspectResponse> =
+            serde_json::from_str(json).unwrap();
+        let c = container_from_inspect(info.remove(0), "", None);
+        assert_eq!(c.name, "oom-main");
+        assert_eq!(c.image, "guardian-test/memload");
+        assert_eq!(c.memory_limit, Some(Bytes(32 << 20)));
+        assert_eq!((c.state.as_str(), c.pid), ("exited", None));
+        assert_eq!((c.exit_code, c.oom_killed), (Some(137), true));
+        assert_eq!(
+            c.started_at.as_deref(),
+            Some("2026-11-30T20:13:07.630326674Z")
+        );
+        assert_eq!(
+            c.finished_at.as_deref(),
+            Some("2026-11-30T20:13:07.688861173Z")
+        );
+    }
 
     #[test]
     fn tmpfs_mounts_come_from_tmpfs_mounts_and_shm_size() {

@@ -8,33 +8,13 @@ use std::{
     os::unix::fs::OpenOptionsExt,
 };
 
-use serde::{Deserialize, Serialize};
 use tokio::{
     io::{unix::AsyncFd, Interest},
     sync::mpsc,
 };
 use tracing::warn;
 
-/// Which OOM killer acted.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum OomKind {
-    /// A memory cgroup reached its own limit.
-    Cgroup,
-    /// The host ran out of memory.
-    Global,
-}
-
-/// One kill as the kernel logged it: its "Killed process" line, or (from the log buffer, when
-/// that line is gone) the OOM report's summary line.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct KillLine {
-    pub pid: u32,
-    pub comm: String,
-    pub kind: OomKind,
-    /// The line as the kernel wrote it.
-    pub text: String,
-}
+use crate::model::{KillLine, LoggedKill, OomKind};
 
 /// The message of one kmsg record (`prio,seq,usec,flags;text`, continuation lines dropped) or
 /// of a plain dmesg line.
@@ -73,21 +53,6 @@ pub fn parse_kill_line(record: &str) -> Option<KillLine> {
         kind,
         text: text.to_string(),
     })
-}
-
-/// A kill still in the kernel's log buffer, with the memory cgroup of the killed task: from the
-/// OOM report's summary line (`oom-kill:constraint=…,task_memcg=…,task=…,pid=…`), which the
-/// kernel rate-limits with the rest of the report (ten per 5 s), so a burst of kills may leave
-/// some without one.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LoggedKill {
-    /// The killed task's memory cgroup, as the kernel names it.
-    pub task_memcg: String,
-    /// When, in microseconds of CLOCK_MONOTONIC (the record's own timestamp); `None` for a
-    /// line without the /dev/kmsg header.
-    pub usec: Option<u64>,
-    /// Its "Killed process" line when the buffer still has it, else one made from the summary.
-    pub line: KillLine,
 }
 
 /// Parses one OOM summary record; `None` for any other line.

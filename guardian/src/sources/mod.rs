@@ -7,6 +7,7 @@ pub mod ebpf;
 pub mod host;
 pub mod kmsg;
 pub mod oom;
+pub mod profiles;
 pub mod tracefs;
 
 use std::os::fd::AsRawFd;

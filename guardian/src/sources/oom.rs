@@ -7,7 +7,7 @@ use super::{
     cgroup::{pid_cgroups, read_memory, read_memory_stat, CgroupIndex},
     ebpf::{self, comm_string},
 };
-use crate::model::{Bytes, CgroupId, OomKill, OomTask, RssBreakdown, Source};
+use crate::model::{time, unix_ms, Bytes, CgroupId, OomKill, OomTask, RssBreakdown, Source};
 
 /// Longest command line kept in a report: enough to tell what ran, short of dumping arguments.
 const CMDLINE_MAX: usize = 256;
@@ -96,7 +96,7 @@ pub fn enrich(e: &OomEvent, index: &mut CgroupIndex) -> OomKill {
     let trigger_cgroup = index.resolve(CgroupId(e.trigger_cgroup_id));
 
     OomKill {
-        time: humantime::format_rfc3339_millis(ebpf::wall_time(e.ts_ns)).to_string(),
+        time: time::rfc3339_millis(unix_ms(ebpf::wall_time(e.ts_ns))),
         ktime_ns: e.ts_ns,
         victim: OomTask {
             pid: e.victim_pid,

@@ -23,10 +23,10 @@ use crate::{
         enforce::{Act, Enforcer, Host, Level, Outside, Params, Subject},
         reload::{budget_changes, BudgetChange},
     },
-    report::profile::budgets_from,
     sources::{
         cgroup::{read_memory, CgroupError, FileWatch, Hierarchy, PsiKind, PsiTrigger},
         host,
+        profiles::budgets_from,
     },
     store::Store,
 };
@@ -246,10 +246,7 @@ impl Enforcement {
     /// Follows the container table: guards running containers with a budget, drops the rest.
     pub fn sync_containers(&mut self, table: &ContainerTable, store: &Store) {
         let mut running = std::collections::HashSet::new();
-        for c in table
-            .iter()
-            .filter(|c| c.state == "running" || c.state == "paused")
-        {
+        for c in table.iter().filter(|c| c.run_state().is_alive()) {
             running.insert(c.id.clone());
             self.track_container(c);
         }

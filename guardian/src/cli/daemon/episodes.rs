@@ -14,7 +14,7 @@ use tracing::{info, warn};
 use super::{enforcement::LadderEvent, incidents::Incidents};
 use crate::{
     config::IncidentsConfig,
-    model::{now_ms, Bytes, Cause, Container, ContainerTable, Incident, Recorder},
+    model::{now_ms, time, Bytes, Cause, Container, ContainerTable, Incident, Recorder},
     policy::{
         enforce::Act,
         incidents::{
@@ -50,13 +50,6 @@ struct Dying {
     pid: Option<u32>,
     death: Death<'static>,
     incident: Incident,
-}
-
-fn rfc3339(ms: i64) -> String {
-    humantime::format_rfc3339_millis(
-        std::time::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64),
-    )
-    .to_string()
 }
 
 /// What an incident is built from: the host's recent MemAvailable (kept by the OOM side), the
@@ -300,7 +293,7 @@ impl Episodes {
         let (Some(f), Some(mut i)) = (self.freezes.ended(key), self.frozen.remove(key)) else {
             return;
         };
-        i.ended = Some(rfc3339(now));
+        i.ended = Some(time::rfc3339_millis(now));
         i.duration_ms = Some(now - i.at_ms);
         i.notes.push(format!(
             "{how} after {:.1} s{}",
@@ -438,7 +431,7 @@ impl Episodes {
             } => {
                 i.duration_ms = Some(until_ms - since_ms);
                 i.lost_ms = Some(lost_us as f64 / 1000.0);
-                i.ended = Some(rfc3339(until_ms));
+                i.ended = Some(time::rfc3339_millis(until_ms));
             }
         }
         let i = if matches!(event, Throttle::Ended { .. }) {

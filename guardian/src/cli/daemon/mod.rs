@@ -208,7 +208,7 @@ pub async fn run(args: DaemonArgs, _output: Output) -> anyhow::Result<ExitCode> 
     };
     let mut incidents = Incidents::start(&config.incidents, &config.state_dir, &store);
     let mut episodes = Episodes::start(&config.incidents, &config.state_dir);
-    let (kmsg_tx, mut kmsg_rx) = mpsc::channel::<kmsg::KillLine>(64);
+    let (kmsg_tx, mut kmsg_rx) = mpsc::channel::<crate::model::KillLine>(64);
     kmsg::watch(kmsg_tx);
     let mut enforce_tick = tokio::time::interval(config.enforce.interval.0);
     enforce_tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
