@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask setup | run | test | testbed | vm-test | runner-vm | bench`.
+//! Project tasks: `cargo xtask setup | run | test | testbed | vm-test | runner-vm | bench | fuzz`.
 //!
 //! `setup` installs what building guardian needs (`--tests`: also what the tests need) on a fresh
 //! Debian machine and skips what is already there; `run` and `test` call it first, so each is one
@@ -8,6 +8,7 @@ mod bench;
 mod bench_daemon;
 mod debian;
 mod dist;
+mod fuzz;
 mod runner_vm;
 mod setup;
 mod testbed;
@@ -78,6 +79,9 @@ enum Task {
         #[arg(long)]
         only: Option<String>,
     },
+    /// Build the libFuzzer targets (fuzz/, cargo-fuzz on nightly) and run each for a while
+    /// over its seed corpus: executions, exec/s and coverage per target; fails on a crash.
+    Fuzz(fuzz::Opts),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -115,6 +119,12 @@ fn main() -> anyhow::Result<()> {
             );
             bed.down()?;
             result?;
+            // Every parser of outside input under libFuzzer, briefly (one build, then ~3 s a
+            // target); `cargo xtask fuzz` runs them longer.
+            fuzz::run(&fuzz::Opts {
+                seconds: 3,
+                only: None,
+            })?;
             // Real cgroup v2 behaviour: the same binary inside a Debian kernel in qemu.
             vm::run()?;
             // And where it will run: a systemd + Docker + Compose v2 runner, on its own kernel
@@ -147,6 +157,10 @@ fn main() -> anyhow::Result<()> {
         Task::RunnerVm(opts) => {
             setup::run(Scope::Tests)?;
             runner_vm::run(&opts)
+        }
+        Task::Fuzz(opts) => {
+            setup::run(Scope::Fuzz)?;
+            fuzz::run(&opts)
         }
         Task::Bench { runs, only } => {
             setup::run(Scope::Tests)?;

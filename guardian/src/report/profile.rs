@@ -50,13 +50,18 @@ impl ProfileFile {
             path: p.clone(),
             source,
         })?;
-        let file: ProfileFile = toml::from_str(&text).map_err(|e| ProfileError::Invalid {
-            path: p.clone(),
+        Self::parse(&p, &text)
+    }
+
+    /// Parses and checks the text of a profile file; `path` names it in errors.
+    pub fn parse(path: &str, text: &str) -> Result<Self, ProfileError> {
+        let file: ProfileFile = toml::from_str(text).map_err(|e| ProfileError::Invalid {
+            path: path.to_string(),
             message: e.message().replace('\n', " "),
         })?;
         if file.schema > PROFILE_SCHEMA {
             return Err(ProfileError::TooNew {
-                path: p,
+                path: path.to_string(),
                 found: file.schema,
             });
         }
