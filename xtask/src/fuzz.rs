@@ -61,7 +61,7 @@ impl Stats {
             digits.parse().ok()
         };
         // Status lines: `#4096\tpulse  cov: 1167 ft: 2901 corp: 77/6321b lim: 1130 exec/s: …`.
-        if line.starts_with('#') {
+        if let Some(status) = line.strip_prefix('#') {
             if let Some(v) = value("cov:") {
                 self.cov = v;
             }
@@ -71,7 +71,7 @@ impl Stats {
             if let Some(v) = value("corp:") {
                 self.corpus = v;
             }
-            if let Some(v) = line[1..]
+            if let Some(v) = status
                 .split_whitespace()
                 .next()
                 .and_then(|n| n.parse().ok())
