@@ -65,6 +65,12 @@ impl ProfileFile {
                 found: file.schema,
             });
         }
+        if !(file.margin.is_finite() && file.margin >= 0.0) {
+            return Err(ProfileError::Invalid {
+                path: path.to_string(),
+                message: format!("margin = {} must be a share of 0 or more", file.margin),
+            });
+        }
         Ok(file)
     }
 
@@ -204,6 +210,18 @@ mod tests {
             },
             0.2,
         )
+    }
+
+    #[test]
+    fn a_profile_whose_margin_is_not_a_finite_share_is_refused() {
+        let text = |margin: &str| {
+            format!("schema = 1\ngenerated_at = \"2026-11-30T00:00:00Z\"\nmargin = {margin}\n")
+        };
+        assert!(ProfileFile::parse("p.toml", &text("0.2")).is_ok());
+        for bad in ["inf", "nan", "-0.5"] {
+            let e = ProfileFile::parse("p.toml", &text(bad)).unwrap_err();
+            assert!(e.to_string().contains("margin"), "{bad}: {e}");
+        }
     }
 
     #[test]
