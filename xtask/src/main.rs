@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask setup | run | test | testbed | vm-test | runner-vm | bench`.
+//! Project tasks: `cargo xtask setup | run | test | testbed | vm-test | runner-vm | bench | fuzz`.
 //!
 //! `setup` installs what building guardian needs (`--tests`: also what the tests need) on a fresh
 //! Debian machine and skips what is already there; `run` and `test` call it first, so each is one
@@ -9,6 +9,7 @@ mod bench_churn;
 mod bench_daemon;
 mod debian;
 mod dist;
+mod fuzz;
 mod runner_vm;
 mod setup;
 mod testbed;
@@ -84,6 +85,9 @@ enum Task {
         #[arg(long, default_value_t = 1000)]
         containers: usize,
     },
+    /// Build the libFuzzer targets (fuzz/, cargo-fuzz on nightly) and run each for a while
+    /// over its seed corpus: executions, exec/s and coverage per target; fails on a crash.
+    Fuzz(fuzz::Opts),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -121,6 +125,12 @@ fn main() -> anyhow::Result<()> {
             );
             bed.down()?;
             result?;
+            // Every parser of outside input under libFuzzer, briefly (one build, then ~3 s a
+            // target); `cargo xtask fuzz` runs them longer.
+            fuzz::run(&fuzz::Opts {
+                seconds: 3,
+                only: None,
+            })?;
             // Real cgroup v2 behaviour: the same binary inside a Debian kernel in qemu.
             vm::run()?;
             // And where it will run: a systemd + Docker + Compose v2 runner, on its own kernel
@@ -153,6 +163,10 @@ fn main() -> anyhow::Result<()> {
         Task::RunnerVm(opts) => {
             setup::run(Scope::Tests)?;
             runner_vm::run(&opts)
+        }
+        Task::Fuzz(opts) => {
+            setup::run(Scope::Fuzz)?;
+            fuzz::run(&opts)
         }
         Task::Bench {
             runs,

@@ -17,6 +17,8 @@ pub enum Scope {
     Tests,
     /// Build, plus cargo-deb for `cargo xtask dist`.
     Dist,
+    /// Build, plus cargo-fuzz for `cargo xtask fuzz`.
+    Fuzz,
 }
 
 /// Debian packages the end-to-end tests use, each with why: a Docker engine with compose (the
@@ -135,6 +137,10 @@ pub fn run(scope: Scope) -> anyhow::Result<()> {
     if scope == Scope::Dist || scope == Scope::Tests {
         cargo_deb()?;
     }
+    // `test` runs every fuzz target briefly.
+    if scope == Scope::Fuzz || scope == Scope::Tests {
+        cargo_fuzz()?;
+    }
     println!("setup: done");
     Ok(())
 }
@@ -147,6 +153,17 @@ fn cargo_deb() -> anyhow::Result<()> {
     }
     println!("setup: installing cargo-deb (builds the .deb; a few minutes)");
     run_status(Command::new("cargo").args(["install", "cargo-deb", "--locked"]))
+}
+
+/// cargo-fuzz (builds and runs the libFuzzer targets in fuzz/), from crates.io when `cargo fuzz`
+/// does not answer.
+fn cargo_fuzz() -> anyhow::Result<()> {
+    if output(Command::new("cargo").args(["fuzz", "--version"])).is_some() {
+        println!("setup: cargo-fuzz present");
+        return Ok(());
+    }
+    println!("setup: installing cargo-fuzz (builds the fuzz targets; a few minutes)");
+    run_status(Command::new("cargo").args(["install", "cargo-fuzz", "--locked"]))
 }
 
 /// What is installed among the packages setup cares about, and a `dockerd` on PATH.

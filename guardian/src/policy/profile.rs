@@ -56,7 +56,9 @@ pub fn tidy_round_up(b: Bytes) -> Bytes {
         n if n <= 4096 * MIB => 128 * MIB,
         _ => 512 * MIB,
     };
-    Bytes(b.0.div_ceil(step).max(1) * step)
+    // Sizes near the top of u64 come only from hand-made profiles; saturate there rather than
+    // wrap to a limit of 0.
+    Bytes(b.0.div_ceil(step).max(1).saturating_mul(step))
 }
 
 /// The least a limit grows by after an OOM kill at that limit, whatever the margin: a small
@@ -69,10 +71,10 @@ pub const OOM_MIN_BUMP: Bytes = Bytes(100 * MIB);
 pub fn recommend(usage: &ServiceUsage, margin: f64) -> Recommendation {
     let scaled = |b: Bytes| Bytes((b.0 as f64 * (1.0 + margin)).ceil() as u64);
     let from_peak = scaled(usage.peak);
-    let after_oom = usage
-        .limit
-        .filter(|_| usage.oom_killed)
-        .map(|limit| (limit, scaled(limit).max(Bytes(limit.0 + OOM_MIN_BUMP.0))));
+    let after_oom = usage.limit.filter(|_| usage.oom_killed).map(|limit| {
+        let bumped = Bytes(limit.0.saturating_add(OOM_MIN_BUMP.0));
+        (limit, scaled(limit).max(bumped))
+    });
     let (base, reason) = match after_oom {
         Some((limit, floor)) if floor >= from_peak => (
             floor,
@@ -189,6 +191,17 @@ mod tests {
         assert_eq!(tidy_round_up(Bytes(300 * MIB)), Bytes(320 * MIB));
         assert_eq!(tidy_round_up(Bytes(2000 * MIB)), Bytes(2048 * MIB));
         assert_eq!(tidy_round_up(Bytes(4097 * MIB)), Bytes(4608 * MIB));
+    }
+
+    #[test]
+    fn sizes_at_the_top_of_u64_saturate_instead_of_wrapping_to_a_limit_of_zero() {
+        // The profile_toml fuzz target panics without the fix on a profile with a peak of
+        // i64::MAX and a margin of 1 (fuzz/corpus/profile_toml/huge-peak.toml); a release
+        // build wrapped the recommended limit to 0.
+        assert_eq!(tidy_round_up(Bytes(u64::MAX)), Bytes(u64::MAX));
+        let huge = usage(i64::MAX as u64, Some(i64::MAX as u64), true);
+        let r = recommend(&huge, 1.0);
+        assert_eq!(r.recommended_limit, Bytes(u64::MAX));
     }
 
     #[test]

@@ -533,8 +533,9 @@ pub fn parse_config(file: &Path, text: &str) -> Result<ComposeModel, ComposeErro
                 .unwrap_or("")
                 .split(',')
                 .find_map(|o| o.trim().strip_prefix("size="));
+            // Sizes are the user's text: adding them saturates rather than wraps to a small sum.
             if let Some(s) = sized {
-                tmpfs += s.parse::<Bytes>().map_err(invalid)?.0;
+                tmpfs = tmpfs.saturating_add(s.parse::<Bytes>().map_err(invalid)?.0);
             }
         }
         for v in svc
@@ -544,9 +545,11 @@ pub fn parse_config(file: &Path, text: &str) -> Result<ComposeModel, ComposeErro
             .flatten()
         {
             if v.get("type").and_then(|t| t.as_str()) == Some("tmpfs") {
-                tmpfs += size(v.get("tmpfs").and_then(|t| t.get("size")))?
-                    .unwrap_or_default()
-                    .0;
+                tmpfs = tmpfs.saturating_add(
+                    size(v.get("tmpfs").and_then(|t| t.get("size")))?
+                        .unwrap_or_default()
+                        .0,
+                );
             }
         }
         let profiles = svc
@@ -734,6 +737,16 @@ mod tests {
         assert_eq!(env["COMPOSE_PROJECT_NAME"], "demo");
         assert_eq!(env["COMPOSE_PROFILES"], "a,b");
         assert_eq!(env["X"], "1");
+    }
+
+    #[test]
+    fn tmpfs_sizes_adding_up_past_u64_saturate_instead_of_wrapping() {
+        // The compose_model fuzz target panics on this input without the fix (kept as its seed
+        // fuzz/corpus/compose_model/tmpfs-overflow.yml):
+        // the sum wrapped to a small number in release builds and panicked in debug ones.
+        let yaml = "services:\n  a:\n    image: x\n    shm_size: 16000000t\n    tmpfs: [\"/t:size=16000000t\"]\n    volumes:\n      - type: tmpfs\n        target: /u\n        tmpfs:\n          size: 16000000t\n";
+        let m = parse_config(Path::new("c.yml"), yaml).unwrap();
+        assert_eq!(m.services["a"].tmpfs, Bytes(u64::MAX));
     }
 
     #[test]

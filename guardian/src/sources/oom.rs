@@ -126,7 +126,13 @@ pub fn enrich(e: &OomEvent, index: &mut CgroupIndex) -> OomKill {
 /// becomes `k=<redacted>`, and a bare flag takes the next argument with it.
 pub fn cmdline(pid: u32, redact: &[String]) -> Option<String> {
     let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    let text = redact_args(&String::from_utf8_lossy(&raw), redact);
+    cmdline_text(&raw, redact)
+}
+
+/// What [`cmdline`] makes of the raw bytes of a `/proc/<pid>/cmdline` file (which the process
+/// itself may have rewritten to anything): redacted, joined, cut; `None` when empty.
+pub fn cmdline_text(raw: &[u8], redact: &[String]) -> Option<String> {
+    let text = redact_args(&String::from_utf8_lossy(raw), redact);
     if text.is_empty() {
         return None;
     }

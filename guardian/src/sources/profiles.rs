@@ -28,14 +28,26 @@ pub fn read(path: &Path) -> Result<ProfileFile, ProfileError> {
         path: p.clone(),
         source,
     })?;
-    let file: ProfileFile = toml::from_str(&text).map_err(|e| ProfileError::Invalid {
-        path: p.clone(),
+    parse(&p, &text)
+}
+
+/// Parses and checks the text of a profile file (a schema this guardian knows, a finite margin
+/// of 0 or more); `path` names it in errors.
+pub fn parse(path: &str, text: &str) -> Result<ProfileFile, ProfileError> {
+    let file: ProfileFile = toml::from_str(text).map_err(|e| ProfileError::Invalid {
+        path: path.to_string(),
         message: e.message().replace('\n', " "),
     })?;
     if file.schema > PROFILE_SCHEMA {
         return Err(ProfileError::TooNew {
-            path: p,
+            path: path.to_string(),
             found: file.schema,
+        });
+    }
+    if !(file.margin.is_finite() && file.margin >= 0.0) {
+        return Err(ProfileError::Invalid {
+            path: path.to_string(),
+            message: format!("margin = {} must be a share of 0 or more", file.margin),
         });
     }
     Ok(file)
@@ -83,6 +95,18 @@ pub fn budgets_from(paths: &[std::path::PathBuf]) -> (Vec<ProfileBudget>, Vec<Pr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_profile_whose_margin_is_not_a_finite_share_is_refused() {
+        let text = |margin: &str| {
+            format!("schema = 1\ngenerated_at = \"2026-11-30T00:00:00Z\"\nmargin = {margin}\n")
+        };
+        assert!(parse("p.toml", &text("0.2")).is_ok());
+        for bad in ["inf", "nan", "-0.5"] {
+            let e = parse("p.toml", &text(bad)).unwrap_err();
+            assert!(e.to_string().contains("margin"), "{bad}: {e}");
+        }
+    }
     use crate::{
         model::Bytes,
         policy::profile::{recommend, ServiceUsage},

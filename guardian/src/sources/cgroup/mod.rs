@@ -9,7 +9,7 @@ mod psi;
 
 pub use files::{
     parse_kv, parse_pressure, read_high_water, read_memory, read_memory_stat, read_usage,
-    UsageCounters,
+    stat_bytes, UsageCounters,
 };
 pub use ids::{pid_cgroups, CgroupIndex, ProcCgroups};
 pub use notify::{FileWatch, V1OomNotifier};
