@@ -3,7 +3,9 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use super::{Bytes, CgroupRef, Container, MemoryReading, RunRecord, Sample};
+use super::{
+    unreclaimable_high, Bytes, CgroupRef, Container, Counters, MemoryReading, RunRecord, Sample,
+};
 
 /// A container being recorded.
 #[derive(Clone, Debug)]
@@ -14,6 +16,8 @@ pub struct LiveRun {
     pub last: Option<MemoryReading>,
     /// Usage at every sampling round of the last [`RECENT_MS`], for post-mortems.
     pub recent: VecDeque<(i64, Bytes)>,
+    /// The previous sampling round, the start of the interval the next round covers.
+    last_round: Option<Counters>,
     last_timeline_ms: Option<i64>,
     dirty: bool,
 }
@@ -79,6 +83,15 @@ pub struct Recorder {
     startup_window_ms: i64,
 }
 
+/// Raises a peak that may not be measured yet; true when it rose.
+fn raise(peak: &mut Option<Bytes>, value: Bytes) -> bool {
+    if peak.is_some_and(|p| p >= value) {
+        return false;
+    }
+    *peak = Some(value);
+    true
+}
+
 /// Unix milliseconds of a wall-clock time (0 before 1970).
 pub fn unix_ms(t: std::time::SystemTime) -> i64 {
     t.duration_since(std::time::UNIX_EPOCH)
@@ -123,6 +136,7 @@ impl Recorder {
             cgroup: None,
             last: None,
             recent: VecDeque::new(),
+            last_round: None,
             last_timeline_ms: None,
             dirty: true,
         });
@@ -139,6 +153,7 @@ impl Recorder {
             old.ended_at_ms.get_or_insert(now_ms);
             self.pending.runs.push(old);
             live.last_timeline_ms = None;
+            live.last_round = None;
         }
         let r = &mut live.record;
         r.name = c.name.clone();
@@ -169,6 +184,7 @@ impl Recorder {
         r.working_set_sum += reading.working_set.0;
         r.working_set_samples += 1;
         r.anon_max = r.anon_max.max(reading.anon);
+        raise(&mut r.peak_unreclaimable, reading.unreclaimable);
         r.oom_kills = r.oom_kills.max(reading.oom_kills);
         if reading.limit.is_some() {
             r.memory_limit = reading.limit;
@@ -194,24 +210,23 @@ impl Recorder {
         live.dirty = true;
     }
 
-    /// Folds a usage reading (taken every sampling round) into the recent history.
-    pub fn observe_usage(&mut self, id: &str, usage: Bytes, now_ms: i64) {
-        if let Some(live) = self.live.get_mut(id) {
-            live.push_recent(now_ms, usage);
-        }
-    }
-
     /// The live run of a container.
     pub fn get(&self, id: &str) -> Option<&LiveRun> {
         self.live.get(id)
     }
 
-    /// Folds the cheap reading, the kernel's high-water mark, into a run.
-    pub fn observe_peak(&mut self, id: &str, high: Bytes, now_ms: i64) {
+    /// Folds one sampling round (usage, high-water mark, unreclaimable memory) into a run: the
+    /// peak, the start-up peak, the unreclaimable peak of the interval since the previous round
+    /// ([`unreclaimable_high`]) and the recent usage.
+    pub fn observe_counters(&mut self, id: &str, round: Counters, now_ms: i64) {
         let Some(live) = self.live.get_mut(id) else {
             return;
         };
         let r = &mut live.record;
+        let high = round
+            .high_water
+            .max(round.usage)
+            .max(round.interval_peak.unwrap_or_default());
         if high > r.peak {
             r.peak = high;
             live.dirty = true;
@@ -220,6 +235,10 @@ impl Recorder {
             r.startup_peak = high;
             live.dirty = true;
         }
+        let unreclaimable = unreclaimable_high(live.last_round.as_ref(), &round);
+        live.dirty |= raise(&mut r.peak_unreclaimable, unreclaimable);
+        live.last_round = Some(round);
+        live.push_recent(now_ms, round.usage);
     }
 
     /// The spacing of timeline points, which is also how often a full reading is due.
@@ -339,7 +358,15 @@ mod tests {
             .next()
             .unwrap()
             .full_reading_due(t0 + 1_000, 10_000));
-        rec.observe_peak("a", Bytes(70), t0 + 1_000);
+        rec.observe_counters(
+            "a",
+            Counters {
+                usage: Bytes(10),
+                high_water: Bytes(70),
+                ..Default::default()
+            },
+            t0 + 1_000,
+        );
         let run = &rec.take_flush().runs[0];
         assert_eq!((run.peak, run.startup_peak), (Bytes(70), Bytes(70)));
         assert!(rec

@@ -22,7 +22,8 @@ pub fn kind_from_counters(
     }
 }
 
-/// The least limit that could have held, a floor: peak × 1.2 rounded up, and for a cgroup OOM
+/// The least limit that could have held, a floor: peak × 1.2 rounded up (the unreclaimable peak
+/// when the run had one, as `guardian profile` sizes), and for a cgroup OOM
 /// max(limit × 1.2, limit + 100 MiB) (its real need was higher than what it could show); the
 /// reason says when it was still growing at the kill.
 pub fn suggest(i: &Incident) -> (Option<Bytes>, String) {
@@ -41,6 +42,8 @@ pub fn suggest(i: &Incident) -> (Option<Bytes>, String) {
         service: i.name.clone(),
         runs: 1,
         peak,
+        peak_unreclaimable: i.peak_unreclaimable,
+        runs_without_unreclaimable: u64::from(i.peak_unreclaimable.is_none()),
         startup_peak: peak,
         typical_working_set: i.working_set.unwrap_or(peak),
         limit: i.limit,

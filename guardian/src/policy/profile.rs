@@ -1,4 +1,6 @@
 //! From observed peaks to memory limits: peak × (1 + margin), rounded up to a tidy size, and
+//! OOM-aware. The peak is the unreclaimable one (page cache the kernel can drop does not need a
+//! limit to hold it), or the high-water mark for runs recorded before guardian measured it.
 //! OOM-aware — a service killed at its limit never showed its real peak, so its limit is the
 //! floor and it grows by at least [`OOM_MIN_BUMP`] (as the Kubernetes VPA recommender bumps
 //! OOM-killed containers).
@@ -18,13 +20,44 @@ pub struct ServiceUsage {
     /// Compose service, or the container name outside compose.
     pub service: String,
     pub runs: u64,
+    /// The highest high-water mark (v2 memory.peak, v1 max_usage_in_bytes): page cache included.
     pub peak: Bytes,
+    /// The highest unreclaimable peak (anon, shmem, mapped file, kernel memory) among the runs
+    /// that measured it.
+    #[serde(default)]
+    pub peak_unreclaimable: Option<Bytes>,
+    /// Runs recorded before guardian measured the unreclaimable peak; with any, the service is
+    /// sized from its high-water mark.
+    #[serde(default)]
+    pub runs_without_unreclaimable: u64,
     pub startup_peak: Bytes,
     pub typical_working_set: Bytes,
     /// The limit of the latest run.
     pub limit: Option<Bytes>,
     /// Some run was OOM-killed at its own limit: `peak` is censored by that limit.
     pub oom_killed: bool,
+}
+
+impl ServiceUsage {
+    /// The peak a limit must hold and what it is: the unreclaimable peak when every run
+    /// measured it, else the high-water mark.
+    pub fn sizing_peak(&self) -> (Bytes, PeakKind) {
+        match self.peak_unreclaimable {
+            Some(p) if self.runs_without_unreclaimable == 0 => (p, PeakKind::Unreclaimable),
+            _ => (self.peak, PeakKind::HighWater),
+        }
+    }
+}
+
+/// Which peak a recommendation was sized from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PeakKind {
+    /// What reclaim cannot free: the need.
+    Unreclaimable,
+    /// The kernel's high-water mark, page cache included: an upper bound of the need.
+    #[default]
+    HighWater,
 }
 
 /// A recommended limit with the reason a person can check.
@@ -36,6 +69,9 @@ pub struct Recommendation {
     pub recommended_limit: Bytes,
     /// The reservation: the typical working set, rounded up.
     pub recommended_reservation: Bytes,
+    /// The peak the limit was sized from.
+    #[serde(default)]
+    pub sized_from: PeakKind,
     pub reason: String,
 }
 
@@ -63,6 +99,11 @@ pub fn summarize(runs: &[RunRecord]) -> Vec<ServiceUsage> {
                 service,
                 runs: runs.len() as u64,
                 peak: runs.iter().map(|r| r.peak).max().unwrap_or_default(),
+                peak_unreclaimable: runs.iter().filter_map(|r| r.peak_unreclaimable).max(),
+                runs_without_unreclaimable: runs
+                    .iter()
+                    .filter(|r| r.peak_unreclaimable.is_none())
+                    .count() as u64,
                 startup_peak: runs
                     .iter()
                     .map(|r| r.startup_peak)
@@ -94,10 +135,12 @@ pub fn tidy_round_up(b: Bytes) -> Bytes {
 pub const OOM_MIN_BUMP: Bytes = Bytes(100 * MIB);
 
 /// The limit for one service, a floor: max(peak × (1 + margin), and if it was OOM-killed at
-/// its limit, max(limit × (1 + margin), limit + [`OOM_MIN_BUMP`])), rounded up to a tidy size.
+/// its limit, max(limit × (1 + margin), limit + [`OOM_MIN_BUMP`])), rounded up to a tidy size;
+/// the peak is [`ServiceUsage::sizing_peak`].
 pub fn recommend(usage: &ServiceUsage, margin: f64) -> Recommendation {
     let scaled = |b: Bytes| Bytes((b.0 as f64 * (1.0 + margin)).ceil() as u64);
-    let from_peak = scaled(usage.peak);
+    let (peak, sized_from) = usage.sizing_peak();
+    let from_peak = scaled(peak);
     let after_oom = usage
         .limit
         .filter(|_| usage.oom_killed)
@@ -112,19 +155,41 @@ pub fn recommend(usage: &ServiceUsage, margin: f64) -> Recommendation {
         ),
         _ => (
             from_peak,
-            format!(
-                "peak {} over {} run(s) × {:.2}",
-                usage.peak,
-                usage.runs,
-                1.0 + margin
-            ),
+            match sized_from {
+                PeakKind::Unreclaimable => format!(
+                    "unreclaimable peak {peak} over {} run(s) × {:.2} (high-water mark {}, the rest page cache)",
+                    usage.runs,
+                    1.0 + margin,
+                    usage.peak,
+                ),
+                PeakKind::HighWater => format!(
+                    "peak {peak} over {} run(s) × {:.2}{}",
+                    usage.runs,
+                    1.0 + margin,
+                    high_water_note(usage)
+                ),
+            },
         ),
     };
     Recommendation {
         usage: usage.clone(),
         recommended_limit: tidy_round_up(base),
         recommended_reservation: tidy_round_up(usage.typical_working_set),
+        sized_from,
         reason,
+    }
+}
+
+/// Why a service is sized from its high-water mark.
+fn high_water_note(usage: &ServiceUsage) -> String {
+    match usage.runs_without_unreclaimable {
+        0 => String::new(),
+        n if n == usage.runs => {
+            " (high-water mark, page cache included: recorded before guardian measured the unreclaimable peak)".into()
+        }
+        n => format!(
+            " (high-water mark, page cache included: {n} of the runs were recorded before guardian measured the unreclaimable peak)"
+        ),
     }
 }
 
@@ -178,12 +243,19 @@ pub fn override_entry(rec: &Recommendation, base: &BaseMemory) -> OverrideEntry 
 pub fn merge(profiles: &[Vec<Recommendation>], margin: f64) -> Vec<Recommendation> {
     let mut by_key: BTreeMap<(Option<String>, String), ServiceUsage> = BTreeMap::new();
     for rec in profiles.iter().flatten() {
-        let u = &rec.usage;
+        let mut u = rec.usage.clone();
+        // Profiles written before the unreclaimable peak existed have neither field.
+        if u.peak_unreclaimable.is_none() {
+            u.runs_without_unreclaimable = u.runs;
+        }
+        let u = &u;
         by_key
             .entry((u.project.clone(), u.service.clone()))
             .and_modify(|m| {
                 m.runs += u.runs;
                 m.peak = m.peak.max(u.peak);
+                m.peak_unreclaimable = m.peak_unreclaimable.max(u.peak_unreclaimable);
+                m.runs_without_unreclaimable += u.runs_without_unreclaimable;
                 m.startup_peak = m.startup_peak.max(u.startup_peak);
                 m.typical_working_set = m.typical_working_set.max(u.typical_working_set);
                 m.limit = m.limit.max(u.limit);
@@ -204,6 +276,8 @@ mod tests {
             service: "db".into(),
             runs: 1,
             peak: Bytes(peak),
+            peak_unreclaimable: None,
+            runs_without_unreclaimable: 1,
             startup_peak: Bytes(peak),
             typical_working_set: Bytes(peak / 2),
             limit: limit.map(Bytes),

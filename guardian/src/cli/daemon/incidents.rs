@@ -290,6 +290,7 @@ impl Incidents {
             container: container.map(Container::to_ref),
             limit: container.and_then(|c| c.memory_limit),
             peak: run.map(|r| r.record.peak).filter(|p| p.0 > 0),
+            peak_unreclaimable: run.and_then(|r| r.record.peak_unreclaimable),
             timeline: run.map(|r| relative(&r.recent, at_ms)).unwrap_or_default(),
             host_available: relative(&self.host, at_ms),
             host_total: self.host_total,
