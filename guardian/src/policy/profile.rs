@@ -331,6 +331,68 @@ mod tests {
     }
 
     #[test]
+    fn page_cache_does_not_size_the_limit() {
+        // The case: 207 MiB high-water mark, 2.5 MiB that reclaim cannot free.
+        let u = ServiceUsage {
+            peak_unreclaimable: Some(Bytes(5 * MIB / 2)),
+            runs_without_unreclaimable: 0,
+            ..usage(207 * MIB, Some(512 * MIB), false)
+        };
+        let r = recommend(&u, 0.2);
+        assert_eq!(r.recommended_limit, Bytes(8 * MIB));
+        assert_eq!(r.sized_from, PeakKind::Unreclaimable);
+        assert!(
+            r.reason.starts_with("unreclaimable peak 2.5MiB") && r.reason.contains("207.0MiB"),
+            "{}",
+            r.reason
+        );
+    }
+
+    #[test]
+    fn runs_recorded_before_the_unreclaimable_peak_size_from_the_high_water_mark_and_say_so() {
+        let run = |id: &str, peak: u64, unreclaimable: Option<u64>| RunRecord {
+            container_id: id.into(),
+            name: "db".into(),
+            peak: Bytes(peak * MIB),
+            peak_unreclaimable: unreclaimable.map(|u| Bytes(u * MIB)),
+            ..Default::default()
+        };
+        let u = &summarize(&[run("old", 200, None), run("new", 210, Some(10))])[0];
+        assert_eq!(u.peak_unreclaimable, Some(Bytes(10 * MIB)));
+        assert_eq!(u.runs_without_unreclaimable, 1);
+        let r = recommend(u, 0.2);
+        assert_eq!(r.sized_from, PeakKind::HighWater);
+        assert_eq!(r.recommended_limit, Bytes(256 * MIB));
+        assert!(
+            r.reason.contains("1 of the runs were recorded before"),
+            "{}",
+            r.reason
+        );
+        let new_only = &summarize(&[run("new", 210, Some(10))])[0];
+        assert_eq!(recommend(new_only, 0.2).recommended_limit, Bytes(16 * MIB));
+    }
+
+    #[test]
+    fn a_profile_without_unreclaimable_peaks_keeps_merges_on_the_high_water_mark() {
+        // A runner's profile written before the field existed: neither field in its TOML.
+        let old: Recommendation = toml::from_str(
+            "project = \"ci\"\nservice = \"db\"\nruns = 3\npeak = 209715200\nstartup_peak = 0\ntypical_working_set = 0\noom_killed = false\nrecommended_limit = 260046848\nrecommended_reservation = 8388608\nreason = \"peak\"\n",
+        )
+        .unwrap();
+        let new = recommend(
+            &ServiceUsage {
+                peak_unreclaimable: Some(Bytes(10 * MIB)),
+                runs_without_unreclaimable: 0,
+                ..usage(210 * MIB, None, false)
+            },
+            0.2,
+        );
+        let merged = merge(&[vec![old], vec![new]], 0.2);
+        assert_eq!(merged[0].usage.runs_without_unreclaimable, 3);
+        assert_eq!(merged[0].sized_from, PeakKind::HighWater);
+    }
+
+    #[test]
     fn runs_group_by_service_with_the_highest_peak() {
         let run = |id: &str, service: &str, peak: u64, oom: bool| RunRecord {
             container_id: id.into(),

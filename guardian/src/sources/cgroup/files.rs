@@ -482,6 +482,58 @@ mod tests {
         assert!(!v2.contains_key("pgfault") && !v2.contains_key("workingset_refault_anon"));
     }
 
+    /// memory.stat of a container under a 512 MiB limit (this host, kernel 6.18, v1) that wrote a
+    /// 200 MiB file and read it back twice; its memory.kmem.usage_in_bytes at the same moment.
+    const V1_STAT_200M_FILE: &str = include_str!("fixtures/v1-memory.stat-200m-file-read-back");
+    const V1_KMEM_200M_FILE: u64 = 6021120;
+
+    #[test]
+    fn a_file_written_and_read_back_is_reclaimable_on_v1() {
+        let stat = parse_kv(V1_STAT_200M_FILE);
+        assert!(stat["total_cache"] > 200 << 20);
+        // total_rss 52 KiB + total_shmem 0 + total_mapped_file 504 KiB + kmem 5.7 MiB.
+        assert_eq!(
+            unreclaimable_v1(&stat, V1_KMEM_200M_FILE),
+            Bytes(53248 + 516096 + V1_KMEM_200M_FILE)
+        );
+    }
+
+    #[test]
+    fn v1_unreclaimable_is_rss_shmem_mapped_file_and_kmem() {
+        let stat = parse_kv(V1_STAT);
+        // 920 MiB of cache, of which 409 MiB active: none of it counts but what is mapped.
+        assert_eq!(unreclaimable_v1(&stat, 0), Bytes(2174976 + 561152));
+        // rss already holds rss_huge: adding total_rss_huge would count THPs twice.
+        let with_thp = V1_STAT.replace("total_rss_huge 0", "total_rss_huge 2097152");
+        assert_eq!(
+            unreclaimable_v1(&parse_kv(&with_thp), 4096),
+            Bytes(2174976 + 561152 + 4096)
+        );
+    }
+
+    #[test]
+    fn v2_unreclaimable_is_anon_shmem_mapped_file_unreclaimable_kernel_and_sock() {
+        let stat = parse_kv(V2_STAT);
+        // anon 64 KiB + shmem 4 KiB + file_mapped 0 + (kernel 104 KiB − slab_reclaimable 4600)
+        // + sock 0.
+        assert_eq!(unreclaimable_v2(&stat), Bytes(65536 + 4096 + 106496 - 4600));
+    }
+
+    #[test]
+    fn v2_before_the_kernel_field_sums_its_unreclaimable_parts() {
+        // Kernels before 5.18 have no `kernel` line: stacks, page tables and unreclaimable slab.
+        let old: String = V2_STAT
+            .lines()
+            .filter(|l| !l.starts_with("kernel "))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let stat = parse_kv(&old);
+        assert_eq!(
+            unreclaimable_v2(&stat),
+            Bytes(65536 + 4096 + 16384 + 20480 + 35384)
+        );
+    }
+
     #[test]
     fn v1_memory_stat_parses_totals() {
         let stat = parse_kv(V1_STAT);
