@@ -140,19 +140,19 @@ impl Counters {
 
 /// The highest unreclaimable memory in the interval from the round `prev` to the round `now`.
 ///
-/// The interval's usage peak P is `now.interval_peak` (v2 6.12+), or else the lifetime
-/// high-water mark when it rose since `prev` (a new high was set inside the interval); without
-/// either the answer is the value now. At the moment of P, unreclaimable memory was P minus the
+/// The interval's usage peak P is `now.interval_peak` (v2 6.12+), or the lifetime high-water
+/// mark when it rose since `prev` (a new high was set inside the interval), the larger when
+/// both are known; without either the answer is the value now. At the moment of P, unreclaimable memory was P minus the
 /// reclaimable page cache of that moment; page cache that only grew or only shrank over the
 /// interval was at most the larger of its values at the two ends, so P − that is a lower bound:
 /// exact when the page cache did not move during the interval (a spike of anonymous memory on
 /// a steady cache, however short), low by at most how far it moved otherwise. Never below the
 /// value now.
 pub fn unreclaimable_high(prev: Option<&Counters>, now: &Counters) -> Bytes {
-    let peak = now.interval_peak.or_else(|| {
-        prev.filter(|p| now.high_water > p.high_water)
-            .map(|_| now.high_water)
-    });
+    let new_high = prev
+        .filter(|p| now.high_water > p.high_water)
+        .map(|_| now.high_water);
+    let peak = now.interval_peak.max(new_high);
     let Some(peak) = peak else {
         return now.unreclaimable;
     };
@@ -230,6 +230,15 @@ mod tests {
         let got = unreclaimable_high(Some(&before), &after);
         let truth = Bytes(153 * MIB);
         assert!(got <= truth && truth.0 - got.0 <= 20 * MIB, "{got}");
+    }
+
+    #[test]
+    fn a_new_lifetime_high_counts_even_where_the_per_descriptor_peak_started_late() {
+        // The descriptor was opened (and reset) after the spike; the lifetime mark rose.
+        let before = round(5, 5, 3);
+        let mut after = round(5, 155, 3);
+        after.interval_peak = Some(Bytes(5 * MIB));
+        assert_eq!(unreclaimable_high(Some(&before), &after), Bytes(153 * MIB));
     }
 
     #[test]

@@ -205,6 +205,15 @@ impl Recorder {
                 },
             ));
         }
+        // The first reading (taken when the container starts) opens the first interval of the
+        // sampling rounds, so a spike before the first round still shows in the rise of the
+        // high-water mark.
+        live.last_round.get_or_insert(Counters {
+            usage: reading.usage,
+            high_water: high,
+            interval_peak: None,
+            unreclaimable: reading.unreclaimable,
+        });
         live.last = Some(reading.clone());
         live.push_recent(now_ms, reading.usage);
         live.dirty = true;
@@ -374,6 +383,26 @@ mod tests {
             .next()
             .unwrap()
             .full_reading_due(t0 + 10_100, 10_000));
+    }
+
+    #[test]
+    fn a_spike_between_the_first_reading_and_the_first_round_is_in_the_unreclaimable_peak() {
+        let t0 = rfc3339_ms(T0).unwrap();
+        let mut rec = Recorder::new(10_000, 30_000);
+        rec.start(&container("a", T0), t0);
+        let mut first = reading(10, 10);
+        first.unreclaimable = Bytes(10);
+        rec.observe("a", &first, t0);
+        // A 100-byte anon spike came and went before the first sampling round.
+        let round = Counters {
+            usage: Bytes(10),
+            high_water: Bytes(110),
+            interval_peak: None,
+            unreclaimable: Bytes(10),
+        };
+        rec.observe_counters("a", round, t0 + 20);
+        let run = &rec.take_flush().runs[0];
+        assert_eq!(run.peak_unreclaimable, Some(Bytes(110)));
     }
 
     #[test]
