@@ -235,10 +235,15 @@ fn a_service_oom_killed_at_its_limit_gets_at_least_its_limit_plus_100_mib_and_is
 
     // A second runner's profile with a higher peak: merging keeps the higher one and the OOM.
     let a = std::fs::read_to_string(profile("a.toml")).unwrap();
-    let b = a.replace(
-        &format!("peak = {}", rec["peak"]),
-        &format!("peak = {}", 200 * MIB),
-    );
+    let b = a
+        .replace(
+            &format!("peak = {}", rec["peak"]),
+            &format!("peak = {}", 200 * MIB),
+        )
+        .replace(
+            &format!("peak_unreclaimable = {}", rec["peak_unreclaimable"]),
+            &format!("peak_unreclaimable = {}", 200 * MIB),
+        );
     assert_ne!(a, b, "the peak line was found");
     std::fs::write(profile("b.toml"), b).unwrap();
     let (status, stdout, stderr) = run_guardian(&[

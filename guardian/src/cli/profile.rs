@@ -229,10 +229,12 @@ fn recommendations(args: &ProfileArgs) -> anyhow::Result<Vec<Recommendation>> {
     Ok(usage.iter().map(|u| recommend(u, args.margin)).collect())
 }
 
+/// PEAK is the kernel's high-water mark (page cache included), UNRECL the unreclaimable peak
+/// ("-" for runs recorded before guardian measured it); WHY says which one sized the limit.
 fn print_recommendations(recs: &[Recommendation]) {
     println!(
-        "{:<28} {:>5} {:>10} {:>10} {:>12}  WHY",
-        "SERVICE", "RUNS", "PEAK", "LIMIT", "RECOMMENDED"
+        "{:<28} {:>5} {:>10} {:>10} {:>10} {:>12}  WHY",
+        "SERVICE", "RUNS", "PEAK", "UNRECL", "LIMIT", "RECOMMENDED"
     );
     for r in recs {
         let u = &r.usage;
@@ -241,9 +243,12 @@ fn print_recommendations(recs: &[Recommendation]) {
             None => u.service.clone(),
         };
         println!(
-            "{name:<28} {:>5} {:>10} {:>10} {:>12}  {}",
+            "{name:<28} {:>5} {:>10} {:>10} {:>10} {:>12}  {}",
             u.runs,
             u.peak.to_string(),
+            u.peak_unreclaimable
+                .map(|p| p.to_string())
+                .unwrap_or_else(|| "-".into()),
             u.limit.map(|l| l.to_string()).unwrap_or_else(|| "-".into()),
             compose_size(r.recommended_limit),
             r.reason
@@ -255,6 +260,7 @@ fn print_recommendations(recs: &[Recommendation]) {
 struct CheckRow {
     service: String,
     limit: Option<Bytes>,
+    /// The peak the recommendation was sized from (unreclaimable, else high-water mark).
     peak: Option<Bytes>,
     recommended: Option<Bytes>,
     verdict: &'static str,
@@ -277,7 +283,8 @@ fn check(args: &ProfileArgs, recs: &[Recommendation], output: Output) -> anyhow:
         let (verdict, excess) = match (rec, svc.memory_limit) {
             (None, _) => ("no data", None),
             (Some(r), Some(limit))
-                if limit < r.usage.peak || (r.usage.oom_killed && r.usage.limit == Some(limit)) =>
+                if limit < r.usage.sizing_peak().0
+                    || (r.usage.oom_killed && r.usage.limit == Some(limit)) =>
             {
                 ("TOO LOW", None)
             }
@@ -290,7 +297,7 @@ fn check(args: &ProfileArgs, recs: &[Recommendation], output: Output) -> anyhow:
         rows.push(CheckRow {
             service: service.clone(),
             limit: svc.memory_limit,
-            peak: rec.map(|r| r.usage.peak),
+            peak: rec.map(|r| r.usage.sizing_peak().0),
             recommended: rec.map(|r| r.recommended_limit),
             verdict,
             excess,

@@ -148,15 +148,18 @@ pub async fn run(args: StatusArgs, output: Output) -> anyhow::Result<ExitCode> {
                 status.runs_recorded
             );
             let show = |b: Option<Bytes>| b.map(|b| b.to_string()).unwrap_or_else(|| "-".into());
+            // PEAK is the kernel's high-water mark (page cache included); UNRECL the part no
+            // reclaim could free, what `guardian profile` sizes limits from.
             println!(
-                "{:<32} {:>10} {:>10} {:>10} {:>4}",
-                "CONTAINER", "PEAK", "STARTUP", "LIMIT", "OOM"
+                "{:<32} {:>10} {:>10} {:>10} {:>10} {:>4}",
+                "CONTAINER", "PEAK", "UNRECL", "STARTUP", "LIMIT", "OOM"
             );
             for r in &status.running {
                 let name = r.display_name();
                 println!(
-                    "{name:<32} {:>10} {:>10} {:>10} {:>4}",
+                    "{name:<32} {:>10} {:>10} {:>10} {:>10} {:>4}",
                     r.peak.to_string(),
+                    show(r.peak_unreclaimable),
                     r.startup_peak.to_string(),
                     show(r.memory_limit),
                     r.oom_kills

@@ -157,6 +157,10 @@ pub struct Incident {
     pub memory_high: Option<Bytes>,
     /// The kernel's high-water mark of the group.
     pub peak: Option<Bytes>,
+    /// The run's unreclaimable peak until the kill (see `RunRecord::peak_unreclaimable`);
+    /// `None` when guardian did not record the run, and for incidents stored before.
+    #[serde(default)]
+    pub peak_unreclaimable: Option<Bytes>,
     pub exit_code: Option<i64>,
     /// The group's usage over the last 60 s (sampled by the daemon).
     pub timeline: Vec<Point>,

@@ -115,8 +115,148 @@ pub struct MemoryReading {
     /// tmpfs and shared memory (v2 `shmem`, v1 `total_shmem`): in `file`, yet not reclaimable
     /// without swap.
     pub shmem: Bytes,
+    /// What reclaim cannot free, at most `usage`: anonymous memory, shmem, mapped file pages
+    /// and unreclaimable kernel memory, from memory.stat (`sources::cgroup::unreclaimable_v2`,
+    /// `unreclaimable_v1` say which fields). The rest of `usage` is page cache the kernel can
+    /// drop under a smaller limit.
+    pub unreclaimable: Bytes,
     /// OOM kills in this group (v2 `memory.events` oom_kill, v1 `memory.oom_control` oom_kill).
     pub oom_kills: u64,
     /// Memory pressure of the group, where the kernel exposes it.
     pub pressure: Option<PressureStats>,
+}
+
+/// What one sampling round reads of a group through its open files
+/// (`sources::cgroup::UsageCounters`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// v2 `memory.current`, v1 `memory.usage_in_bytes`.
+    pub usage: Bytes,
+    /// The group's lifetime high-water mark: v2 `memory.peak`, v1 `memory.max_usage_in_bytes`
+    /// (`memory.current` on v2 kernels before 5.19).
+    pub high_water: Bytes,
+    /// The highest usage since the previous round: v2 `memory.peak` read through guardian's own
+    /// descriptor and reset after each read (kernel 6.12+); `None` elsewhere.
+    pub interval_peak: Option<Bytes>,
+    /// What reclaim cannot free now, at most `usage` (see [`MemoryReading::unreclaimable`]).
+    pub unreclaimable: Bytes,
+}
+
+impl Counters {
+    /// The part of the usage reclaim can free: page cache that is neither shmem nor mapped.
+    pub fn reclaimable(&self) -> Bytes {
+        Bytes(self.usage.0.saturating_sub(self.unreclaimable.0))
+    }
+}
+
+/// The highest unreclaimable memory in the interval from the round `prev` to the round `now`.
+///
+/// The interval's usage peak P is `now.interval_peak` (v2 6.12+), or the lifetime high-water
+/// mark when it rose since `prev` (a new high was set inside the interval), the larger when
+/// both are known; without either the answer is the value now. At the moment of P, unreclaimable memory was P minus the
+/// reclaimable page cache of that moment; page cache that only grew or only shrank over the
+/// interval was at most the larger of its values at the two ends, so P − that is a lower bound:
+/// exact when the page cache did not move during the interval (a spike of anonymous memory on
+/// a steady cache, however short), low by at most how far it moved otherwise. Never below the
+/// value now.
+pub fn unreclaimable_high(prev: Option<&Counters>, now: &Counters) -> Bytes {
+    let new_high = prev
+        .filter(|p| now.high_water > p.high_water)
+        .map(|_| now.high_water);
+    let peak = now.interval_peak.max(new_high);
+    let Some(peak) = peak else {
+        return now.unreclaimable;
+    };
+    let reclaimable = prev.map_or(now.reclaimable(), |p| {
+        p.reclaimable().max(now.reclaimable())
+    });
+    Bytes(peak.0.saturating_sub(reclaimable.0)).max(now.unreclaimable)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    fn round(usage: u64, high_water: u64, unreclaimable: u64) -> Counters {
+        Counters {
+            usage: Bytes(usage * MIB),
+            high_water: Bytes(high_water * MIB),
+            interval_peak: None,
+            unreclaimable: Bytes(unreclaimable * MIB),
+        }
+    }
+
+    #[test]
+    fn a_spike_that_raises_the_high_water_mark_over_a_steady_cache_is_exact() {
+        // 200 MiB of page cache and 3 MiB of anon; between two rounds a 150 MiB anon spike
+        // came and went: the high-water mark rose to 353 MiB.
+        let before = round(203, 207, 3);
+        let after = round(203, 353, 3);
+        assert_eq!(unreclaimable_high(Some(&before), &after), Bytes(153 * MIB));
+    }
+
+    #[test]
+    fn writing_a_file_is_not_an_unreclaimable_peak() {
+        // The cache grew from 0 to 100 MiB in the interval, with it the high-water mark.
+        let before = round(3, 3, 3);
+        let after = round(103, 103, 3);
+        assert_eq!(unreclaimable_high(Some(&before), &after), Bytes(3 * MIB));
+    }
+
+    #[test]
+    fn deleting_a_file_is_not_an_unreclaimable_peak() {
+        // The peak was at the start, cache full; by the end the file was deleted.
+        let before = round(203, 203, 3);
+        let mut after = round(3, 203, 3);
+        after.interval_peak = Some(Bytes(203 * MIB));
+        assert_eq!(unreclaimable_high(Some(&before), &after), Bytes(3 * MIB));
+    }
+
+    #[test]
+    fn without_a_new_high_the_interval_is_known_by_its_end_only() {
+        // v1 and v2 before 6.12: a spike to 300 MiB under an earlier high of 400 MiB leaves
+        // no trace in the lifetime mark.
+        let before = round(203, 400, 3);
+        let after = round(210, 400, 10);
+        assert_eq!(unreclaimable_high(Some(&before), &after), Bytes(10 * MIB));
+    }
+
+    #[test]
+    fn the_per_descriptor_peak_sees_a_spike_under_an_earlier_high() {
+        // v2 6.12+: the same spike under a 400 MiB lifetime mark, seen through the reset fd.
+        let before = round(203, 400, 3);
+        let mut after = round(203, 400, 3);
+        after.interval_peak = Some(Bytes(353 * MIB));
+        assert_eq!(unreclaimable_high(Some(&before), &after), Bytes(153 * MIB));
+    }
+
+    #[test]
+    fn a_spike_while_the_cache_grows_is_low_by_at_most_the_growth() {
+        // Cache 0 -> 20 MiB; a 150 MiB spike when the cache was at 10 MiB: peak 163 MiB.
+        let before = round(3, 3, 3);
+        let mut after = round(23, 163, 3);
+        after.interval_peak = Some(Bytes(163 * MIB));
+        let got = unreclaimable_high(Some(&before), &after);
+        let truth = Bytes(153 * MIB);
+        assert!(got <= truth && truth.0 - got.0 <= 20 * MIB, "{got}");
+    }
+
+    #[test]
+    fn a_new_lifetime_high_counts_even_where_the_per_descriptor_peak_started_late() {
+        // The descriptor was opened (and reset) after the spike; the lifetime mark rose.
+        let before = round(5, 5, 3);
+        let mut after = round(5, 155, 3);
+        after.interval_peak = Some(Bytes(5 * MIB));
+        assert_eq!(unreclaimable_high(Some(&before), &after), Bytes(153 * MIB));
+    }
+
+    #[test]
+    fn the_first_round_has_no_interval_without_a_per_descriptor_peak() {
+        assert_eq!(
+            unreclaimable_high(None, &round(203, 900, 3)),
+            Bytes(3 * MIB)
+        );
+    }
 }

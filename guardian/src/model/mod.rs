@@ -29,9 +29,11 @@ pub use incident::{
     Cause, Filler, Incident, LadderDecision, MemoryPart, Neighbour, Point, StallBrief, TriggerTask,
     Victim,
 };
-pub use memory::{compose_size, Bytes, MemoryReading, PressureStats, PsiLine};
+pub use memory::{
+    compose_size, unreclaimable_high, Bytes, Counters, MemoryReading, PressureStats, PsiLine,
+};
 pub use oom::{KillLine, LoggedKill, OomKind};
-pub use profile::{ProfileFile, Recommendation, ServiceUsage, PROFILE_SCHEMA};
+pub use profile::{PeakKind, ProfileFile, Recommendation, ServiceUsage, PROFILE_SCHEMA};
 pub use recorder::{Flush, LiveRun, Recorder, RECENT_MS};
 pub use time::{now_ms, rfc3339_ms, unix_ms};
 pub use usage::{RunRecord, Sample};

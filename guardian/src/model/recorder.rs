@@ -3,7 +3,10 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use super::{rfc3339_ms, Bytes, CgroupRef, Container, MemoryReading, RunRecord, Sample};
+use super::{
+    rfc3339_ms, unreclaimable_high, Bytes, CgroupRef, Container, Counters, MemoryReading,
+    RunRecord, Sample,
+};
 
 /// A container being recorded.
 #[derive(Clone, Debug)]
@@ -14,6 +17,8 @@ pub struct LiveRun {
     pub last: Option<MemoryReading>,
     /// Usage at every sampling round of the last [`RECENT_MS`], for post-mortems.
     pub recent: VecDeque<(i64, Bytes)>,
+    /// The previous sampling round, the start of the interval the next round covers.
+    last_round: Option<Counters>,
     last_timeline_ms: Option<i64>,
     dirty: bool,
 }
@@ -79,6 +84,15 @@ pub struct Recorder {
     startup_window_ms: i64,
 }
 
+/// Raises a peak that may not be measured yet; true when it rose.
+fn raise(peak: &mut Option<Bytes>, value: Bytes) -> bool {
+    if peak.is_some_and(|p| p >= value) {
+        return false;
+    }
+    *peak = Some(value);
+    true
+}
+
 impl Recorder {
     pub fn new(timeline_interval_ms: i64, startup_window_ms: i64) -> Self {
         Self {
@@ -106,6 +120,7 @@ impl Recorder {
             cgroup: None,
             last: None,
             recent: VecDeque::new(),
+            last_round: None,
             last_timeline_ms: None,
             dirty: true,
         });
@@ -122,6 +137,7 @@ impl Recorder {
             old.ended_at_ms.get_or_insert(now_ms);
             self.pending.runs.push(old);
             live.last_timeline_ms = None;
+            live.last_round = None;
         }
         let r = &mut live.record;
         r.name = c.name.clone();
@@ -152,6 +168,7 @@ impl Recorder {
         r.working_set_sum += reading.working_set.0;
         r.working_set_samples += 1;
         r.anon_max = r.anon_max.max(reading.anon);
+        raise(&mut r.peak_unreclaimable, reading.unreclaimable);
         r.oom_kills = r.oom_kills.max(reading.oom_kills);
         if reading.limit.is_some() {
             r.memory_limit = reading.limit;
@@ -172,16 +189,18 @@ impl Recorder {
                 },
             ));
         }
+        // The first reading (taken when the container starts) opens the first interval of the
+        // sampling rounds, so a spike before the first round still shows in the rise of the
+        // high-water mark.
+        live.last_round.get_or_insert(Counters {
+            usage: reading.usage,
+            high_water: high,
+            interval_peak: None,
+            unreclaimable: reading.unreclaimable,
+        });
         live.last = Some(reading.clone());
         live.push_recent(now_ms, reading.usage);
         live.dirty = true;
-    }
-
-    /// Folds a usage reading (taken every sampling round) into the recent history.
-    pub fn observe_usage(&mut self, id: &str, usage: Bytes, now_ms: i64) {
-        if let Some(live) = self.live.get_mut(id) {
-            live.push_recent(now_ms, usage);
-        }
     }
 
     /// The live run of a container.
@@ -189,12 +208,18 @@ impl Recorder {
         self.live.get(id)
     }
 
-    /// Folds the cheap reading, the kernel's high-water mark, into a run.
-    pub fn observe_peak(&mut self, id: &str, high: Bytes, now_ms: i64) {
+    /// Folds one sampling round (usage, high-water mark, unreclaimable memory) into a run: the
+    /// peak, the start-up peak, the unreclaimable peak of the interval since the previous round
+    /// ([`unreclaimable_high`]) and the recent usage.
+    pub fn observe_counters(&mut self, id: &str, round: Counters, now_ms: i64) {
         let Some(live) = self.live.get_mut(id) else {
             return;
         };
         let r = &mut live.record;
+        let high = round
+            .high_water
+            .max(round.usage)
+            .max(round.interval_peak.unwrap_or_default());
         if high > r.peak {
             r.peak = high;
             live.dirty = true;
@@ -203,6 +228,10 @@ impl Recorder {
             r.startup_peak = high;
             live.dirty = true;
         }
+        let unreclaimable = unreclaimable_high(live.last_round.as_ref(), &round);
+        live.dirty |= raise(&mut r.peak_unreclaimable, unreclaimable);
+        live.last_round = Some(round);
+        live.push_recent(now_ms, round.usage);
     }
 
     /// The spacing of timeline points, which is also how often a full reading is due.
@@ -322,7 +351,15 @@ mod tests {
             .next()
             .unwrap()
             .full_reading_due(t0 + 1_000, 10_000));
-        rec.observe_peak("a", Bytes(70), t0 + 1_000);
+        rec.observe_counters(
+            "a",
+            Counters {
+                usage: Bytes(10),
+                high_water: Bytes(70),
+                ..Default::default()
+            },
+            t0 + 1_000,
+        );
         let run = &rec.take_flush().runs[0];
         assert_eq!((run.peak, run.startup_peak), (Bytes(70), Bytes(70)));
         assert!(rec
@@ -330,6 +367,26 @@ mod tests {
             .next()
             .unwrap()
             .full_reading_due(t0 + 10_100, 10_000));
+    }
+
+    #[test]
+    fn a_spike_between_the_first_reading_and_the_first_round_is_in_the_unreclaimable_peak() {
+        let t0 = rfc3339_ms(T0).unwrap();
+        let mut rec = Recorder::new(10_000, 30_000);
+        rec.start(&container("a", T0), t0);
+        let mut first = reading(10, 10);
+        first.unreclaimable = Bytes(10);
+        rec.observe("a", &first, t0);
+        // A 100-byte anon spike came and went before the first sampling round.
+        let round = Counters {
+            usage: Bytes(10),
+            high_water: Bytes(110),
+            interval_peak: None,
+            unreclaimable: Bytes(10),
+        };
+        rec.observe_counters("a", round, t0 + 20);
+        let run = &rec.take_flush().runs[0];
+        assert_eq!(run.peak_unreclaimable, Some(Bytes(110)));
     }
 
     #[test]

@@ -20,6 +20,10 @@ pub struct RunRecord {
     pub memory_reservation: Option<Bytes>,
     /// The kernel's high-water mark (v1 max_usage_in_bytes, v2 memory.peak).
     pub peak: Bytes,
+    /// The highest unreclaimable memory (anon, shmem, mapped file pages, kernel memory: the
+    /// part of `peak` no reclaim could free), exact for spikes as `model::unreclaimable_high`
+    /// says; `None` for runs recorded before guardian measured it.
+    pub peak_unreclaimable: Option<Bytes>,
     /// The highest usage within the start-up window.
     pub startup_peak: Bytes,
     pub working_set_max: Bytes,
@@ -41,6 +45,12 @@ impl RunRecord {
             (Some(p), Some(s)) => format!("{p}/{s}"),
             _ => self.name.clone(),
         }
+    }
+
+    /// The peak a limit must hold: the unreclaimable peak, else (runs recorded before it was
+    /// measured) the high-water mark.
+    pub fn sizing_peak(&self) -> Bytes {
+        self.peak_unreclaimable.unwrap_or(self.peak)
     }
 
     /// The mean working set over the run's samples.

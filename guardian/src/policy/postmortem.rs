@@ -26,7 +26,8 @@ pub fn kind_from_counters(
     }
 }
 
-/// The least limit that could have held, a floor: peak × 1.2 rounded up, and for a cgroup OOM
+/// The least limit that could have held, a floor: peak × 1.2 rounded up (the unreclaimable peak
+/// when the run had one, as `guardian profile` sizes), and for a cgroup OOM
 /// max(limit × 1.2, limit + 100 MiB) (its real need was higher than what it could show); the
 /// reason says when it was still growing at the kill.
 pub fn suggest(i: &Incident) -> (Option<Bytes>, String) {
@@ -45,6 +46,8 @@ pub fn suggest(i: &Incident) -> (Option<Bytes>, String) {
         service: i.name.clone(),
         runs: 1,
         peak,
+        peak_unreclaimable: i.peak_unreclaimable,
+        runs_without_unreclaimable: u64::from(i.peak_unreclaimable.is_none()),
         startup_peak: peak,
         typical_working_set: i.working_set.unwrap_or(peak),
         limit: i.limit,
@@ -346,6 +349,7 @@ pub fn blank(
         container: container.map(Container::to_ref),
         limit: container.and_then(|c| c.memory_limit),
         peak: run.map(|r| r.record.peak).filter(|p| p.0 > 0),
+        peak_unreclaimable: run.and_then(|r| r.record.peak_unreclaimable),
         timeline: run.map(|r| relative(&r.recent, at_ms)).unwrap_or_default(),
         host_available: relative(host.available, at_ms),
         host_total: host.total,
@@ -1045,7 +1049,13 @@ mod tests {
             (running(INSPECT_CHILD, 8), 5 * MIB),
         ] {
             recorder.start(&c, at_ms - 1000);
-            recorder.observe_usage(&c.id, Bytes(usage), at_ms - 500);
+            let round = crate::model::Counters {
+                usage: Bytes(usage),
+                high_water: Bytes(usage),
+                interval_peak: None,
+                unreclaimable: Bytes(usage),
+            };
+            recorder.observe_counters(&c.id, round, at_ms - 500);
             table.upsert(c);
         }
         let host = (0..10)

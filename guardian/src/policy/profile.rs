@@ -1,4 +1,6 @@
 //! From observed peaks to memory limits: peak × (1 + margin), rounded up to a tidy size, and
+//! OOM-aware. The peak is the unreclaimable one (page cache the kernel can drop does not need a
+//! limit to hold it), or the high-water mark for runs recorded before guardian measured it.
 //! OOM-aware — a service killed at its limit never showed its real peak, so its limit is the
 //! floor and it grows by at least [`OOM_MIN_BUMP`] (as the Kubernetes VPA recommender bumps
 //! OOM-killed containers).
@@ -6,7 +8,7 @@
 use std::collections::BTreeMap;
 
 use crate::model::{Bytes, LimitKey, RunRecord};
-pub use crate::model::{Recommendation, ServiceUsage};
+pub use crate::model::{PeakKind, Recommendation, ServiceUsage};
 
 const MIB: u64 = 1 << 20;
 
@@ -34,6 +36,11 @@ pub fn summarize(runs: &[RunRecord]) -> Vec<ServiceUsage> {
                 service,
                 runs: runs.len() as u64,
                 peak: runs.iter().map(|r| r.peak).max().unwrap_or_default(),
+                peak_unreclaimable: runs.iter().filter_map(|r| r.peak_unreclaimable).max(),
+                runs_without_unreclaimable: runs
+                    .iter()
+                    .filter(|r| r.peak_unreclaimable.is_none())
+                    .count() as u64,
                 startup_peak: runs
                     .iter()
                     .map(|r| r.startup_peak)
@@ -67,10 +74,12 @@ pub fn tidy_round_up(b: Bytes) -> Bytes {
 pub const OOM_MIN_BUMP: Bytes = Bytes(100 * MIB);
 
 /// The limit for one service, a floor: max(peak × (1 + margin), and if it was OOM-killed at
-/// its limit, max(limit × (1 + margin), limit + [`OOM_MIN_BUMP`])), rounded up to a tidy size.
+/// its limit, max(limit × (1 + margin), limit + [`OOM_MIN_BUMP`])), rounded up to a tidy size;
+/// the peak is [`ServiceUsage::sizing_peak`].
 pub fn recommend(usage: &ServiceUsage, margin: f64) -> Recommendation {
     let scaled = |b: Bytes| Bytes((b.0 as f64 * (1.0 + margin)).ceil() as u64);
-    let from_peak = scaled(usage.peak);
+    let (peak, sized_from) = usage.sizing_peak();
+    let from_peak = scaled(peak);
     let after_oom = usage.limit.filter(|_| usage.oom_killed).map(|limit| {
         let bumped = Bytes(limit.0.saturating_add(OOM_MIN_BUMP.0));
         (limit, scaled(limit).max(bumped))
@@ -85,19 +94,41 @@ pub fn recommend(usage: &ServiceUsage, margin: f64) -> Recommendation {
         ),
         _ => (
             from_peak,
-            format!(
-                "peak {} over {} run(s) × {:.2}",
-                usage.peak,
-                usage.runs,
-                1.0 + margin
-            ),
+            match sized_from {
+                PeakKind::Unreclaimable => format!(
+                    "unreclaimable peak {peak} over {} run(s) × {:.2} (high-water mark {}, the rest page cache)",
+                    usage.runs,
+                    1.0 + margin,
+                    usage.peak,
+                ),
+                PeakKind::HighWater => format!(
+                    "peak {peak} over {} run(s) × {:.2}{}",
+                    usage.runs,
+                    1.0 + margin,
+                    high_water_note(usage)
+                ),
+            },
         ),
     };
     Recommendation {
         usage: usage.clone(),
         recommended_limit: tidy_round_up(base),
         recommended_reservation: tidy_round_up(usage.typical_working_set),
+        sized_from,
         reason,
+    }
+}
+
+/// Why a service is sized from its high-water mark.
+fn high_water_note(usage: &ServiceUsage) -> String {
+    match usage.runs_without_unreclaimable {
+        0 => String::new(),
+        n if n == usage.runs => {
+            " (high-water mark, page cache included: recorded before guardian measured the unreclaimable peak)".into()
+        }
+        n => format!(
+            " (high-water mark, page cache included: {n} of the runs were recorded before guardian measured the unreclaimable peak)"
+        ),
     }
 }
 
@@ -151,12 +182,19 @@ pub fn override_entry(rec: &Recommendation, base: &BaseMemory) -> OverrideEntry 
 pub fn merge(profiles: &[Vec<Recommendation>], margin: f64) -> Vec<Recommendation> {
     let mut by_key: BTreeMap<(Option<String>, String), ServiceUsage> = BTreeMap::new();
     for rec in profiles.iter().flatten() {
-        let u = &rec.usage;
+        let mut u = rec.usage.clone();
+        // Profiles written before the unreclaimable peak existed have neither field.
+        if u.peak_unreclaimable.is_none() {
+            u.runs_without_unreclaimable = u.runs;
+        }
+        let u = &u;
         by_key
             .entry((u.project.clone(), u.service.clone()))
             .and_modify(|m| {
                 m.runs += u.runs;
                 m.peak = m.peak.max(u.peak);
+                m.peak_unreclaimable = m.peak_unreclaimable.max(u.peak_unreclaimable);
+                m.runs_without_unreclaimable += u.runs_without_unreclaimable;
                 m.startup_peak = m.startup_peak.max(u.startup_peak);
                 m.typical_working_set = m.typical_working_set.max(u.typical_working_set);
                 m.limit = m.limit.max(u.limit);
@@ -177,6 +215,8 @@ mod tests {
             service: "db".into(),
             runs: 1,
             peak: Bytes(peak),
+            peak_unreclaimable: None,
+            runs_without_unreclaimable: 1,
             startup_peak: Bytes(peak),
             typical_working_set: Bytes(peak / 2),
             limit: limit.map(Bytes),
@@ -238,6 +278,68 @@ mod tests {
         let r = recommend(&usage(300 * MIB, Some(64 * MIB), true), 0.2);
         assert_eq!(r.recommended_limit, Bytes(384 * MIB));
         assert!(r.reason.starts_with("peak 300.0MiB"), "{}", r.reason);
+    }
+
+    #[test]
+    fn page_cache_does_not_size_the_limit() {
+        // The case: 207 MiB high-water mark, 2.5 MiB that reclaim cannot free.
+        let u = ServiceUsage {
+            peak_unreclaimable: Some(Bytes(5 * MIB / 2)),
+            runs_without_unreclaimable: 0,
+            ..usage(207 * MIB, Some(512 * MIB), false)
+        };
+        let r = recommend(&u, 0.2);
+        assert_eq!(r.recommended_limit, Bytes(8 * MIB));
+        assert_eq!(r.sized_from, PeakKind::Unreclaimable);
+        assert!(
+            r.reason.starts_with("unreclaimable peak 2.5MiB") && r.reason.contains("207.0MiB"),
+            "{}",
+            r.reason
+        );
+    }
+
+    #[test]
+    fn runs_recorded_before_the_unreclaimable_peak_size_from_the_high_water_mark_and_say_so() {
+        let run = |id: &str, peak: u64, unreclaimable: Option<u64>| RunRecord {
+            container_id: id.into(),
+            name: "db".into(),
+            peak: Bytes(peak * MIB),
+            peak_unreclaimable: unreclaimable.map(|u| Bytes(u * MIB)),
+            ..Default::default()
+        };
+        let u = &summarize(&[run("old", 200, None), run("new", 210, Some(10))])[0];
+        assert_eq!(u.peak_unreclaimable, Some(Bytes(10 * MIB)));
+        assert_eq!(u.runs_without_unreclaimable, 1);
+        let r = recommend(u, 0.2);
+        assert_eq!(r.sized_from, PeakKind::HighWater);
+        assert_eq!(r.recommended_limit, Bytes(256 * MIB));
+        assert!(
+            r.reason.contains("1 of the runs were recorded before"),
+            "{}",
+            r.reason
+        );
+        let new_only = &summarize(&[run("new", 210, Some(10))])[0];
+        assert_eq!(recommend(new_only, 0.2).recommended_limit, Bytes(16 * MIB));
+    }
+
+    #[test]
+    fn a_profile_without_unreclaimable_peaks_keeps_merges_on_the_high_water_mark() {
+        // A runner's profile written before the field existed: neither field in its TOML.
+        let old: Recommendation = toml::from_str(
+            "project = \"ci\"\nservice = \"db\"\nruns = 3\npeak = 209715200\nstartup_peak = 0\ntypical_working_set = 0\noom_killed = false\nrecommended_limit = 260046848\nrecommended_reservation = 8388608\nreason = \"peak\"\n",
+        )
+        .unwrap();
+        let new = recommend(
+            &ServiceUsage {
+                peak_unreclaimable: Some(Bytes(10 * MIB)),
+                runs_without_unreclaimable: 0,
+                ..usage(210 * MIB, None, false)
+            },
+            0.2,
+        );
+        let merged = merge(&[vec![old], vec![new]], 0.2);
+        assert_eq!(merged[0].usage.runs_without_unreclaimable, 3);
+        assert_eq!(merged[0].sized_from, PeakKind::HighWater);
     }
 
     #[test]

@@ -58,7 +58,10 @@ mod tests {
                 project: Some("ci".into()),
                 service: "db".into(),
                 runs: 2,
-                peak: Bytes(80 << 20),
+                // 40 MiB of page cache on top: the limit is sized from the 80 MiB.
+                peak: Bytes(120 << 20),
+                peak_unreclaimable: Some(Bytes(80 << 20)),
+                runs_without_unreclaimable: 0,
                 startup_peak: Bytes(90 << 20),
                 typical_working_set: Bytes(40 << 20),
                 limit: Some(Bytes(2 << 30)),

@@ -121,6 +121,8 @@ mod tests {
                 service: "db".into(),
                 runs: 2,
                 peak: Bytes(80 << 20),
+                peak_unreclaimable: Some(Bytes(60 << 20)),
+                runs_without_unreclaimable: 0,
                 startup_peak: Bytes(90 << 20),
                 typical_working_set: Bytes(40 << 20),
                 limit: Some(Bytes(2 << 30)),

@@ -3,7 +3,7 @@
 use rusqlite::Connection;
 
 /// Each entry moves the schema from version `index` to `index + 1`.
-const MIGRATIONS: &[&str] = &[
+pub(crate) const MIGRATIONS: &[&str] = &[
     // 1: runs (one per container lifetime) and their downsampled timelines.
     "CREATE TABLE runs (
         id INTEGER PRIMARY KEY,
@@ -70,6 +70,9 @@ const MIGRATIONS: &[&str] = &[
         report TEXT NOT NULL
     );
     CREATE INDEX incidents_by_time ON incidents (at_ms);",
+    // 4: each run's unreclaimable peak (anon, shmem, mapped file, kernel memory); NULL for runs
+    // recorded before, which are sized from their high-water mark.
+    "ALTER TABLE runs ADD COLUMN peak_unreclaimable INTEGER;",
 ];
 
 /// The schema version this guardian writes.

@@ -213,8 +213,9 @@ impl Store {
                 .prepare_cached(
                     "INSERT INTO runs (container_id, started_at_ms, name, image, project, service, ended_at_ms,
                         memory_limit, memory_reservation, peak, startup_peak, working_set_max,
-                        working_set_sum, working_set_samples, anon_max, oom_kills, oom_killed, exit_code)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)
+                        working_set_sum, working_set_samples, anon_max, oom_kills, oom_killed, exit_code,
+                        peak_unreclaimable)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)
                      ON CONFLICT (container_id, started_at_ms) DO UPDATE SET
                         name = excluded.name, image = excluded.image, project = excluded.project,
                         service = excluded.service, ended_at_ms = excluded.ended_at_ms,
@@ -227,7 +228,9 @@ impl Store {
                         anon_max = max(runs.anon_max, excluded.anon_max),
                         oom_kills = max(runs.oom_kills, excluded.oom_kills),
                         oom_killed = max(runs.oom_killed, excluded.oom_killed),
-                        exit_code = excluded.exit_code",
+                        exit_code = excluded.exit_code,
+                        peak_unreclaimable = max(coalesce(runs.peak_unreclaimable, excluded.peak_unreclaimable),
+                            coalesce(excluded.peak_unreclaimable, runs.peak_unreclaimable))",
                 )
                 .map_err(err)?;
             for r in runs {
@@ -251,6 +254,7 @@ impl Store {
                         r.oom_kills as i64,
                         r.oom_killed,
                         r.exit_code,
+                        r.peak_unreclaimable.map(|b| b.0 as i64),
                     ])
                     .map_err(err)?;
             }
@@ -315,7 +319,8 @@ impl Store {
             .prepare(
                 "SELECT container_id, started_at_ms, name, image, project, service, ended_at_ms,
                     memory_limit, memory_reservation, peak, startup_peak, working_set_max,
-                    working_set_sum, working_set_samples, anon_max, oom_kills, oom_killed, exit_code
+                    working_set_sum, working_set_samples, anon_max, oom_kills, oom_killed, exit_code,
+                    peak_unreclaimable
                  FROM runs
                  WHERE (?1 IS NULL OR project = ?1) AND (?2 IS NULL OR started_at_ms >= ?2)
                  ORDER BY started_at_ms DESC",
@@ -343,6 +348,7 @@ impl Store {
                     oom_kills: row.get::<_, i64>(15)?.max(0) as u64,
                     oom_killed: row.get(16)?,
                     exit_code: row.get(17)?,
+                    peak_unreclaimable: row.get::<_, Option<i64>>(18)?.map(bytes),
                 })
             })
             .map_err(|e| self.err(e))?;
@@ -454,6 +460,49 @@ mod tests {
             })
             .unwrap();
         assert!(other.is_empty());
+    }
+
+    #[test]
+    fn the_unreclaimable_peak_is_never_lowered_nor_forgotten_by_a_later_flush() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path()).unwrap();
+        let with = |v: Option<u64>| RunRecord {
+            peak_unreclaimable: v.map(Bytes),
+            ..run("a", "db", 1, 100)
+        };
+        store.flush(&[with(Some(30))], &[]).unwrap();
+        store.flush(&[with(Some(20))], &[]).unwrap();
+        store.flush(&[with(None)], &[]).unwrap();
+        let runs = store.runs(&RunFilter::default()).unwrap();
+        assert_eq!(runs[0].peak_unreclaimable, Some(Bytes(30)));
+        store.flush(&[with(Some(40))], &[]).unwrap();
+        let runs = store.runs(&RunFilter::default()).unwrap();
+        assert_eq!(runs[0].peak_unreclaimable, Some(Bytes(40)));
+    }
+
+    #[test]
+    fn runs_recorded_before_the_unreclaimable_peak_read_as_unmeasured() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            // A version 3 store with one run, as guardian wrote it before.
+            let mut conn = Connection::open(Store::file(dir.path())).unwrap();
+            let tx = conn.transaction().unwrap();
+            for sql in &migrations::MIGRATIONS[..3] {
+                tx.execute_batch(sql).unwrap();
+            }
+            tx.pragma_update(None, "user_version", 3).unwrap();
+            tx.execute(
+                "INSERT INTO runs (container_id, started_at_ms, name, image, peak) VALUES ('a', 1, 'n', 'i', 207)",
+                [],
+            )
+            .unwrap();
+            tx.commit().unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.schema_version().unwrap(), migrations::LATEST);
+        let run = &store.runs(&RunFilter::default()).unwrap()[0];
+        assert_eq!((run.peak, run.peak_unreclaimable), (Bytes(207), None));
+        assert_eq!(run.sizing_peak(), Bytes(207));
     }
 
     #[test]

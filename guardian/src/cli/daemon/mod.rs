@@ -34,7 +34,7 @@ use super::{parse_duration, Output, StateArgs, UsageError};
 use crate::{
     config::{Config, Dur},
     metrics::{self, StallSeries},
-    model::{now_ms, CgroupId, CgroupRef, Container, ContainerTable, Recorder},
+    model::{now_ms, CgroupId, Container, ContainerTable, Recorder},
     policy::sampling::{self, SampleInputs},
     sources::{
         cgroup::{read_memory, CgroupIndex, Hierarchy, PeakSource, UsageCounters},
@@ -443,9 +443,10 @@ fn reload(
     Ok(())
 }
 
-/// Reads every recorded container's cgroup once: usage and the kernel's high-water mark each
-/// round (two reads of files kept open), everything else when a timeline point is due. That keeps
-/// 200 idle containers cheap while no peak is ever missed.
+/// Reads every recorded container's cgroup once: the sampling round's counters (usage,
+/// high-water mark, memory.stat for the unreclaimable part; files kept open), and the full
+/// reading when a timeline point is due. That keeps 200 idle containers cheap while no peak is
+/// ever missed.
 fn sample(
     hierarchy: &Hierarchy,
     recorder: &mut Recorder,
@@ -453,41 +454,59 @@ fn sample(
 ) {
     let now = now_ms();
     let interval = recorder.timeline_interval_ms();
-    let targets: Vec<(String, CgroupRef, bool)> = recorder
+    let targets: Vec<(String, bool)> = recorder
         .live()
-        .filter_map(|l| {
+        .filter(|l| l.cgroup.is_some())
+        .map(|l| {
             let full = l.full_reading_due(now, interval);
-            Some((l.record.container_id.clone(), l.cgroup.clone()?, full))
+            (l.record.container_id.clone(), full)
         })
         .collect();
     counters.retain(|id, _| targets.iter().any(|(t, ..)| t == id));
-    for (id, cg, full) in targets {
-        let Some(memory) = cg.memory_path.as_deref() else {
-            continue;
-        };
-        // A container that just exited has no cgroup left: its last reading stands.
+    for (id, full) in targets {
+        read_counters(hierarchy, recorder, counters, &id, now);
         if full {
-            if let Ok(reading) = read_memory(hierarchy, memory, cg.path.as_deref()) {
-                recorder.observe(&id, &reading, now);
-            }
-            continue;
-        }
-        if !counters.contains_key(&id) {
-            match UsageCounters::open(hierarchy, memory) {
-                Ok(c) => {
-                    counters.insert(id.clone(), c);
+            let Some(cg) = recorder.get(&id).and_then(|l| l.cgroup.clone()) else {
+                continue;
+            };
+            // A container that just exited has no cgroup left: its last reading stands.
+            if let Some(memory) = cg.memory_path.as_deref() {
+                if let Ok(reading) = read_memory(hierarchy, memory, cg.path.as_deref()) {
+                    recorder.observe(&id, &reading, now);
                 }
-                Err(_) => continue,
             }
         }
-        match counters.get(&id).map(UsageCounters::read) {
-            Some(Ok((usage, high))) => {
-                recorder.observe_peak(&id, high, now);
-                recorder.observe_usage(&id, usage, now);
+    }
+}
+
+/// One sampling round of a container through its open counters (opened on first use, dropped
+/// when its group is gone).
+fn read_counters(
+    hierarchy: &Hierarchy,
+    recorder: &mut Recorder,
+    counters: &mut HashMap<String, UsageCounters>,
+    id: &str,
+    now: i64,
+) {
+    if !counters.contains_key(id) {
+        let Some(memory) = recorder
+            .get(id)
+            .and_then(|l| l.cgroup.as_ref())
+            .and_then(|c| c.memory_path.clone())
+        else {
+            return;
+        };
+        match UsageCounters::open(hierarchy, &memory) {
+            Ok(c) => {
+                counters.insert(id.to_string(), c);
             }
-            _ => {
-                counters.remove(&id);
-            }
+            Err(_) => return,
+        }
+    }
+    match counters.get(id).map(UsageCounters::read) {
+        Some(Ok(round)) => recorder.observe_counters(id, round, now),
+        _ => {
+            counters.remove(id);
         }
     }
 }
@@ -534,7 +553,7 @@ fn choose_fast(recorder: &Recorder, enforcement: Option<&Enforcement>, fast: &mu
     *fast = next;
 }
 
-/// Reads the usage and high-water mark of the fast-sampled containers (two `pread`s each).
+/// One sampling round of the fast-sampled containers.
 fn sample_usage(
     hierarchy: &Hierarchy,
     recorder: &mut Recorder,
@@ -543,30 +562,7 @@ fn sample_usage(
 ) {
     let now = now_ms();
     for id in ids {
-        if !counters.contains_key(id) {
-            let Some(memory) = recorder
-                .get(id)
-                .and_then(|l| l.cgroup.as_ref())
-                .and_then(|c| c.memory_path.clone())
-            else {
-                continue;
-            };
-            match UsageCounters::open(hierarchy, &memory) {
-                Ok(c) => {
-                    counters.insert(id.clone(), c);
-                }
-                Err(_) => continue,
-            }
-        }
-        match counters.get(id).map(UsageCounters::read) {
-            Some(Ok((usage, high))) => {
-                recorder.observe_peak(id, high, now);
-                recorder.observe_usage(id, usage, now);
-            }
-            _ => {
-                counters.remove(id);
-            }
-        }
+        read_counters(hierarchy, recorder, counters, id, now);
     }
 }
 

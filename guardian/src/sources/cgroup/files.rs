@@ -6,7 +6,7 @@ use std::{
 };
 
 use super::{CgroupError, Hierarchy};
-use crate::model::{Bytes, MemoryReading, PressureStats};
+use crate::model::{Bytes, Counters, MemoryReading, PressureStats};
 
 /// v1 reports "no limit" as a huge page-aligned number (PAGE_COUNTER_MAX pages); anything at or
 /// above 2^62 bytes is unlimited.
@@ -201,20 +201,28 @@ pub fn read_usage(hierarchy: &Hierarchy, memory_rel: &Path) -> Result<Bytes, Cgr
     read_u64(&hierarchy.memory_dir(memory_rel).join(file)).map(Bytes)
 }
 
-/// A memory cgroup's usage and high-water mark with their files kept open, so each sampling
-/// round is two `pread`s rather than two path walks, opens and closes (cgroupfs regenerates the
-/// content on every read at offset 0).
+/// The files a sampling round reads, kept open, so each round is a few `pread`s rather than
+/// path walks, opens and closes (cgroupfs regenerates the content on every read at offset 0).
 #[derive(Debug)]
 pub struct UsageCounters {
+    v2: bool,
     usage: (PathBuf, std::fs::File),
     high_water: (PathBuf, std::fs::File),
+    stat: (PathBuf, std::fs::File),
+    /// v1 `memory.kmem.usage_in_bytes`, where the kernel accounts kernel memory.
+    kmem: Option<(PathBuf, std::fs::File)>,
+    /// v2 `memory.peak` opened for writing: on 6.12+ a write resets the peak seen through this
+    /// descriptor alone (other readers keep the group's lifetime high-water mark).
+    interval_peak: Option<(PathBuf, std::fs::File)>,
 }
 
 impl UsageCounters {
-    /// Opens the counters of the group at `memory_rel`.
+    /// Opens the counters of the group at `memory_rel`; on v2 it also tries to open
+    /// `memory.peak` with a per-descriptor reset, and goes without it on kernels before 6.12.
     pub fn open(hierarchy: &Hierarchy, memory_rel: &Path) -> Result<Self, CgroupError> {
         let dir = hierarchy.memory_dir(memory_rel);
-        let (usage, high) = if hierarchy.memory_is_v2() {
+        let v2 = hierarchy.memory_is_v2();
+        let (usage, high) = if v2 {
             let peak = dir.join("memory.peak");
             let high = if peak.exists() {
                 peak
@@ -233,29 +241,127 @@ impl UsageCounters {
                 .map(|f| (p.clone(), f))
                 .map_err(|e| CgroupError::read(&p, e))
         };
+        let kmem = if v2 {
+            None
+        } else {
+            open(dir.join("memory.kmem.usage_in_bytes")).ok()
+        };
+        let interval_peak = if v2 {
+            open_resettable_peak(&dir.join("memory.peak"))
+        } else {
+            None
+        };
         Ok(Self {
+            v2,
             usage: open(usage)?,
             high_water: open(high)?,
+            stat: open(dir.join("memory.stat"))?,
+            kmem,
+            interval_peak,
         })
     }
 
-    /// The usage and the high-water mark now; `Gone` once the group was removed.
-    pub fn read(&self) -> Result<(Bytes, Bytes), CgroupError> {
-        Ok((pread_u64(&self.usage)?, pread_u64(&self.high_water)?))
+    /// Whether the kernel gives the highest usage between two rounds (v2 6.12+), so a spike
+    /// under the group's lifetime high-water mark is still seen at its height.
+    pub fn has_interval_peak(&self) -> bool {
+        self.interval_peak.is_some()
     }
+
+    /// The usage, high-water mark, peak since the previous read and unreclaimable memory now;
+    /// `Gone` once the group was removed.
+    pub fn read(&self) -> Result<Counters, CgroupError> {
+        let interval_peak = match &self.interval_peak {
+            Some(fd) => {
+                let peak = pread_u64(fd)?;
+                reset_peak(fd)?;
+                Some(peak)
+            }
+            None => None,
+        };
+        let usage = pread_u64(&self.usage)?;
+        let high_water = pread_u64(&self.high_water)?;
+        let stat_text = pread_text(&self.stat)?;
+        let stat = parse_kv(&stat_text);
+        let unreclaimable = if self.v2 {
+            unreclaimable_v2(&stat)
+        } else {
+            let kmem = match &self.kmem {
+                Some(fd) => pread_u64(fd)?.0,
+                None => 0,
+            };
+            unreclaimable_v1(&stat, kmem)
+        };
+        Ok(Counters {
+            usage,
+            high_water,
+            interval_peak,
+            unreclaimable: unreclaimable.min(usage),
+        })
+    }
+}
+
+/// `memory.peak` opened read-write and reset once, if this kernel resets it per descriptor
+/// (6.12+; before, the file is read-only and the open fails).
+fn open_resettable_peak(path: &Path) -> Option<(PathBuf, std::fs::File)> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .ok()?;
+    let fd = (path.to_path_buf(), file);
+    reset_peak(&fd).ok()?;
+    Some(fd)
+}
+
+fn reset_peak((path, file): &(PathBuf, std::fs::File)) -> Result<(), CgroupError> {
+    use std::os::unix::fs::FileExt;
+    file.write_at(b"reset\n", 0)
+        .map(|_| ())
+        .map_err(|e| gone_or(path, e, CgroupError::write))
+}
+
+/// A removed cgroup's open files fail with ENODEV.
+fn gone_or(
+    path: &Path,
+    e: std::io::Error,
+    other: fn(&Path, std::io::Error) -> CgroupError,
+) -> CgroupError {
+    if e.raw_os_error() == Some(libc::ENODEV) {
+        CgroupError::Gone {
+            path: path.to_path_buf(),
+        }
+    } else {
+        other(path, e)
+    }
+}
+
+/// A whole small file (memory.stat is a few KiB) read from offset 0.
+fn pread_text((path, file): &(PathBuf, std::fs::File)) -> Result<String, CgroupError> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; 16 << 10];
+    let mut len = 0;
+    loop {
+        if len == buf.len() {
+            buf.resize(buf.len() * 2, 0);
+        }
+        let n = file
+            .read_at(&mut buf[len..], len as u64)
+            .map_err(|e| gone_or(path, e, CgroupError::read))?;
+        if n == 0 {
+            break;
+        }
+        len += n;
+    }
+    buf.truncate(len);
+    Ok(String::from_utf8_lossy(&buf).into_owned())
 }
 
 fn pread_u64((path, file): &(PathBuf, std::fs::File)) -> Result<Bytes, CgroupError> {
     use std::os::unix::fs::FileExt;
     let mut buf = [0u8; 32];
-    let n = file.read_at(&mut buf, 0).map_err(|e| {
-        // A removed cgroup's open files fail with ENODEV.
-        if e.raw_os_error() == Some(libc::ENODEV) {
-            CgroupError::Gone { path: path.clone() }
-        } else {
-            CgroupError::read(path, e)
-        }
-    })?;
+    let n = file
+        .read_at(&mut buf, 0)
+        .map_err(|e| gone_or(path, e, CgroupError::read))?;
     let text = String::from_utf8_lossy(&buf[..n]);
     text.trim()
         .parse()
@@ -264,6 +370,45 @@ fn pread_u64((path, file): &(PathBuf, std::fs::File)) -> Result<Bytes, CgroupErr
             path: path.clone(),
             content: text.into_owned(),
         })
+}
+
+/// What cannot be reclaimed in a v2 group, from its memory.stat: `anon` + `shmem` (tmpfs,
+/// shared memory: in `file`, yet only swap can take it) + `file_mapped` (program text,
+/// libraries and mmapped files: the file pages a service needs to make progress, which reclaim
+/// could only evict to fault them straight back) + kernel memory that cannot be reclaimed
+/// (`kernel` − `slab_reclaimable`, or, before `kernel` existed (5.18), `kernel_stack` +
+/// `pagetables` + `sec_pagetables` + `percpu` + `vmalloc` + `slab_unreclaimable`) + `sock`.
+/// Unmapped page cache is left out even on the active list: a file written and read back is
+/// active, yet dropping it only costs reading it again. Mapped shmem is in both `shmem` and
+/// `file_mapped`, so the sum can exceed the truth; [`MemoryReading::unreclaimable`] clamps it
+/// to the usage.
+pub fn unreclaimable_v2(stat: &HashMap<&str, u64>) -> Bytes {
+    let get = |k: &str| stat.get(k).copied().unwrap_or(0);
+    let kernel = match stat.get("kernel") {
+        Some(k) => k.saturating_sub(get("slab_reclaimable")),
+        None => [
+            "kernel_stack",
+            "pagetables",
+            "sec_pagetables",
+            "percpu",
+            "vmalloc",
+            "slab_unreclaimable",
+        ]
+        .into_iter()
+        .map(get)
+        .sum(),
+    };
+    Bytes(get("anon") + get("shmem") + get("file_mapped") + kernel + get("sock"))
+}
+
+/// What cannot be reclaimed in a v1 group: memory.stat's hierarchical `total_rss` (anonymous
+/// memory; it already counts `total_rss_huge`) + `total_shmem` + `total_mapped_file` (as for
+/// v2: the mapped file pages) + `kmem`, the group's `memory.kmem.usage_in_bytes`. v1 does not
+/// split kernel memory, so reclaimable slab (dentries, inodes) counts too: a little high, on
+/// the safe side of a limit.
+pub fn unreclaimable_v1(stat: &HashMap<&str, u64>, kmem: u64) -> Bytes {
+    let get = |k: &str| stat.get(k).copied().unwrap_or(0);
+    Bytes(get("total_rss") + get("total_shmem") + get("total_mapped_file") + kmem)
 }
 
 fn read_v2(dir: &Path) -> Result<MemoryReading, CgroupError> {
@@ -282,6 +427,7 @@ fn read_v2(dir: &Path) -> Result<MemoryReading, CgroupError> {
         anon: Bytes(stat.get("anon").copied().unwrap_or(0)),
         file: Bytes(stat.get("file").copied().unwrap_or(0)),
         shmem: Bytes(stat.get("shmem").copied().unwrap_or(0)),
+        unreclaimable: unreclaimable_v2(&stat).min(usage),
         oom_kills: events.get("oom_kill").copied().unwrap_or(0),
         pressure: None,
     })
@@ -294,6 +440,8 @@ fn read_v1(dir: &Path) -> Result<MemoryReading, CgroupError> {
     let oom_text = read(&dir.join("memory.oom_control"))?;
     let oom = parse_kv(&oom_text);
     let limit = read_u64(&dir.join("memory.limit_in_bytes"))?;
+    // Kernels built without kmem accounting have no such file: no kernel memory to count.
+    let kmem = optional(read_u64(&dir.join("memory.kmem.usage_in_bytes")))?.unwrap_or(0);
     // total_* include descendants, like v2's hierarchical memory.stat.
     let inactive_file = stat.get("total_inactive_file").copied().unwrap_or(0);
     Ok(MemoryReading {
@@ -305,6 +453,7 @@ fn read_v1(dir: &Path) -> Result<MemoryReading, CgroupError> {
         anon: Bytes(stat.get("total_rss").copied().unwrap_or(0)),
         file: Bytes(stat.get("total_cache").copied().unwrap_or(0)),
         shmem: Bytes(stat.get("total_shmem").copied().unwrap_or(0)),
+        unreclaimable: unreclaimable_v1(&stat, kmem).min(usage),
         oom_kills: oom.get("oom_kill").copied().unwrap_or(0),
         pressure: None,
     })
@@ -331,6 +480,58 @@ mod tests {
         assert_eq!(v2["anon"], Bytes(65536));
         assert!(v2.contains_key("shmem") && v2.contains_key("kernel"));
         assert!(!v2.contains_key("pgfault") && !v2.contains_key("workingset_refault_anon"));
+    }
+
+    /// memory.stat of a container under a 512 MiB limit (this host, kernel 6.18, v1) that wrote a
+    /// 200 MiB file and read it back twice; its memory.kmem.usage_in_bytes at the same moment.
+    const V1_STAT_200M_FILE: &str = include_str!("fixtures/v1-memory.stat-200m-file-read-back");
+    const V1_KMEM_200M_FILE: u64 = 6021120;
+
+    #[test]
+    fn a_file_written_and_read_back_is_reclaimable_on_v1() {
+        let stat = parse_kv(V1_STAT_200M_FILE);
+        assert!(stat["total_cache"] > 200 << 20);
+        // total_rss 52 KiB + total_shmem 0 + total_mapped_file 504 KiB + kmem 5.7 MiB.
+        assert_eq!(
+            unreclaimable_v1(&stat, V1_KMEM_200M_FILE),
+            Bytes(53248 + 516096 + V1_KMEM_200M_FILE)
+        );
+    }
+
+    #[test]
+    fn v1_unreclaimable_is_rss_shmem_mapped_file_and_kmem() {
+        let stat = parse_kv(V1_STAT);
+        // 920 MiB of cache, of which 409 MiB active: none of it counts but what is mapped.
+        assert_eq!(unreclaimable_v1(&stat, 0), Bytes(2174976 + 561152));
+        // rss already holds rss_huge: adding total_rss_huge would count THPs twice.
+        let with_thp = V1_STAT.replace("total_rss_huge 0", "total_rss_huge 2097152");
+        assert_eq!(
+            unreclaimable_v1(&parse_kv(&with_thp), 4096),
+            Bytes(2174976 + 561152 + 4096)
+        );
+    }
+
+    #[test]
+    fn v2_unreclaimable_is_anon_shmem_mapped_file_unreclaimable_kernel_and_sock() {
+        let stat = parse_kv(V2_STAT);
+        // anon 64 KiB + shmem 4 KiB + file_mapped 0 + (kernel 104 KiB − slab_reclaimable 4600)
+        // + sock 0.
+        assert_eq!(unreclaimable_v2(&stat), Bytes(65536 + 4096 + 106496 - 4600));
+    }
+
+    #[test]
+    fn v2_before_the_kernel_field_sums_its_unreclaimable_parts() {
+        // Kernels before 5.18 have no `kernel` line: stacks, page tables and unreclaimable slab.
+        let old: String = V2_STAT
+            .lines()
+            .filter(|l| !l.starts_with("kernel "))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let stat = parse_kv(&old);
+        assert_eq!(
+            unreclaimable_v2(&stat),
+            Bytes(65536 + 4096 + 16384 + 20480 + 35384)
+        );
     }
 
     #[test]
