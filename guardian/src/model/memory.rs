@@ -140,12 +140,17 @@ pub struct Counters {
     pub interval_peak: Option<Bytes>,
     /// What reclaim cannot free now, at most `usage` (see [`MemoryReading::unreclaimable`]).
     pub unreclaimable: Bytes,
+    /// What reclaim can free now, from the same `memory.stat` read as `unreclaimable` (page
+    /// cache that is neither shmem nor mapped, and reclaimable slab on v2) — not `usage` minus
+    /// `unreclaimable`: usage is read a moment apart, and a spike freed in that moment would
+    /// count as cache.
+    pub reclaimable: Bytes,
 }
 
 impl Counters {
     /// The part of the usage reclaim can free: page cache that is neither shmem nor mapped.
     pub fn reclaimable(&self) -> Bytes {
-        Bytes(self.usage.0.saturating_sub(self.unreclaimable.0))
+        self.reclaimable
     }
 }
 
@@ -185,6 +190,7 @@ mod tests {
             high_water: Bytes(high_water * MIB),
             interval_peak: None,
             unreclaimable: Bytes(unreclaimable * MIB),
+            reclaimable: Bytes((usage - unreclaimable) * MIB),
         }
     }
 

@@ -197,6 +197,7 @@ impl Recorder {
             high_water: high,
             interval_peak: None,
             unreclaimable: reading.unreclaimable,
+            reclaimable: Bytes(reading.usage.0.saturating_sub(reading.unreclaimable.0)),
         });
         live.last = Some(reading.clone());
         live.push_recent(now_ms, reading.usage);
@@ -383,6 +384,7 @@ mod tests {
             high_water: Bytes(110),
             interval_peak: None,
             unreclaimable: Bytes(10),
+            reclaimable: Bytes(0),
         };
         rec.observe_counters("a", round, t0 + 20);
         let run = &rec.take_flush().runs[0];

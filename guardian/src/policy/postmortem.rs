@@ -1054,6 +1054,7 @@ mod tests {
                 high_water: Bytes(usage),
                 interval_peak: None,
                 unreclaimable: Bytes(usage),
+                reclaimable: Bytes(0),
             };
             recorder.observe_counters(&c.id, round, at_ms - 500);
             table.upsert(c);

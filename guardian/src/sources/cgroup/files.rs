@@ -296,6 +296,7 @@ impl UsageCounters {
             high_water,
             interval_peak,
             unreclaimable: unreclaimable.min(usage),
+            reclaimable: reclaimable_cache(&stat, self.v2),
         })
     }
 }
@@ -372,12 +373,31 @@ fn pread_u64((path, file): &(PathBuf, std::fs::File)) -> Result<Bytes, CgroupErr
         })
 }
 
+/// What reclaim can free in a group, from the same memory.stat read as the unreclaimable part:
+/// page cache that is neither shmem nor mapped (v2 `file` − `shmem` − `file_mapped` +
+/// `slab_reclaimable`; v1 `total_cache` − `total_shmem` − `total_mapped_file`).
+pub fn reclaimable_cache(stat: &HashMap<&str, u64>, v2: bool) -> Bytes {
+    let get = |k: &str| stat.get(k).copied().unwrap_or(0);
+    Bytes(if v2 {
+        // v2 `file` holds shmem and the mapped pages too.
+        (get("file").saturating_sub(get("shmem")))
+            .saturating_sub(get("file_mapped"))
+            .saturating_add(get("slab_reclaimable"))
+    } else {
+        get("total_cache")
+            .saturating_sub(get("total_shmem"))
+            .saturating_sub(get("total_mapped_file"))
+    })
+}
+
 /// What cannot be reclaimed in a v2 group, from its memory.stat: `anon` + `shmem` (tmpfs,
 /// shared memory: in `file`, yet only swap can take it) + `file_mapped` (program text,
 /// libraries and mmapped files: the file pages a service needs to make progress, which reclaim
 /// could only evict to fault them straight back) + kernel memory that cannot be reclaimed
 /// (`kernel` − `slab_reclaimable`, or, before `kernel` existed (5.18), `kernel_stack` +
 /// `pagetables` + `sec_pagetables` + `percpu` + `vmalloc` + `slab_unreclaimable`) + `sock`.
+///
+/// Its counterpart, what reclaim can free, is [`reclaimable_cache`].
 /// Unmapped page cache is left out even on the active list: a file written and read back is
 /// active, yet dropping it only costs reading it again. Mapped shmem is in both `shmem` and
 /// `file_mapped`, so the sum can exceed the truth; [`MemoryReading::unreclaimable`] clamps it
