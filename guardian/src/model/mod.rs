@@ -25,7 +25,7 @@ pub use incident::{
     Cause, Filler, Incident, LadderDecision, MemoryPart, Neighbour, Point, StallBrief, TriggerTask,
     Victim,
 };
-pub use memory::{Bytes, MemoryReading, PressureStats, PsiLine};
+pub use memory::{Bytes, MemoryEvents, MemoryReading, PressureStats, PsiLine};
 pub use recorder::{now_ms, rfc3339_ms, unix_ms, Flush, LiveRun, Recorder, RECENT_MS};
 pub use usage::{RunRecord, Sample};
 
