@@ -56,7 +56,7 @@ pub struct DaemonArgs {
     /// How often records are committed to the store (default 5s).
     #[arg(long, value_parser = parse_duration)]
     flush_interval: Option<Duration>,
-    /// Prometheus endpoint address (default 127.0.0.1:9464).
+    /// Prometheus endpoint address (default 127.0.0.1:7919).
     #[arg(long)]
     metrics_listen: Option<SocketAddr>,
     /// Do not serve Prometheus metrics.
