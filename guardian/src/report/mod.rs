@@ -3,3 +3,4 @@
 pub mod episode;
 pub mod incident;
 pub mod profile;
+pub mod table;
