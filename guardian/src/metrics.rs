@@ -895,6 +895,83 @@ mod tests {
         assert!(other.starts_with("HTTP/1.1 404"), "{other}");
     }
 
+    /// Every family guardian can serve (a snapshot with each part present).
+    fn exported_names() -> Vec<String> {
+        let text = render(&Snapshot {
+            runs: vec![],
+            stalls: &[],
+            services: &[],
+            oom_kills_total: 0,
+            enforcement: Some(EnforcementSeries::default()),
+            warnings: WarningSeries::default(),
+        });
+        text.lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split(' ').next())
+            .map(String::from)
+            .collect()
+    }
+
+    #[test]
+    fn every_dashboard_query_names_exported_series_and_parses() {
+        let dashboard: serde_json::Value =
+            serde_json::from_str(include_str!("../../docs/grafana-dashboard.json")).unwrap();
+        let exported = exported_names();
+        let mut exprs: Vec<String> = Vec::new();
+        for panel in dashboard["panels"].as_array().unwrap() {
+            for target in panel["targets"].as_array().unwrap() {
+                exprs.push(target["expr"].as_str().unwrap().to_string());
+            }
+        }
+        assert!(exprs.len() >= 6, "{exprs:?}");
+        for e in &exprs {
+            let names: Vec<&str> = e
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|w| w.starts_with("guardian_"))
+                .collect();
+            assert!(!names.is_empty(), "no guardian series in {e}");
+            for n in names {
+                let base = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|s| n.strip_suffix(s))
+                    .filter(|b| exported.iter().any(|x| x == b))
+                    .unwrap_or(n);
+                assert!(
+                    exported.iter().any(|x| x == base),
+                    "{n} in {e} is not a series guardian exports"
+                );
+            }
+        }
+        // Parsed by Prometheus' own parser: each query as a recording rule.
+        let Ok(promtool) = which_promtool() else {
+            eprintln!("promtool not installed (apt-get install prometheus): parse check skipped");
+            return;
+        };
+        let mut rules = String::from("groups:\n  - name: dashboard\n    rules:\n");
+        for (i, e) in exprs.iter().enumerate() {
+            // Grafana's variables, as Grafana substitutes them.
+            let promql = e.replace("$__rate_interval", "5m").replace("$pool", ".*");
+            rules.push_str(&format!(
+                "      - record: guardian:dashboard_{i}\n        expr: {}\n",
+                serde_json::to_string(&promql).unwrap()
+            ));
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("rules.yml");
+        std::fs::write(&file, &rules).unwrap();
+        let out = std::process::Command::new(promtool)
+            .args(["check", "rules"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "promtool check rules: {}{}\n{rules}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     fn which_promtool() -> Result<std::path::PathBuf, ()> {
         std::env::var_os("PATH")
             .into_iter()
