@@ -59,11 +59,18 @@ pub struct MetricsConfig {
     pub listen: SocketAddr,
 }
 
+/// The default metrics port: outside 9100–9999, the range the Prometheus wiki's "Default port
+/// allocations" hands to exporters (fully allocated since 2023, so any port in it is some
+/// exporter's), and not a default of OpenTelemetry's exporter (9464), its collector (4317, 4318,
+/// 8888, 8889) or the usual agents (statsd 8125, Loki 3100, promtail 9080, Alloy 12345).
+pub const DEFAULT_METRICS_PORT: u16 = 7919;
+const _: () = assert!(DEFAULT_METRICS_PORT < 9100 || DEFAULT_METRICS_PORT > 9999);
+
 impl Default for MetricsConfig {
     fn default() -> Self {
         Self {
             enabled: true,
-            listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
+            listen: SocketAddr::from(([127, 0, 0, 1], DEFAULT_METRICS_PORT)),
         }
     }
 }
@@ -375,6 +382,7 @@ mod tests {
         assert_eq!(c.flush_interval, Dur(Duration::from_millis(500)));
         assert!(!c.metrics.enabled);
         assert_eq!(c.metrics.listen.port(), 9999);
+        assert!(Config::default().metrics.listen.ip().is_loopback());
     }
 
     #[test]

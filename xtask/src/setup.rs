@@ -40,6 +40,10 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
         "renders the post-mortem SVG chart (rsvg-convert)",
     ),
     ("chromium", "renders the post-mortem HTML report headless"),
+    (
+        "prometheus",
+        "the fleet-profile test scrapes two daemons with a real Prometheus; promtool checks the exposition",
+    ),
 ];
 
 /// The engine setup installs for the tests when the host has none.

@@ -12,12 +12,17 @@ use serde::Serialize;
 
 use super::{parse_duration, Output, UsageError};
 use crate::{
-    model::{compose_size, Bytes, ProfileFile, Recommendation, PROFILE_SCHEMA},
+    model::{compose_size, Bytes, ProfileFile, Recommendation, ServiceUsage, PROFILE_SCHEMA},
     policy::profile::{merge, recommend, summarize, BaseMemory},
-    report::{profile::compose_override, write_atomic},
+    report::{
+        profile::compose_override,
+        table::{self, Table},
+        write_atomic,
+    },
     sources::{
         compose::{stack_named_or_here, ComposeArgs, ComposeTool},
         profiles,
+        prometheus::{self, Prometheus, PrometheusError},
     },
     store::{RunFilter, Store},
 };
@@ -65,6 +70,34 @@ pub struct ProfileArgs {
     /// Compose env file, as `docker compose --env-file`.
     #[arg(long = "env-file")]
     env_files: Vec<PathBuf>,
+    /// Recommend from every runner: the base URL of the Prometheus that scrapes their guardian
+    /// daemons (e.g. http://prometheus:9090) instead of this host's store.
+    #[arg(long, value_name = "URL", conflicts_with_all = ["since", "runs"])]
+    prometheus: Option<String>,
+    /// With --prometheus: how far back to look (e.g. 14d).
+    #[arg(long, default_value = "14d", value_parser = parse_duration, requires = "prometheus")]
+    range: Duration,
+    /// With --prometheus: PromQL label matchers that pick the runners, e.g. '{runner_pool="x"}'.
+    #[arg(long, requires = "prometheus")]
+    selector: Option<String>,
+    /// Refuse (exit 1) to recommend for a service seen in fewer runs (default 3 with
+    /// --prometheus, 1 from this host's store).
+    #[arg(long, value_name = "N")]
+    min_runs: Option<u64>,
+    /// Print the recommendation table as CSV or Markdown instead of the human table.
+    #[arg(long, value_enum)]
+    table: Option<Table>,
+}
+
+/// The runs behind a recommendation, said with it.
+#[derive(Clone, Debug, Serialize)]
+struct Basis {
+    /// The store file or the Prometheus URL.
+    source: String,
+    /// Runners whose runs count (1 for this host's store).
+    runners: u64,
+    /// Runs over all services.
+    runs: u64,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -104,7 +137,13 @@ pub async fn run(args: ProfileArgs, output: Output) -> anyhow::Result<ExitCode> 
     if let Some(ProfileAction::Merge { files, out, margin }) = &args.action {
         return merge_files(files, out, *margin, output);
     }
-    let recs = recommendations(&args)?;
+    let (recs, basis) = match &args.prometheus {
+        Some(url) => fleet_recommendations(&args, url).await?,
+        None => recommendations(&args)?,
+    };
+    if let Some(code) = refuse_below_min_runs(&args, &recs) {
+        return Ok(code);
+    }
     if args.check {
         return check(&args, &recs, output);
     }
@@ -158,12 +197,29 @@ pub async fn run(args: ProfileArgs, output: Output) -> anyhow::Result<ExitCode> 
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
                 "recommendations": recs,
+                "basis": basis,
                 "compose_override": args.compose_out,
                 "profile": profile_out,
             }))?
         ),
+        Output::Human if args.table.is_some() => {
+            // The table alone on stdout, so it can be redirected into a file; the rest to stderr.
+            print!("{}", table::render(&recs, args.table.expect("checked")));
+            eprintln!(
+                "from {} run(s) on {} runner(s) ({}); wrote {} and {}",
+                basis.runs,
+                basis.runners,
+                basis.source,
+                args.compose_out.display(),
+                profile_out.display()
+            );
+        }
         Output::Human => {
             print_recommendations(&recs);
+            println!(
+                "from {} run(s) on {} runner(s) ({})",
+                basis.runs, basis.runners, basis.source
+            );
             println!(
                 "wrote {} and {}",
                 args.compose_out.display(),
@@ -186,8 +242,81 @@ pub async fn run(args: ProfileArgs, output: Output) -> anyhow::Result<ExitCode> 
     Ok(ExitCode::SUCCESS)
 }
 
+/// Refuses, with exit 1 and the reason on stderr, when a service has fewer runs than the
+/// minimum: a limit from one lucky run is a guess (as krr refuses below its minimum data points).
+fn refuse_below_min_runs(args: &ProfileArgs, recs: &[Recommendation]) -> Option<ExitCode> {
+    let min = args
+        .min_runs
+        .unwrap_or(if args.prometheus.is_some() { 3 } else { 1 });
+    let few: Vec<String> = recs
+        .iter()
+        .filter(|r| r.usage.runs < min)
+        .map(|r| format!("{} ({} run(s))", r.usage.service, r.usage.runs))
+        .collect();
+    if few.is_empty() {
+        return None;
+    }
+    eprintln!(
+        "refused: fewer than {min} runs for {}; wait for more runs, pick services with --service, or lower --min-runs",
+        few.join(", ")
+    );
+    Some(ExitCode::from(super::exit_code::CHECK_FAILED))
+}
+
+/// Asks the fleet's Prometheus and recommends a limit per service, from every runner's peaks.
+async fn fleet_recommendations(
+    args: &ProfileArgs,
+    url: &str,
+) -> anyhow::Result<(Vec<Recommendation>, Basis)> {
+    let usage_error = |e: PrometheusError| UsageError(e.to_string());
+    let prometheus = Prometheus::new(url).map_err(usage_error)?;
+    let matchers = prometheus::matchers(args.selector.as_deref(), args.project.as_deref());
+    let fleet = prometheus
+        .fleet(&matchers, args.range)
+        .await
+        .map_err(usage_error)?;
+    let mut usage = fleet.services;
+    if usage.is_empty() {
+        return Err(UsageError(format!(
+            "Prometheus at {url} has no {} series{} in the last {}: is it scraping the guardian daemons (see docs/operating.md, Many runners)?",
+            crate::metrics::SERVICE_PEAK,
+            if matchers.is_empty() { String::new() } else { format!(" matching {{{matchers}}}") },
+            humantime::format_duration(args.range)
+        ))
+        .into());
+    }
+    select_services(args, &mut usage)?;
+    let basis = Basis {
+        source: url.to_string(),
+        runners: fleet.runners,
+        runs: usage.iter().map(|u| u.runs).sum(),
+    };
+    Ok((
+        usage.iter().map(|u| recommend(u, args.margin)).collect(),
+        basis,
+    ))
+}
+
+/// Keeps the services named by --service; an unknown name is bad input.
+fn select_services(args: &ProfileArgs, usage: &mut Vec<ServiceUsage>) -> Result<(), UsageError> {
+    if args.service.is_empty() {
+        return Ok(());
+    }
+    for s in &args.service {
+        if !usage.iter().any(|u| &u.service == s) {
+            let known: Vec<&str> = usage.iter().map(|u| u.service.as_str()).collect();
+            return Err(UsageError(format!(
+                "unknown service {s:?}; recorded: {}",
+                known.join(", ")
+            )));
+        }
+    }
+    usage.retain(|u| args.service.contains(&u.service));
+    Ok(())
+}
+
 /// Reads the store and recommends a limit per service.
-fn recommendations(args: &ProfileArgs) -> anyhow::Result<Vec<Recommendation>> {
+fn recommendations(args: &ProfileArgs) -> anyhow::Result<(Vec<Recommendation>, Basis)> {
     let state_dir = args.state.state_dir()?;
     let store = Store::open_existing(&state_dir).map_err(|e| UsageError(e.to_string()))?;
     let since_ms = args.since.map(|d| {
@@ -213,20 +342,16 @@ fn recommendations(args: &ProfileArgs) -> anyhow::Result<Vec<Recommendation>> {
         ))
         .into());
     }
-    if !args.service.is_empty() {
-        for s in &args.service {
-            if !usage.iter().any(|u| &u.service == s) {
-                let known: Vec<&str> = usage.iter().map(|u| u.service.as_str()).collect();
-                return Err(UsageError(format!(
-                    "unknown service {s:?}; recorded: {}",
-                    known.join(", ")
-                ))
-                .into());
-            }
-        }
-        usage.retain(|u| args.service.contains(&u.service));
-    }
-    Ok(usage.iter().map(|u| recommend(u, args.margin)).collect())
+    select_services(args, &mut usage)?;
+    let basis = Basis {
+        source: Store::file(&state_dir).display().to_string(),
+        runners: 1,
+        runs: usage.iter().map(|u| u.runs).sum(),
+    };
+    Ok((
+        usage.iter().map(|u| recommend(u, args.margin)).collect(),
+        basis,
+    ))
 }
 
 /// PEAK is the kernel's high-water mark (page cache included), UNRECL the unreclaimable peak

@@ -93,6 +93,18 @@ pub struct PressureStats {
     pub full: PsiLine,
 }
 
+/// The counters of a v2 `memory.events` file (Documentation/admin-guide/cgroup-v2.rst): how
+/// often the group went over memory.low's protection, hit memory.high (throttled), hit
+/// memory.max (reclaim at the limit), ran out (oom) and had a process OOM-killed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct MemoryEvents {
+    pub low: u64,
+    pub high: u64,
+    pub max: u64,
+    pub oom: u64,
+    pub oom_kill: u64,
+}
+
 /// What the kernel says about one memory cgroup at one moment, from either cgroup version.
 ///
 /// Fields a version does not have are `None` (v1 has no `memory.high`, v2 before 5.19 no peak).
@@ -124,6 +136,11 @@ pub struct MemoryReading {
     pub oom_kills: u64,
     /// Memory pressure of the group, where the kernel exposes it.
     pub pressure: Option<PressureStats>,
+    /// v2 `memory.events`; `None` on v1.
+    pub events: Option<MemoryEvents>,
+    /// Swap in use: v2 `memory.swap.current`, v1 `memory.memsw.usage_in_bytes` − usage;
+    /// `None` when the kernel does not account swap.
+    pub swap: Option<Bytes>,
 }
 
 /// What one sampling round reads of a group through its open files

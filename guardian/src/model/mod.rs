@@ -30,7 +30,8 @@ pub use incident::{
     Victim,
 };
 pub use memory::{
-    compose_size, unreclaimable_high, Bytes, Counters, MemoryReading, PressureStats, PsiLine,
+    compose_size, unreclaimable_high, Bytes, Counters, MemoryEvents, MemoryReading, PressureStats,
+    PsiLine,
 };
 pub use oom::{KillLine, LoggedKill, OomKind};
 pub use profile::{PeakKind, ProfileFile, Recommendation, ServiceUsage, PROFILE_SCHEMA};

@@ -3,6 +3,7 @@
 pub mod episode;
 pub mod incident;
 pub mod profile;
+pub mod table;
 
 use std::path::Path;
 

@@ -1,4 +1,4 @@
-//! Where facts come from: the kernel through eBPF and tracefs, the cgroup filesystems, Docker.
+//! Where facts come from: the kernel through eBPF and tracefs, the cgroup filesystems, Docker, and a fleet's Prometheus.
 
 pub mod cgroup;
 pub mod compose;
@@ -8,6 +8,7 @@ pub mod host;
 pub mod kmsg;
 pub mod oom;
 pub mod profiles;
+pub mod prometheus;
 pub mod tracefs;
 
 use std::os::fd::AsRawFd;

@@ -550,22 +550,13 @@ impl Enforcement {
         }
     }
 
-    /// Prometheus lines: actions taken, groups guarded, the host's level.
-    pub fn metrics(&self) -> String {
-        let mut out = String::from(
-            "# HELP guardian_actions_total Writes made by the enforcement ladder, by action.\n# TYPE guardian_actions_total counter\n",
-        );
-        for (action, n) in &self.actions_total {
-            out.push_str(&format!(
-                "guardian_actions_total{{action=\"{action}\"}} {n}\n"
-            ));
+    /// What the metrics say about the ladder: actions taken, groups guarded, the host's level.
+    pub fn metrics(&self) -> crate::metrics::EnforcementSeries {
+        crate::metrics::EnforcementSeries {
+            actions_total: self.actions_total.clone(),
+            guarded_groups: self.tracked.len() as u64,
+            host_level: self.level as u8,
         }
-        out.push_str(&format!(
-            "# HELP guardian_guarded_groups Groups with a budget.\n# TYPE guardian_guarded_groups gauge\nguardian_guarded_groups {}\n# HELP guardian_host_memory_level 0 calm, 1 pressure, 2 critical.\n# TYPE guardian_host_memory_level gauge\nguardian_host_memory_level {}\n",
-            self.tracked.len(),
-            self.level as u8
-        ));
-        out
     }
 }
 

@@ -469,21 +469,12 @@ impl Episodes {
         }
     }
 
-    /// Prometheus lines: warnings given, containers in a warning episode.
-    pub fn metrics(&self) -> String {
-        let mut out = String::from(
-            "# HELP guardian_memory_warnings_total Containers warned for staying near their limit or budget.\n# TYPE guardian_memory_warnings_total counter\n",
-        );
-        for ((container, service), n) in &self.warnings_total {
-            out.push_str(&format!(
-                "guardian_memory_warnings_total{{container=\"{container}\",service=\"{service}\"}} {n}\n"
-            ));
+    /// What the metrics say about warnings: given so far, containers in a warning episode.
+    pub fn metrics(&self) -> crate::metrics::WarningSeries {
+        crate::metrics::WarningSeries {
+            warnings_total: self.warnings_total.clone(),
+            in_warning: self.warnings.in_warning() as u64,
         }
-        out.push_str(&format!(
-            "# HELP guardian_containers_in_warning Containers near their limit or budget now.\n# TYPE guardian_containers_in_warning gauge\nguardian_containers_in_warning {}\n",
-            self.warnings.in_warning()
-        ));
-        out
     }
 }
 

@@ -33,7 +33,7 @@ use self::{
 use super::{parse_duration, Output, StateArgs, UsageError};
 use crate::{
     config::{Config, Dur},
-    metrics::{self, StallSeries},
+    metrics::{self, ContainerLabels, ServiceSeries, StallSeries},
     model::{now_ms, CgroupId, Container, ContainerTable, Recorder},
     policy::sampling::{self, SampleInputs},
     sources::{
@@ -42,7 +42,7 @@ use crate::{
         ebpf::{self, KernelEvent, ProbeOptions, Probes},
         kmsg, oom,
     },
-    store::{lock::StateLock, Store},
+    store::{lock::StateLock, RunFilter, Store},
 };
 
 /// Options of `guardian daemon`; each overrides the config file.
@@ -56,7 +56,7 @@ pub struct DaemonArgs {
     /// How often records are committed to the store (default 5s).
     #[arg(long, value_parser = parse_duration)]
     flush_interval: Option<Duration>,
-    /// Prometheus endpoint address (default 127.0.0.1:9464).
+    /// Prometheus endpoint address (default 127.0.0.1:7919).
     #[arg(long)]
     metrics_listen: Option<SocketAddr>,
     /// Do not serve Prometheus metrics.
@@ -248,6 +248,9 @@ pub async fn run(args: DaemonArgs, _output: Output) -> anyhow::Result<ExitCode> 
     );
     let mut batch = Vec::new();
     let mut counters = HashMap::new();
+    // The per-service series, from the store's runs: read at start and after each flush that
+    // wrote runs, not every sampling round.
+    let mut services = service_series(&store);
     info!(
         state_dir = %config.state_dir.display(),
         sample_interval = ?config.sample_interval.0,
@@ -287,11 +290,14 @@ pub async fn run(args: DaemonArgs, _output: Output) -> anyhow::Result<ExitCode> 
                 episodes.sample(&hierarchy, &seen, &budget_of, &store);
                 episodes.tick(&store);
                 let stalls = stall_series(probes.as_ref(), &mut index, &table);
-                let mut text = metrics::render(recorder.live(), &stalls, oom_kills_total);
-                if let Some(e) = &enforcement {
-                    text.push_str(&e.metrics());
-                }
-                text.push_str(&episodes.metrics());
+                let text = metrics::render(&metrics::Snapshot {
+                    runs: recorder.live().map(|l| (l, budget_of(&l.record.container_id))).collect(),
+                    stalls: &stalls,
+                    services: &services,
+                    oom_kills_total,
+                    enforcement: enforcement.as_ref().map(Enforcement::metrics),
+                    warnings: episodes.metrics(),
+                });
                 snapshot_tx.send_replace(Arc::new(text));
             }
             _ = fast_tick.tick(), if fast_on && !fast.is_empty() => {
@@ -299,7 +305,9 @@ pub async fn run(args: DaemonArgs, _output: Output) -> anyhow::Result<ExitCode> 
                 choose_fast(&recorder, enforcement.as_ref(), &mut fast);
             }
             _ = flush_tick.tick() => {
-                flush(&mut store, &mut recorder, &mut store_health);
+                if flush(&mut store, &mut recorder, &mut store_health) {
+                    services = service_series(&store);
+                }
                 systemd.status(&format!("recording {} container(s)", recorder.live().count()));
             }
             // Fed from this loop, so a loop stuck in a blocking read starves it.
@@ -566,12 +574,25 @@ fn sample_usage(
     }
 }
 
-/// Commits what changed; on failure keeps it (bounded) for the next flush.
-fn flush(store: &mut Store, recorder: &mut Recorder, health: &mut StoreHealth) {
+/// The per-service series from every run the store keeps; none when the store cannot be read.
+fn service_series(store: &Store) -> Vec<ServiceSeries> {
+    match store.runs(&RunFilter::default()) {
+        Ok(runs) => metrics::services(&runs),
+        Err(e) => {
+            warn!("reading the runs for the per-service metrics: {e}");
+            Vec::new()
+        }
+    }
+}
+
+/// Commits what changed; on failure keeps it (bounded) for the next flush. Whether runs were
+/// written.
+fn flush(store: &mut Store, recorder: &mut Recorder, health: &mut StoreHealth) -> bool {
     let pending = recorder.take_flush();
     if pending.runs.is_empty() && pending.samples.is_empty() {
-        return;
+        return false;
     }
+    let wrote_runs = !pending.runs.is_empty();
     match store.flush(&pending.runs, &pending.samples) {
         Ok(()) => {
             if let Some(since) = health.failing_since.take() {
@@ -582,6 +603,7 @@ fn flush(store: &mut Store, recorder: &mut Recorder, health: &mut StoreHealth) {
                 );
                 health.dropped_samples = 0;
             }
+            wrote_runs
         }
         Err(e) => {
             if health.failing_since.is_none() {
@@ -589,6 +611,7 @@ fn flush(store: &mut Store, recorder: &mut Recorder, health: &mut StoreHealth) {
                 error!("the store cannot take writes ({e}): recording goes on in memory (each run's latest record and the last minute of samples) and is written when it can; budgets already applied stay, new squeezes wait until the store can journal what they replace (free space in the state directory)");
             }
             health.dropped_samples += recorder.restore(pending, now_ms() - KEEP_UNWRITTEN_MS);
+            false
         }
     }
 }
@@ -660,16 +683,16 @@ fn stall_series(
         let Some(c) = table.by_cgroup(&cgroup) else {
             continue;
         };
-        let labels = format!(
-            "container=\"{}\",project=\"{}\",service=\"{}\"",
-            c.name,
-            c.compose.as_ref().map_or("", |s| s.project.as_str()),
-            c.compose.as_ref().map_or("", |s| s.service.as_str())
-        );
         let series = by_container
             .entry(c.id.clone())
             .or_insert_with(|| StallSeries {
-                labels,
+                container: ContainerLabels {
+                    name: c.name.clone(),
+                    id: c.id.clone(),
+                    image: c.image.clone(),
+                    project: c.compose.as_ref().map(|s| s.project.clone()),
+                    service: c.compose.as_ref().map(|s| s.service.clone()),
+                },
                 buckets_us: (0..t.hist.len()).map(|i| (2u64 << i, 0)).collect(),
                 count: 0,
                 sum_seconds: 0.0,

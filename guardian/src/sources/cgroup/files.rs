@@ -6,7 +6,7 @@ use std::{
 };
 
 use super::{CgroupError, Hierarchy};
-use crate::model::{Bytes, Counters, MemoryReading, PressureStats};
+use crate::model::{Bytes, Counters, MemoryEvents, MemoryReading, PressureStats};
 
 /// v1 reports "no limit" as a huge page-aligned number (PAGE_COUNTER_MAX pages); anything at or
 /// above 2^62 bytes is unlimited.
@@ -431,6 +431,18 @@ pub fn unreclaimable_v1(stat: &HashMap<&str, u64>, kmem: u64) -> Bytes {
     Bytes(get("total_rss") + get("total_shmem") + get("total_mapped_file") + kmem)
 }
 
+/// The counters of a parsed `memory.events`; absent keys (older kernels) count 0.
+fn memory_events(events: &HashMap<&str, u64>) -> MemoryEvents {
+    let get = |k: &str| events.get(k).copied().unwrap_or(0);
+    MemoryEvents {
+        low: get("low"),
+        high: get("high"),
+        max: get("max"),
+        oom: get("oom"),
+        oom_kill: get("oom_kill"),
+    }
+}
+
 fn read_v2(dir: &Path) -> Result<MemoryReading, CgroupError> {
     let usage = Bytes(read_u64(&dir.join("memory.current"))?);
     let stat_text = read(&dir.join("memory.stat"))?;
@@ -450,6 +462,8 @@ fn read_v2(dir: &Path) -> Result<MemoryReading, CgroupError> {
         unreclaimable: unreclaimable_v2(&stat).min(usage),
         oom_kills: events.get("oom_kill").copied().unwrap_or(0),
         pressure: None,
+        events: Some(memory_events(&events)),
+        swap: optional(read_u64(&dir.join("memory.swap.current")))?.map(Bytes),
     })
 }
 
@@ -476,6 +490,10 @@ fn read_v1(dir: &Path) -> Result<MemoryReading, CgroupError> {
         unreclaimable: unreclaimable_v1(&stat, kmem).min(usage),
         oom_kills: oom.get("oom_kill").copied().unwrap_or(0),
         pressure: None,
+        events: None,
+        // Present only when the kernel accounts swap (swapaccount=1).
+        swap: optional(read_u64(&dir.join("memory.memsw.usage_in_bytes")))?
+            .map(|memsw| Bytes(memsw.saturating_sub(usage.0))),
     })
 }
 
@@ -577,6 +595,17 @@ mod tests {
         let events = parse_kv(V2_EVENTS);
         assert_eq!(events.len(), 6);
         assert_eq!(events["oom_kill"], 0);
+    }
+
+    #[test]
+    fn memory_events_counters_come_from_their_keys() {
+        let text = "low 1\nhigh 22\nmax 333\noom 4\noom_kill 5\noom_group_kill 0\n";
+        let e = memory_events(&parse_kv(text));
+        assert_eq!(
+            (e.low, e.high, e.max, e.oom, e.oom_kill),
+            (1, 22, 333, 4, 5)
+        );
+        assert_eq!(memory_events(&parse_kv(V2_EVENTS)), MemoryEvents::default());
     }
 
     #[test]
