@@ -309,3 +309,58 @@ fn status_names_a_leak_and_a_stack_left_running() {
         "{human}"
     );
 }
+
+#[test]
+fn the_daemon_exports_levels_and_logs_each_change_once() {
+    require_docker();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("guardian.toml");
+    std::fs::write(&config, "timeline_interval = \"1s\"\n").unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let daemon = Daemon::start(
+        dir.path(),
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--no-enforce",
+            "--metrics-listen",
+            &listen,
+        ],
+    );
+    let name = unique("lvl-daemon");
+    holding(&name, 40, &["--memory", "64m"]);
+    let id = docker(&["inspect", "-f", "{{.Id}}", &name]);
+    let needle = format!("id=\"{}\"", &id[..12]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let level = loop {
+        let text = support::scrape_metrics(&listen);
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("guardian_container_health_level{") && l.contains(&needle))
+            .map(str::to_string);
+        if let (Some(line), true) = (line, text.contains("\nguardian_host_health_level ")) {
+            break line;
+        }
+        assert!(Instant::now() < deadline, "no level for {name}:\n{text}");
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    // Two more seconds at the same level: the change is logged once, not every round.
+    std::thread::sleep(Duration::from_secs(2));
+    docker(&["rm", "-f", &name]);
+    let (_, log) = daemon.stop(nix::sys::signal::Signal::SIGTERM);
+    assert!(
+        level.ends_with(" 1"),
+        "40 of 64 MiB is warning (1): {level}"
+    );
+    let changes: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("health level changed") && l.contains(name.as_str()))
+        .collect();
+    assert_eq!(changes.len(), 1, "{log}");
+    assert!(changes[0].contains("warning"), "{}", changes[0]);
+}

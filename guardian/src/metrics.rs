@@ -329,8 +329,17 @@ pub struct WarningSeries {
     pub in_warning: u64,
 }
 
+/// Health levels (policy::health): per container with a ceiling, and the host's.
+#[derive(Default)]
+pub struct HealthSeries<'a> {
+    pub containers: Vec<(&'a LiveRun, crate::policy::health::Level)>,
+    pub host: Option<crate::policy::health::Level>,
+}
+
 /// Everything the daemon serves, as of one sampling round.
 pub struct Snapshot<'a> {
+    /// Health levels of the containers and the host.
+    pub health: HealthSeries<'a>,
     /// The running containers, each with the budget in force for it (if any).
     pub runs: Vec<(&'a LiveRun, Option<Bytes>)>,
     pub stalls: &'a [StallSeries],
@@ -359,6 +368,25 @@ pub fn render(s: &Snapshot<'_>) -> String {
         stalls.histogram(st.container.labels(), &buckets, st.count, st.sum_seconds);
     }
     service_families(&mut exp, s.services);
+    let levels = exp.family(
+        "guardian_container_health_level",
+        "Working set against the lowest ceiling (limit, memory.high, budget): 0 safe, 1 warning, 2 critical, 3 emergency.",
+        Kind::Gauge,
+    );
+    for (run, level) in &s.health.containers {
+        levels.sample(
+            ContainerLabels::of_run(&run.record).labels(),
+            u64::from(level.as_number()),
+        );
+    }
+    if let Some(level) = s.health.host {
+        exp.family(
+            "guardian_host_health_level",
+            "MemTotal − MemAvailable against MemTotal: 0 safe, 1 warning, 2 critical, 3 emergency.",
+            Kind::Gauge,
+        )
+        .sample(vec![], u64::from(level.as_number()));
+    }
     exp.family(
         "guardian_oom_kills_total",
         "OOM kills seen on this host since guardian started (eBPF).",
@@ -811,6 +839,7 @@ mod tests {
         assert_eq!(s[0].limit, Some(Bytes(2000)));
         assert_eq!(s[0].typical_working_set, Bytes(5));
         let text = render(&Snapshot {
+            health: HealthSeries::default(),
             runs: vec![],
             stalls: &[],
             services: &s,
@@ -854,6 +883,7 @@ mod tests {
             sum_seconds: 0.000001,
         };
         let text = render(&Snapshot {
+            health: HealthSeries::default(),
             runs: vec![],
             stalls: std::slice::from_ref(&stall),
             services: &s,
@@ -923,6 +953,7 @@ mod tests {
     /// Every family guardian can serve (a snapshot with each part present).
     fn exported_names() -> Vec<String> {
         let text = render(&Snapshot {
+            health: HealthSeries::default(),
             runs: vec![],
             stalls: &[],
             services: &[],

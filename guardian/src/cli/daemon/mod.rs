@@ -4,6 +4,7 @@
 
 mod enforcement;
 mod episodes;
+mod health;
 mod incidents;
 mod systemd;
 
@@ -274,6 +275,7 @@ pub async fn run(args: DaemonArgs, _output: Output) -> anyhow::Result<ExitCode> 
         if enforcement.is_some() { "on" } else { "off" },
     ));
 
+    let mut health_watch = health::HealthWatch::new(config.health);
     loop {
         tokio::select! {
             _ = interrupt.recv() => break,
@@ -290,7 +292,10 @@ pub async fn run(args: DaemonArgs, _output: Output) -> anyhow::Result<ExitCode> 
                 episodes.sample(&hierarchy, &seen, &budget_of, &store);
                 episodes.tick(&store);
                 let stalls = stall_series(probes.as_ref(), &mut index, &table);
+                let health = health_watch
+                    .observe(recorder.live().map(|l| (l, budget_of(&l.record.container_id))));
                 let text = metrics::render(&metrics::Snapshot {
+                    health,
                     runs: recorder.live().map(|l| (l, budget_of(&l.record.container_id))).collect(),
                     stalls: &stalls,
                     services: &services,
