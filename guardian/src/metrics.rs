@@ -293,9 +293,10 @@ pub fn services(runs: &[RunRecord]) -> Vec<ServiceSeries> {
                     .count() as u64,
                 peak: runs.iter().map(|r| r.peak).max().unwrap_or_default(),
                 peak_unreclaimable: runs.iter().filter_map(|r| r.peak_unreclaimable).max(),
+                // As policy::profile::summarize counts them: sampled runs without it.
                 runs_without_unreclaimable: runs
                     .iter()
-                    .filter(|r| r.peak_unreclaimable.is_none())
+                    .filter(|r| r.peak_unreclaimable.is_none() && r.working_set_samples > 0)
                     .count() as u64,
                 startup_peak: runs
                     .iter()

@@ -101,6 +101,11 @@ pub async fn run(args: StatusArgs, output: Output) -> anyhow::Result<ExitCode> {
             holds: timeline.last().map_or(r.typical_working_set(), |p| p.1),
         });
     }
+    // Without a daemon, "running" only means "running at the last flush": a crash or a reboot
+    // would list last week's stacks as left over.
+    if daemon_pid(&state_dir).is_none() {
+        still_up.clear();
+    }
     let leftovers = leftovers(
         &still_up,
         crate::model::now_ms(),

@@ -197,7 +197,10 @@ impl Recorder {
             high_water: high,
             interval_peak: None,
             unreclaimable: reading.unreclaimable,
-            reclaimable: Bytes(reading.usage.0.saturating_sub(reading.unreclaimable.0)),
+            // From the same memory.stat read (not usage − unreclaimable: two reads apart):
+            // the page cache less tmpfs; its mapped part is counted here too, so the first
+            // interval's estimate errs low by at most the mapped pages.
+            reclaimable: Bytes(reading.file.0.saturating_sub(reading.shmem.0)),
         });
         live.last = Some(reading.clone());
         live.push_recent(now_ms, reading.usage);

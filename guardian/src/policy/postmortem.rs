@@ -409,6 +409,12 @@ pub fn from_kill(kill: &OomKill, scene: &KillScene) -> Gathering {
         .or(container.and_then(|c| c.memory_limit));
     i.memory_high = memory.and_then(|m| m.high);
     i.peak = memory.and_then(|m| m.peak).or(run.map(|r| r.record.peak));
+    // The run's unreclaimable peak is as of the last sampling round; when the kill's reading
+    // shows a higher high-water mark, memory rose since, and the stale value would size the
+    // suggestion below what the container held: size from the high-water mark then.
+    if i.peak > run.map(|r| r.record.peak) {
+        i.peak_unreclaimable = None;
+    }
     i.working_set = memory.map(|m| m.working_set);
     i.pressure = memory.and_then(|m| m.pressure);
     i.budget = scene.budget;

@@ -37,9 +37,12 @@ pub fn summarize(runs: &[RunRecord]) -> Vec<ServiceUsage> {
                 runs: runs.len() as u64,
                 peak: runs.iter().map(|r| r.peak).max().unwrap_or_default(),
                 peak_unreclaimable: runs.iter().filter_map(|r| r.peak_unreclaimable).max(),
+                // Runs the daemon sampled before it measured the unreclaimable peak; a run
+                // never sampled at all (a start-up peak `guardian up` recorded, a container
+                // that died before its first reading) measured neither and does not count.
                 runs_without_unreclaimable: runs
                     .iter()
-                    .filter(|r| r.peak_unreclaimable.is_none())
+                    .filter(|r| r.peak_unreclaimable.is_none() && r.working_set_samples > 0)
                     .count() as u64,
                 startup_peak: runs
                     .iter()
@@ -305,9 +308,18 @@ mod tests {
             name: "db".into(),
             peak: Bytes(peak * MIB),
             peak_unreclaimable: unreclaimable.map(|u| Bytes(u * MIB)),
+            working_set_samples: 30,
             ..Default::default()
         };
-        let u = &summarize(&[run("old", 200, None), run("new", 210, Some(10))])[0];
+        // A start-up peak `guardian up` recorded was never sampled: it measured neither peak
+        // and does not send the service back to the high-water mark.
+        let from_up = RunRecord {
+            working_set_samples: 0,
+            ..run("up", 20, None)
+        };
+        let u = &summarize(&[run("new", 210, Some(10)), from_up.clone()])[0];
+        assert_eq!(u.runs_without_unreclaimable, 0);
+        let u = &summarize(&[run("old", 200, None), run("new", 210, Some(10)), from_up])[0];
         assert_eq!(u.peak_unreclaimable, Some(Bytes(10 * MIB)));
         assert_eq!(u.runs_without_unreclaimable, 1);
         let r = recommend(u, 0.2);

@@ -27,7 +27,7 @@ fn csv_field(v: &str) -> String {
 }
 
 fn csv(recs: &[Recommendation]) -> String {
-    let mut out = String::from("project,service,runs,peak_bytes,startup_peak_bytes,limit_bytes,oom_killed,recommended_limit_bytes,recommended_reservation_bytes,reason\r\n");
+    let mut out = String::from("project,service,runs,peak_bytes,peak_unreclaimable_bytes,sized_from,startup_peak_bytes,limit_bytes,oom_killed,recommended_limit_bytes,recommended_reservation_bytes,reason\r\n");
     for r in recs {
         let u = &r.usage;
         let row = [
@@ -35,6 +35,10 @@ fn csv(recs: &[Recommendation]) -> String {
             u.service.clone(),
             u.runs.to_string(),
             u.peak.0.to_string(),
+            u.peak_unreclaimable
+                .map(|p| p.0.to_string())
+                .unwrap_or_default(),
+            sized_from(r).to_string(),
             u.startup_peak.0.to_string(),
             u.limit.map(|l| l.0.to_string()).unwrap_or_default(),
             u.oom_killed.to_string(),
@@ -49,6 +53,14 @@ fn csv(recs: &[Recommendation]) -> String {
     out
 }
 
+/// Which peak sized the limit, as the JSON says it.
+fn sized_from(r: &Recommendation) -> &'static str {
+    match r.sized_from {
+        crate::model::PeakKind::Unreclaimable => "unreclaimable",
+        crate::model::PeakKind::HighWater => "high_water",
+    }
+}
+
 fn md_cell(v: &str) -> String {
     v.replace('\\', "\\\\")
         .replace('|', "\\|")
@@ -57,7 +69,7 @@ fn md_cell(v: &str) -> String {
 
 fn markdown(recs: &[Recommendation]) -> String {
     let mut out = String::from(
-        "| Service | Runs | Peak | Start-up peak | Limit | OOM-killed | Recommended limit | Reservation | Why |\n|---|---:|---:|---:|---:|---|---:|---:|---|\n",
+        "| Service | Runs | Peak | Unreclaimable peak | Start-up peak | Limit | OOM-killed | Recommended limit | Reservation | Why |\n|---|---:|---:|---:|---:|---:|---|---:|---:|---|\n",
     );
     for r in recs {
         let u = &r.usage;
@@ -66,10 +78,13 @@ fn markdown(recs: &[Recommendation]) -> String {
             None => u.service.clone(),
         };
         out.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             md_cell(&name),
             u.runs,
             u.peak,
+            u.peak_unreclaimable
+                .map(|p| p.to_string())
+                .unwrap_or_else(|| "-".into()),
             u.startup_peak,
             u.limit.map(|l| l.to_string()).unwrap_or_else(|| "-".into()),
             if u.oom_killed { "yes" } else { "no" },
@@ -118,7 +133,7 @@ mod tests {
         let row = lines.next().unwrap();
         assert!(
             row.starts_with(
-                "shop,\"db,\"\"main\"\"\",3,104857600,62914560,268435456,false,125829120,"
+                "shop,\"db,\"\"main\"\"\",3,104857600,104857600,unreclaimable,62914560,268435456,false,125829120,"
             ),
             "{row}"
         );

@@ -88,6 +88,15 @@ pub fn queries(m: &str, range: &str) -> Vec<(&'static str, String)> {
             "runs_without_unreclaimable",
             sum(SERVICE_RUNS_WITHOUT_UNRECLAIMABLE),
         ),
+        // Runners too old to export the unreclaimable peak: all their runs lack it.
+        (
+            "runs_on_older_runners",
+            format!(
+                "sum by (project, service) (max_over_time({SERVICE_RUNS}{{{m}}}[{range}]) \
+                 unless on (instance, project, service) \
+                 max_over_time({SERVICE_RUNS_WITHOUT_UNRECLAIMABLE}{{{m}}}[{range}]))"
+            ),
+        ),
         ("startup_peak", max(SERVICE_STARTUP_PEAK)),
         ("typical_working_set", max(SERVICE_TYPICAL_WORKING_SET)),
         ("limit", max(SERVICE_LIMIT)),
@@ -149,8 +158,8 @@ pub fn assemble(answers: &BTreeMap<&str, Vec<VectorSample>>) -> Fleet {
                 service,
                 runs: 0,
                 peak: Bytes(value(s)),
-                // A runner too old to export the unreclaimable peak leaves it unknown: the
-                // high-water mark sizes the service then.
+                // A runner too old to export the unreclaimable peak counts its runs as
+                // without it (`runs_on_older_runners`): the high-water mark sizes the service.
                 peak_unreclaimable: None,
                 runs_without_unreclaimable: 0,
                 startup_peak: Bytes(0),
@@ -173,7 +182,9 @@ pub fn assemble(answers: &BTreeMap<&str, Vec<VectorSample>>) -> Fleet {
             match *name {
                 "startup_peak" => u.startup_peak = Bytes(v),
                 "peak_unreclaimable" => u.peak_unreclaimable = Some(Bytes(v)),
-                "runs_without_unreclaimable" => u.runs_without_unreclaimable = v,
+                "runs_without_unreclaimable" | "runs_on_older_runners" => {
+                    u.runs_without_unreclaimable += v
+                }
                 "typical_working_set" => u.typical_working_set = Bytes(v),
                 "limit" => u.limit = Some(Bytes(v)),
                 "runs" => u.runs = v,
@@ -348,6 +359,44 @@ mod tests {
             .unwrap();
         assert_eq!(lonely.project, None);
         assert_eq!((lonely.runs, lonely.oom_killed), (0, false));
+    }
+
+    #[test]
+    fn runs_on_runners_that_do_not_export_the_unreclaimable_peak_size_from_the_high_water_mark() {
+        let db = r#"{"project":"shop","service":"db"}"#;
+        let answers = |older: &str| -> BTreeMap<&'static str, Vec<VectorSample>> {
+            [
+                ("peak", parse_answer(PEAK_ANSWER.as_bytes()).unwrap()),
+                ("peak_unreclaimable", answer(db, "1048576")),
+                ("runs_without_unreclaimable", answer(db, "0")),
+                ("runs_on_older_runners", answer(db, older)),
+                ("runs", answer(db, "12")),
+                ("runners", answer("{}", "2")),
+            ]
+            .into_iter()
+            .collect()
+        };
+        let mixed = assemble(&answers("10"));
+        let db_mixed = mixed.services.iter().find(|s| s.service == "db").unwrap();
+        assert_eq!(db_mixed.runs_without_unreclaimable, 10);
+        assert_eq!(
+            db_mixed.sizing_peak(),
+            (Bytes(48 << 20), crate::model::PeakKind::HighWater)
+        );
+        // Every runner new enough: the unreclaimable peak sizes it.
+        let (_, (peak, kind)) = {
+            let all_new = assemble(&answers("0"));
+            let db = all_new
+                .services
+                .into_iter()
+                .find(|s| s.service == "db")
+                .unwrap();
+            ((), db.sizing_peak())
+        };
+        assert_eq!(
+            (peak, kind),
+            (Bytes(1 << 20), crate::model::PeakKind::Unreclaimable)
+        );
     }
 
     #[test]

@@ -415,11 +415,9 @@ impl Enforcement {
                     key: key.clone(),
                     guard: t.guard.clone(),
                     usage: r.usage,
-                    // Stat counters lag the exact usage counter; the page cache is what
-                    // reclaim can free, less tmpfs.
-                    unreclaimable: Bytes(
-                        r.usage.0.saturating_sub(r.file.0.saturating_sub(r.shmem.0)),
-                    ),
+                    // The one definition (sources::cgroup::files::unreclaimable_v2/_v1):
+                    // anon, shmem, mapped file pages and kernel memory, at most the usage.
+                    unreclaimable: r.unreclaimable,
                     high: r.high,
                     psi_some_avg10: r.pressure.as_ref().map_or(0.0, |p| p.some.avg10),
                     psi_full_avg10: r.pressure.as_ref().map_or(0.0, |p| p.full.avg10),

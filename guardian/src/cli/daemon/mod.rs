@@ -14,7 +14,7 @@ use std::{
     path::PathBuf,
     process::ExitCode,
     sync::Arc,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
@@ -252,6 +252,7 @@ pub async fn run(args: DaemonArgs, _output: Output) -> anyhow::Result<ExitCode> 
     // The per-service series, from the store's runs: read at start and after each flush that
     // wrote runs, not every sampling round.
     let mut services = service_series(&store);
+    let mut services_at = Instant::now();
     info!(
         state_dir = %config.state_dir.display(),
         sample_interval = ?config.sample_interval.0,
@@ -310,8 +311,15 @@ pub async fn run(args: DaemonArgs, _output: Output) -> anyhow::Result<ExitCode> 
                 choose_fast(&recorder, enforcement.as_ref(), &mut fast);
             }
             _ = flush_tick.tick() => {
-                if flush(&mut store, &mut recorder, &mut store_health) {
+                let flushed = flush(&mut store, &mut recorder, &mut store_health);
+                // A run that ended changes its service's series; running runs only raise
+                // peaks, which can wait for the next minute.
+                if flushed == (Flushed::Runs { ended: true })
+                    || (flushed == (Flushed::Runs { ended: false })
+                        && services_at.elapsed() >= SERVICE_SERIES_EVERY)
+                {
                     services = service_series(&store);
+                    services_at = Instant::now();
                 }
                 systemd.status(&format!("recording {} container(s)", recorder.live().count()));
             }
@@ -580,8 +588,19 @@ fn sample_usage(
 }
 
 /// The per-service series from every run the store keeps; none when the store cannot be read.
+/// Runs older than this leave the per-service series (Prometheus keeps their history): the
+/// series stay bounded on runners whose project names change every job, and so does the cost
+/// of rebuilding them.
+const SERVICE_SERIES_WINDOW_MS: i64 = 30 * 24 * 3600 * 1000;
+/// The per-service series are rebuilt at most this often (a full read of the window's runs).
+const SERVICE_SERIES_EVERY: Duration = Duration::from_secs(60);
+
 fn service_series(store: &Store) -> Vec<ServiceSeries> {
-    match store.runs(&RunFilter::default()) {
+    let filter = RunFilter {
+        since_ms: Some(now_ms() - SERVICE_SERIES_WINDOW_MS),
+        ..RunFilter::default()
+    };
+    match store.runs(&filter) {
         Ok(runs) => metrics::services(&runs),
         Err(e) => {
             warn!("reading the runs for the per-service metrics: {e}");
@@ -590,14 +609,28 @@ fn service_series(store: &Store) -> Vec<ServiceSeries> {
     }
 }
 
-/// Commits what changed; on failure keeps it (bounded) for the next flush. Whether runs were
-/// written.
-fn flush(store: &mut Store, recorder: &mut Recorder, health: &mut StoreHealth) -> bool {
+/// What a flush committed, for whoever derives series from the stored runs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Flushed {
+    /// Nothing, or only timeline samples, or the write failed.
+    NoRuns,
+    /// Run rows; `ended`: one of them is a run that just ended (its final peaks).
+    Runs { ended: bool },
+}
+
+/// Commits what changed; on failure keeps it (bounded) for the next flush.
+fn flush(store: &mut Store, recorder: &mut Recorder, health: &mut StoreHealth) -> Flushed {
     let pending = recorder.take_flush();
     if pending.runs.is_empty() && pending.samples.is_empty() {
-        return false;
+        return Flushed::NoRuns;
     }
-    let wrote_runs = !pending.runs.is_empty();
+    let wrote_runs = if pending.runs.is_empty() {
+        Flushed::NoRuns
+    } else {
+        Flushed::Runs {
+            ended: pending.runs.iter().any(|r| r.ended_at_ms.is_some()),
+        }
+    };
     match store.flush(&pending.runs, &pending.samples) {
         Ok(()) => {
             if let Some(since) = health.failing_since.take() {
@@ -616,7 +649,7 @@ fn flush(store: &mut Store, recorder: &mut Recorder, health: &mut StoreHealth) -
                 error!("the store cannot take writes ({e}): recording goes on in memory (each run's latest record and the last minute of samples) and is written when it can; budgets already applied stay, new squeezes wait until the store can journal what they replace (free space in the state directory)");
             }
             health.dropped_samples += recorder.restore(pending, now_ms() - KEEP_UNWRITTEN_MS);
-            false
+            Flushed::NoRuns
         }
     }
 }
