@@ -26,6 +26,11 @@ pub struct LiveRun {
 impl LiveRun {
     /// Whether a full reading (memory.stat and the rest) is due; between full readings only the
     /// usage and the kernel's high-water mark are read, which keeps peaks exact for little cost.
+    /// The previous sampling round (the start of the interval the next round covers).
+    pub fn last_round(&self) -> Option<&Counters> {
+        self.last_round.as_ref()
+    }
+
     pub fn full_reading_due(&self, now_ms: i64, interval_ms: i64) -> bool {
         self.last_timeline_ms
             .is_none_or(|t| now_ms - t >= interval_ms)

@@ -312,11 +312,10 @@ pub async fn run(args: DaemonArgs, _output: Output) -> anyhow::Result<ExitCode> 
             }
             _ = flush_tick.tick() => {
                 let flushed = flush(&mut store, &mut recorder, &mut store_health);
-                // A run that ended changes its service's series; running runs only raise
-                // peaks, which can wait for the next minute.
-                if flushed == (Flushed::Runs { ended: true })
-                    || (flushed == (Flushed::Runs { ended: false })
-                        && services_at.elapsed() >= SERVICE_SERIES_EVERY)
+                // A run that ended or a new service changes the series; running runs only
+                // raise peaks, which can wait for the next minute.
+                if flushed.changes(&services)
+                    || (flushed != Flushed::NoRuns && services_at.elapsed() >= SERVICE_SERIES_EVERY)
                 {
                     services = service_series(&store);
                     services_at = Instant::now();
@@ -524,7 +523,8 @@ fn read_counters(
             Err(_) => return,
         }
     }
-    match counters.get(id).map(UsageCounters::read) {
+    let prev = recorder.get(id).and_then(|l| l.last_round().copied());
+    match counters.get(id).map(|c| c.read(prev.as_ref())) {
         Some(Ok(round)) => recorder.observe_counters(id, round, now),
         _ => {
             counters.remove(id);
@@ -610,12 +610,32 @@ fn service_series(store: &Store) -> Vec<ServiceSeries> {
 }
 
 /// What a flush committed, for whoever derives series from the stored runs.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 enum Flushed {
     /// Nothing, or only timeline samples, or the write failed.
     NoRuns,
-    /// Run rows; `ended`: one of them is a run that just ended (its final peaks).
-    Runs { ended: bool },
+    /// Run rows: their (project, service) as the per-service series key them, and whether one
+    /// of them just ended (its final peaks).
+    Runs {
+        services: Vec<(String, String)>,
+        ended: bool,
+    },
+}
+
+impl Flushed {
+    /// Whether the per-service series must be rebuilt now rather than at the next minute: a
+    /// run ended, or a run of a service the series do not have yet was written.
+    fn changes(&self, series: &[ServiceSeries]) -> bool {
+        match self {
+            Flushed::NoRuns => false,
+            Flushed::Runs { services, ended } => {
+                *ended
+                    || services
+                        .iter()
+                        .any(|(p, s)| !series.iter().any(|x| &x.project == p && &x.service == s))
+            }
+        }
+    }
 }
 
 /// Commits what changed; on failure keeps it (bounded) for the next flush.
@@ -628,6 +648,14 @@ fn flush(store: &mut Store, recorder: &mut Recorder, health: &mut StoreHealth) -
         Flushed::NoRuns
     } else {
         Flushed::Runs {
+            services: pending
+                .runs
+                .iter()
+                .map(|r| {
+                    let service = r.service.clone().unwrap_or_else(|| r.name.clone());
+                    (r.project.clone().unwrap_or_default(), service)
+                })
+                .collect(),
             ended: pending.runs.iter().any(|r| r.ended_at_ms.is_some()),
         }
     };

@@ -268,8 +268,12 @@ impl UsageCounters {
     }
 
     /// The usage, high-water mark, peak since the previous read and unreclaimable memory now;
-    /// `Gone` once the group was removed.
-    pub fn read(&self) -> Result<Counters, CgroupError> {
+    /// `Gone` once the group was removed. memory.stat (the costly read: the kernel formats
+    /// some forty lines) is read only when something moved since `prev`, the previous round:
+    /// with the usage, the high-water mark and the interval peak all where they were, the
+    /// split between cache and the rest is taken as unchanged — an idle container costs three
+    /// small reads a round.
+    pub fn read(&self, prev: Option<&Counters>) -> Result<Counters, CgroupError> {
         let interval_peak = match &self.interval_peak {
             Some(fd) => {
                 let peak = pread_u64(fd)?;
@@ -280,6 +284,19 @@ impl UsageCounters {
         };
         let usage = pread_u64(&self.usage)?;
         let high_water = pread_u64(&self.high_water)?;
+        if let Some(p) = prev.filter(|p| {
+            p.usage == usage
+                && p.high_water == high_water
+                && interval_peak.is_none_or(|peak| peak <= usage)
+        }) {
+            return Ok(Counters {
+                usage,
+                high_water,
+                interval_peak,
+                unreclaimable: p.unreclaimable,
+                reclaimable: p.reclaimable,
+            });
+        }
         let stat_text = pread_text(&self.stat)?;
         let stat = parse_kv(&stat_text);
         let unreclaimable = if self.v2 {
