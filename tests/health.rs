@@ -343,8 +343,11 @@ fn the_daemon_exports_levels_and_logs_each_change_once() {
             .lines()
             .find(|l| l.starts_with("guardian_container_health_level{") && l.contains(&needle))
             .map(str::to_string);
+        // The first full reading may come before the hog holds its 40 MiB: wait for warning.
         if let (Some(line), true) = (line, text.contains("\nguardian_host_health_level ")) {
-            break line;
+            if line.ends_with(" 1") || Instant::now() >= deadline {
+                break line;
+            }
         }
         assert!(Instant::now() < deadline, "no level for {name}:\n{text}");
         std::thread::sleep(Duration::from_millis(300));
@@ -357,10 +360,11 @@ fn the_daemon_exports_levels_and_logs_each_change_once() {
         level.ends_with(" 1"),
         "40 of 64 MiB is warning (1): {level}"
     );
-    let changes: Vec<&str> = log
+    // Its changes (a first "safe" is possible before the hog grew): warning is said once.
+    let to_warning: Vec<&str> = log
         .lines()
         .filter(|l| l.contains("health level changed") && l.contains(name.as_str()))
+        .filter(|l| l.contains("warning"))
         .collect();
-    assert_eq!(changes.len(), 1, "{log}");
-    assert!(changes[0].contains("warning"), "{}", changes[0]);
+    assert_eq!(to_warning.len(), 1, "{log}");
 }

@@ -367,8 +367,11 @@ impl Episodes {
             if let Some(w) = self.warnings.observe(id, now, working_set, limit) {
                 warned.push((id.clone(), l.record.display_name(), w, working_set, budget));
             }
-            if let Some(cg) = &l.cgroup {
-                if let Some(t) = read_throttle(hierarchy, cg, usage) {
+            // memory.high as of the last full reading (every timeline point): a group without
+            // one costs no file read here each round.
+            let high = l.last.as_ref().and_then(|m| m.high);
+            if let (Some(cg), Some(high)) = (&l.cgroup, high) {
+                if let Some(t) = read_throttle(hierarchy, cg, usage, high) {
                     throttle.push((id.clone(), l.record.display_name(), t));
                 }
             }
@@ -484,18 +487,18 @@ fn read_throttle(
     hierarchy: &Hierarchy,
     cg: &crate::model::CgroupRef,
     usage: Bytes,
+    high: Bytes,
 ) -> Option<(u64, bool, Bytes, String)> {
     if !hierarchy.memory_is_v2() {
         return None;
     }
     let dir = hierarchy.memory_dir(cg.memory_path.as_deref()?);
     let file = dir.join("memory.high");
-    let high: u64 = std::fs::read_to_string(&file).ok()?.trim().parse().ok()?;
     let pressure = parse_pressure(&std::fs::read_to_string(dir.join("memory.pressure")).ok()?)?;
     Some((
         pressure.full.total_us,
-        usage.0 as f64 >= high as f64 * 0.9,
-        Bytes(high),
+        usage.0 as f64 >= high.0 as f64 * 0.9,
+        high,
         file.display().to_string(),
     ))
 }

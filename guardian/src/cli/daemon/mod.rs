@@ -277,6 +277,8 @@ pub async fn run(args: DaemonArgs, _output: Output) -> anyhow::Result<ExitCode> 
     ));
 
     let mut health_watch = health::HealthWatch::new(config.health);
+    // Rendering every series each round is work only a scrape can use.
+    let metrics_on = config.metrics.enabled;
     loop {
         tokio::select! {
             _ = interrupt.recv() => break,
@@ -292,9 +294,13 @@ pub async fn run(args: DaemonArgs, _output: Output) -> anyhow::Result<ExitCode> 
                 let seen = Seen { incidents: &incidents, table: &table, recorder: &recorder };
                 episodes.sample(&hierarchy, &seen, &budget_of, &store);
                 episodes.tick(&store);
-                let stalls = stall_series(probes.as_ref(), &mut index, &table);
                 let health = health_watch
                     .observe(recorder.live().map(|l| (l, budget_of(&l.record.container_id))));
+                if !metrics_on {
+                    continue;
+                }
+                // One eBPF map lookup per container and CPU: only for a scrape.
+                let stalls = stall_series(probes.as_ref(), &mut index, &table);
                 let text = metrics::render(&metrics::Snapshot {
                     health,
                     runs: recorder.live().map(|l| (l, budget_of(&l.record.container_id))).collect(),
