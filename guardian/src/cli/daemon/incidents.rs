@@ -301,7 +301,9 @@ impl Incidents {
     /// Deletes incidents older than `retention` and beyond the newest `max_count`, with their
     /// report files (hourly, from the daemon's prune tick).
     pub fn prune(&self, store: &Store, retention: std::time::Duration, max_count: usize) {
-        let before = now_ms() - retention.as_millis() as i64;
+        // Saturating: a retention of ages must keep everything, not wrap into the future.
+        let before =
+            now_ms().saturating_sub(i64::try_from(retention.as_millis()).unwrap_or(i64::MAX));
         match store.prune_incidents(before, max_count) {
             Ok(ids) if !ids.is_empty() => {
                 remove_files(&self.dir, &ids);

@@ -345,7 +345,8 @@ pub async fn run(args: DaemonArgs, _output: Output) -> anyhow::Result<ExitCode> 
                 }
             }
             _ = prune_tick.tick() => {
-                let before = now_ms() - config.timeline_retention.0.as_millis() as i64;
+                let retention = config.timeline_retention.0.as_millis();
+                let before = now_ms().saturating_sub(i64::try_from(retention).unwrap_or(i64::MAX));
                 if let Err(e) = store.prune_samples(before) {
                     error!("pruning old timeline points: {e}");
                 }
