@@ -310,17 +310,22 @@ fn fleet_profile_recommends_from_the_runner_with_the_higher_peak() {
     };
     // Until Prometheus has scraped both runners.
     let deadline = Instant::now() + Duration::from_secs(30);
-    let json = loop {
+    loop {
         let (code, json, stderr) = run(&["--min-runs", "2", "--output", "json"]);
         if code == 0 && json["basis"]["runners"] == 2 {
-            break json;
+            break;
         }
         assert!(
             Instant::now() < deadline,
             "the fleet profile never saw both runners: exit {code}, {json}, {stderr}"
         );
         thread::sleep(Duration::from_millis(500));
-    };
+    }
+    // Both runners are in Prometheus now; two scrape intervals later every series of both is
+    // (a scrape can land while the profile's queries run).
+    thread::sleep(Duration::from_secs(2));
+    let (code, json, stderr) = run(&["--min-runs", "2", "--output", "json"]);
+    assert_eq!(code, 0, "{stderr}");
     // The daemon may have raised its peak by a final reading after we first read it.
     let peak_b = peak_of(&runner_b);
     let rec = &json["recommendations"][0];

@@ -222,10 +222,17 @@ impl Prometheus {
     }
 
     /// Runs one instant query.
-    pub async fn query(&self, promql: &str) -> Result<Vec<VectorSample>, PrometheusError> {
-        let query: String = form_urlencoded::Serializer::new(String::new())
-            .append_pair("query", promql)
-            .finish();
+    pub async fn query(
+        &self,
+        promql: &str,
+        at_unix_s: Option<f64>,
+    ) -> Result<Vec<VectorSample>, PrometheusError> {
+        let mut form = form_urlencoded::Serializer::new(String::new());
+        form.append_pair("query", promql);
+        if let Some(t) = at_unix_s {
+            form.append_pair("time", &format!("{t:.3}"));
+        }
+        let query: String = form.finish();
         let uri: hyper::Uri = format!("{}/api/v1/query?{query}", self.base)
             .parse()
             .map_err(|_| PrometheusError::BadUrl {
@@ -280,9 +287,14 @@ impl Prometheus {
     /// Reads the fleet: every query of [`queries`] with the given matchers and range.
     pub async fn fleet(&self, matchers: &str, range: Duration) -> Result<Fleet, PrometheusError> {
         let range = format!("{}s", range.as_secs().max(1));
+        // Every query at the same instant, so that a scrape landing between two of them cannot
+        // give one answer a runner the others lack (a peak without its runner, seen in CI).
+        let at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
         let mut answers = BTreeMap::new();
         for (name, q) in queries(matchers, &range) {
-            answers.insert(name, self.query(&q).await?);
+            answers.insert(name, self.query(&q, Some(at)).await?);
         }
         Ok(assemble(&answers))
     }
