@@ -267,47 +267,29 @@ pub struct ServiceSeries {
     pub limit: Option<Bytes>,
 }
 
-/// Groups the store's runs per (project, service), as `guardian profile` does: peaks are the
-/// highest over the runs, the limit is the latest run's.
+/// The store's runs per (project, service), grouped and summed by the same rule as
+/// `guardian profile` (`policy::profile::summarize`), plus how many runs were OOM-killed.
 pub fn services(runs: &[RunRecord]) -> Vec<ServiceSeries> {
-    let mut groups: BTreeMap<(String, String), Vec<&RunRecord>> = BTreeMap::new();
-    for r in runs {
-        let service = r.service.clone().unwrap_or_else(|| r.name.clone());
-        groups
-            .entry((r.project.clone().unwrap_or_default(), service))
-            .or_default()
-            .push(r);
-    }
-    groups
+    crate::policy::profile::summarize(runs)
         .into_iter()
-        .map(|((project, service), runs)| {
-            let ws_sum: u64 = runs.iter().map(|r| r.working_set_sum).sum();
-            let ws_n: u64 = runs.iter().map(|r| r.working_set_samples).sum();
+        .map(|u| {
+            let oom_killed_runs = runs
+                .iter()
+                .filter(|r| r.project == u.project)
+                .filter(|r| r.service.as_ref().unwrap_or(&r.name) == &u.service)
+                .filter(|r| r.oom_killed || r.oom_kills > 0)
+                .count() as u64;
             ServiceSeries {
-                project,
-                service,
-                runs: runs.len() as u64,
-                oom_killed_runs: runs
-                    .iter()
-                    .filter(|r| r.oom_killed || r.oom_kills > 0)
-                    .count() as u64,
-                peak: runs.iter().map(|r| r.peak).max().unwrap_or_default(),
-                peak_unreclaimable: runs.iter().filter_map(|r| r.peak_unreclaimable).max(),
-                // As policy::profile::summarize counts them: sampled runs without it.
-                runs_without_unreclaimable: runs
-                    .iter()
-                    .filter(|r| r.peak_unreclaimable.is_none() && r.working_set_samples > 0)
-                    .count() as u64,
-                startup_peak: runs
-                    .iter()
-                    .map(|r| r.startup_peak)
-                    .max()
-                    .unwrap_or_default(),
-                typical_working_set: Bytes(ws_sum.checked_div(ws_n).unwrap_or(0)),
-                limit: runs
-                    .iter()
-                    .max_by_key(|r| r.started_at_ms)
-                    .and_then(|r| r.memory_limit),
+                project: u.project.unwrap_or_default(),
+                service: u.service,
+                runs: u.runs,
+                oom_killed_runs,
+                peak: u.peak,
+                peak_unreclaimable: u.peak_unreclaimable,
+                runs_without_unreclaimable: u.runs_without_unreclaimable,
+                startup_peak: u.startup_peak,
+                typical_working_set: u.typical_working_set,
+                limit: u.limit,
             }
         })
         .collect()
